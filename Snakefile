@@ -1,0 +1,32 @@
+# fast.ai lesson 2 as a reproducible workflow: `snakemake --cores all` runs the demo recipe end to end;
+# `snakemake --cores all --configfile config/dogbreeds.yaml` runs the lesson's Dog Breed recipe on Kaggle's data.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# A --configfile is merged into the Snakefile's configfile key by key, so loading the demo recipe as well would leak
+# its keys (its `demo:` data builder, say) into every other recipe: load it only when no recipe was given.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/demo.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/prepare.smk"
+include: "rules/features.smk"
+include: "rules/finetune.smk"
+include: "rules/predict.smk"
+
+
+rule all:
+    input:
+        out("submission.csv"),
+        out("metrics.json"),
+        out("stats/summary.json"),
+        out("plots/augmentations.png"),
+        out("tta/confusion_matrix.png"),
+        final_checkpoint(),
+    default_target: True

@@ -1,0 +1,165 @@
+"""The two dataset layouts, validation of ids and files, and image loading.
+
+Layouts (as fastai 0.7's `from_csv` / `from_paths`):
+  csv      Kaggle Dog Breed: `labels.csv` (id, label), `train/<id><suffix>`, `test/*`, `sample_submission.csv`
+  folders  Dogs vs Cats:     `train/<class>/*`, `valid/<class>/*`, optional `test/*`
+Every table produced here has a `path` column relative to `data_dir`; later stages read images only through it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+LAYOUTS = ("csv", "folders")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file or row."""
+
+
+def _summarise(items: list[str], limit: int = 20) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def check_id(image_id: str, where: str) -> str:
+    """Reject ids that could name a path outside the data folder, before any path is built from them."""
+    if not isinstance(image_id, str) or not image_id.strip():
+        raise DataError(f"{where}: empty id")
+    if "/" in image_id or "\\" in image_id or image_id in (".", "..") or ".." in PurePosixPath(image_id).parts:
+        raise DataError(f"{where}: id {image_id!r} contains a path separator or '..'")
+    if os.path.isabs(image_id) or re.match(r"^[A-Za-z]:", image_id):
+        raise DataError(f"{where}: id {image_id!r} is an absolute path")
+    return image_id
+
+
+def natural_key(text: str):
+    """Sort 'img2' before 'img10' (Dogs vs Cats test ids are numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: natural_key(p.name))
+
+
+def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str = "labels.csv") -> pd.DataFrame:
+    """`labels.csv` rows in file order -> (id, label, path). Row numbers in errors count the header as line 1."""
+    data_dir = Path(data_dir)
+    csv_path = data_dir / labels_csv
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: labels file not found")
+    # utf-8-sig drops a BOM; pandas handles CRLF line ends. Only the first two columns matter (fastai's from_csv).
+    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    if raw.shape[1] < 2:
+        raise DataError(f"{csv_path}: needs at least two columns (id, label), found {list(raw.columns)}")
+    table = pd.DataFrame({"id": raw.iloc[:, 0].str.strip(), "label": raw.iloc[:, 1].str.strip()})
+    for row, (image_id, label) in enumerate(zip(table["id"], table["label"]), start=2):
+        check_id(image_id, f"{csv_path} line {row}")
+        if not label:
+            raise DataError(f"{csv_path} line {row}: empty label for id {image_id!r}")
+    duplicated = table["id"][table["id"].duplicated()].tolist()
+    if duplicated:
+        raise DataError(f"{csv_path}: duplicate ids {_summarise(duplicated)}")
+    table["path"] = "train/" + table["id"] + suffix
+    missing = [p for p in table["path"] if not (data_dir / p).is_file()]
+    if missing:
+        raise DataError(f"{csv_path}: {len(missing)} labelled images are missing under {data_dir}: {_summarise(missing)}")
+    return table
+
+
+def read_folders(data_dir: str | Path) -> pd.DataFrame:
+    """`train/<class>/*` and `valid/<class>/*` -> (id, label, path, is_valid); id = file stem."""
+    data_dir = Path(data_dir)
+    rows = []
+    for split_name in ("train", "valid"):
+        split_dir = data_dir / split_name
+        if not split_dir.is_dir():
+            raise DataError(f"{split_dir}: folder layout needs train/<class>/ and valid/<class>/")
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            for image in _image_files(class_dir):
+                rows.append((image.stem, class_dir.name, image.relative_to(data_dir).as_posix(), split_name == "valid"))
+    table = pd.DataFrame(rows, columns=["id", "label", "path", "is_valid"])
+    if table.empty:
+        raise DataError(f"{data_dir}: no images under train/<class>/ or valid/<class>/")
+    duplicated = table["id"][table["id"].duplicated()].tolist()
+    if duplicated:
+        raise DataError(f"{data_dir}: duplicate file names across classes/splits: {_summarise(duplicated)}")
+    return table
+
+
+def read_labeled(data_dir: str | Path, layout: str, suffix: str = ".jpg") -> pd.DataFrame:
+    if layout == "csv":
+        return read_labels_csv(data_dir, suffix)
+    if layout == "folders":
+        return read_folders(data_dir)
+    raise DataError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def read_test(data_dir: str | Path) -> pd.DataFrame:
+    """Every image in `test/`, in natural order -> (id, path). An empty or absent test folder is an error."""
+    data_dir = Path(data_dir)
+    files = _image_files(data_dir / "test")
+    if not files:
+        raise DataError(f"{data_dir / 'test'}: no test images found")
+    table = pd.DataFrame({"id": [f.stem for f in files], "path": [f"test/{f.name}" for f in files]})
+    duplicated = table["id"][table["id"].duplicated()].tolist()
+    if duplicated:
+        raise DataError(f"{data_dir / 'test'}: several files share the ids {_summarise(duplicated)}")
+    return table
+
+
+def all_images(data_dir: str | Path, layout: str, suffix: str = ".jpg") -> pd.DataFrame:
+    """(id, split, path) for every labelled and test image; split is 'train' or 'test' (the folder it came from)."""
+    labeled = read_labeled(data_dir, layout, suffix)
+    test = read_test(data_dir)
+    return pd.concat([labeled.assign(split="train")[["id", "split", "path"]],
+                      test.assign(split="test")[["id", "split", "path"]]], ignore_index=True)
+
+
+def read_split(split_csv: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(train rows, valid rows, sorted classes) with an integer `y` column."""
+    split = pd.read_csv(split_csv, dtype={"id": str, "label": str}, keep_default_na=False)
+    classes = sorted(split["label"].unique())
+    split["y"] = split["label"].map({name: index for index, name in enumerate(classes)})
+    return split[~split["is_valid"]].reset_index(drop=True), split[split["is_valid"]].reset_index(drop=True), classes
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """A cheap digest of every file's name, size and mtime under `data_dir`.
+
+    Snakemake sees a changed labels file, but not an image replaced in place inside `train/`;
+    passing this digest as a rule parameter makes such an edit rerun the image stages.
+    """
+    digest = hashlib.sha256()
+    root = Path(data_dir)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            stat = os.stat(os.path.join(dirpath, name))
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image upright (EXIF orientation applied) as 8-bit RGB, whatever its mode."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit greyscale: scale to 8 bits instead of letting convert() saturate it.
+            image = image.point(lambda v: v / 256).convert("L")
+        if image.mode in ("RGBA", "LA", "P", "PA"):
+            # Transparent pixels become white, not whatever colour hides under alpha 0.
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba)
+        return image.convert("RGB")

@@ -1,0 +1,219 @@
+"""Training: fastai 0.7's `fit(lr, n_cycle, cycle_len, cycle_mult)` with SGDR, `lr_find`, and the per-epoch log.
+
+SGD with momentum 0.9 and no weight decay, NLL loss on log-softmax outputs, a new optimiser per fit (as 0.7).
+SGDR is torch's `CosineAnnealingWarmRestarts`, stepped per batch, plus 0.7's warm-up: the first 1/20 of the
+first cycle runs at lr/100. The printed train loss is 0.7's bias-corrected EMA (beta 0.98).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.io import atomic_path
+
+EMA_BETA = 0.98
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One `learn.fit(lr, n_cycle, cycle_len=None, cycle_mult=1)` call."""
+
+    lr: float | Sequence[float]
+    n_cycle: int
+    cycle_len: int | None = None
+    cycle_mult: int = 1
+
+    @classmethod
+    def from_config(cls, fit: dict) -> "FitSpec":
+        return cls(fit["lr"], fit["n_cycle"], fit.get("cycle_len"), fit.get("cycle_mult", 1))
+
+    @property
+    def epochs(self) -> int:
+        if not self.cycle_len:
+            return self.n_cycle
+        return sum(self.cycle_len * self.cycle_mult ** i for i in range(self.n_cycle))
+
+    def __str__(self) -> str:
+        extra = f", cycle_len={self.cycle_len}, cycle_mult={self.cycle_mult}" if self.cycle_len else ""
+        return f"fit({self.lr}, {self.n_cycle}{extra})"
+
+
+class TensorBatches:
+    """Mini-batches of in-memory tensors (the precomputed activations): one indexing op per batch, no Dataset."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 generator: torch.Generator | None = None):
+        self.x, self.y, self.batch_size, self.shuffle, self.generator = x, y, batch_size, shuffle, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else torch.arange(len(self.x))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start: start + self.batch_size]
+            yield self.x[index], self.y[index]
+
+
+def layer_group_lrs(model: nn.Module, lr) -> list[tuple[list[nn.Parameter], float]]:
+    """(trainable parameters, lr) per layer group; a 3-element lr list maps onto fastai's groups in order,
+    a scalar applies to every group. A bare module (the head alone) is one group with the last lr."""
+    groups = getattr(model, "layer_groups", [model])
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(groups)
+    if len(lrs) != len(groups):
+        if len(groups) == 1:
+            lrs = lrs[-1:]
+        else:
+            raise ValueError(f"lr {lr} has {len(lrs)} values; the model has {len(groups)} layer groups")
+    pairs = []
+    for group, group_lr in zip(groups, lrs):
+        params = [p for p in group.parameters() if p.requires_grad]
+        if params:
+            pairs.append((params, float(group_lr)))
+    return pairs
+
+
+def make_optimizer(model: nn.Module, lr) -> torch.optim.SGD:
+    groups = [{"params": params, "lr": group_lr} for params, group_lr in layer_group_lrs(model, lr)]
+    return torch.optim.SGD(groups, lr=groups[-1]["lr"], momentum=0.9, weight_decay=0)
+
+
+class EpochLog:
+    """Prints `epoch train_loss valid_loss accuracy` per epoch and keeps every row in a CSV (rewritten atomically)."""
+
+    COLUMNS = ["phase", "fit", "epoch", "train_loss", "valid_loss", "accuracy", "lr", "seconds"]
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.rows: list[dict] = []
+
+    def add(self, **row) -> None:
+        self.rows.append(row)
+        if len(self.rows) == 1:
+            print(f"{'phase':<12}{'fit':>4}{'epoch':>6}{'trn_loss':>10}{'val_loss':>10}{'accuracy':>10}{'time':>8}")
+        print(f"{row['phase']:<12}{row['fit']:>4}{row['epoch']:>6}{row['train_loss']:>10.4f}"
+              f"{row['valid_loss']:>10.4f}{row['accuracy']:>10.4f}{row['seconds']:>7.1f}s", flush=True)
+        if self.path:
+            with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+
+def _to(device: torch.device, *tensors: torch.Tensor):
+    return [t.to(device, non_blocking=True) for t in tensors]
+
+
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: bool = False) -> tuple[float, float]:
+    """(mean NLL, accuracy) over `batches` in eval mode."""
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for x, y in batches:
+            x, y = _to(device, x, y)
+            log_probs = model(x).float()
+            total_loss += F.nll_loss(log_probs, y, reduction="sum").item()
+            correct += (log_probs.argmax(1) == y).sum().item()
+            count += len(y)
+    return total_loss / count, correct / count
+
+
+def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: torch.device, log: EpochLog,
+        phase: str, fit_index: int, warmup: bool = True, amp: bool = False) -> list[list[float]]:
+    """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`)."""
+    optimizer = make_optimizer(model, spec.lr)
+    n_batches = len(train_batches)
+    scheduler = None
+    warmup_iters = 0
+    if spec.cycle_len:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=spec.cycle_len * n_batches, T_mult=spec.cycle_mult)
+        warmup_iters = spec.cycle_len * n_batches // 20 if warmup else 0
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    lr_history: list[list[float]] = []
+    ema, iteration = 0.0, 0
+    print(f"{phase}: {spec} = {spec.epochs} epochs of {n_batches} batches", flush=True)
+    for epoch in range(spec.epochs):
+        started = time.perf_counter()
+        model.train()
+        for x, y in tqdm(train_batches, desc=f"{phase} fit {fit_index} epoch {epoch}", leave=False, disable=None):
+            if iteration < warmup_iters:
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base / 100
+            x, y = _to(device, x, y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.nll_loss(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr_history.append([group["lr"] for group in optimizer.param_groups])
+            if scheduler:
+                scheduler.step()
+            ema = EMA_BETA * ema + (1 - EMA_BETA) * loss.item()
+            iteration += 1
+        valid_loss, accuracy = evaluate(model, valid_batches, device, amp)
+        log.add(phase=phase, fit=fit_index, epoch=epoch, train_loss=ema / (1 - EMA_BETA ** iteration),
+                valid_loss=valid_loss, accuracy=accuracy, lr=lr_history[-1][-1],
+                seconds=time.perf_counter() - started)
+    return lr_history
+
+
+def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], phase: str, device: torch.device,
+             log: EpochLog, warmup: bool = True, amp: bool = False) -> list[tuple[str, list[list[float]]]]:
+    """A phase's sequence of fits (the recipe's list); returns (title, lr history) per fit for the plots."""
+    schedules = []
+    for index, fit_config in enumerate(fits):
+        spec = FitSpec.from_config(fit_config)
+        history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp)
+        schedules.append((f"{phase}: {spec}", history))
+    return schedules
+
+
+def lr_find(model: nn.Module, train_batches, device: torch.device, start_lr: float = 1e-5, end_lr: float = 10.0,
+            amp: bool = False) -> dict:
+    """fastai 0.7 `lr_find`: lr grows exponentially from start_lr to end_lr over at most one epoch, stopping once
+    the EMA-smoothed loss exceeds 4x the best; the model's weights and buffers are restored afterwards."""
+    saved_state = copy.deepcopy(model.state_dict())
+    n_steps = max(len(train_batches), 2)
+    optimizer = make_optimizer(model, start_lr)
+    factor = (end_lr / start_lr) ** (1 / (n_steps - 1))
+    lrs, losses, smoothed = [], [], []
+    ema, best = 0.0, math.inf
+    model.train()
+    for step, (x, y) in enumerate(train_batches):
+        lr = start_lr * factor ** step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = _to(device, x, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.nll_loss(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema = EMA_BETA * ema + (1 - EMA_BETA) * loss.item()
+        smooth = ema / (1 - EMA_BETA ** (step + 1))
+        lrs.append(lr), losses.append(loss.item()), smoothed.append(smooth)
+        if not math.isfinite(smooth) or smooth > 4 * best:
+            break
+        best = min(best, smooth)
+    model.load_state_dict(saved_state)
+    return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggest_lr(lrs, smoothed)}
+
+
+def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
+    """Where the smoothed loss falls fastest against log(lr) (0.7 left the choice to the eye; this marks one)."""
+    finite = [i for i, value in enumerate(smoothed) if math.isfinite(value)]
+    if len(finite) < 3:
+        return lrs[0]
+    slopes = [(smoothed[b] - smoothed[a]) / (math.log(lrs[b]) - math.log(lrs[a])) for a, b in zip(finite, finite[1:])]
+    return lrs[finite[min(range(len(slopes)), key=slopes.__getitem__)]]

@@ -1,0 +1,54 @@
+"""Image datasets over the resize cache, and the DataLoaders every torch stage uses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.data import load_rgb
+from pipeline.transforms import train_transform, valid_transform
+
+
+class ImageDataset(Dataset):
+    """Images under `root` (relative `paths`), with integer labels (-1 for the unlabelled test set)."""
+
+    def __init__(self, root: str | Path, paths, labels=None, transform=None):
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.labels = np.asarray(labels if labels is not None else [-1] * len(self.paths), dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = load_rgb(self.root / self.paths[index])
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker's torch RNG from the loader's generator; NumPy needs the same.
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+                device: torch.device) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+
+
+def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Path, params: dict,
+                  device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`."""
+    size, seed = params["size"], params.get("seed", 42)
+    augment = train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on"))
+    train_set = ImageDataset(cache_dir, train["path"], train["y"], augment)
+    valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size))
+    workers, batch_size = params.get("num_workers", 0), params.get("batch_size", 64)
+    return (make_loader(train_set, batch_size, True, workers, seed, device),
+            make_loader(valid_set, batch_size, False, workers, seed, device))

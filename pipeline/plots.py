@@ -1,0 +1,97 @@
+"""Every figure the pipeline draws (matplotlib, Agg backend), each written atomically as a PNG."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipeline.io import save_figure  # noqa: E402
+
+
+def size_histograms(sizes: pd.DataFrame, path, max_side: int | None = None) -> None:
+    """The lesson's `plt.hist(row_sz)` / `plt.hist(col_sz)`, optionally only for sides under `max_side`."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for axis, column in zip(axes, ("width", "height")):
+        values = sizes[column] if max_side is None else sizes.loc[sizes[column] < max_side, column]
+        axis.hist(values, bins=40, color="tab:blue")
+        axis.set_xlabel(f"{column} (px)")
+        axis.set_ylabel("images")
+    title = "image sizes" if max_side is None else f"image sizes under {max_side} px"
+    fig.suptitle(f"{title} ({len(sizes)} images)")
+    save_figure(fig, path)
+
+
+def lr_finder(result: dict, path) -> None:
+    """fastai's `sched.plot()`: smoothed loss against learning rate, log x-axis, suggested lr marked."""
+    fig, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(result["lr"], result["smoothed_loss"], label="smoothed loss")
+    axis.plot(result["lr"], result["loss"], alpha=0.3, label="batch loss")
+    axis.axvline(result["suggested_lr"], color="tab:red", linestyle="--",
+                 label=f"suggested lr {result['suggested_lr']:.2g}")
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("loss")
+    axis.legend()
+    save_figure(fig, path)
+
+
+def lr_schedules(fits: list[tuple[str, list[list[float]]]], path) -> None:
+    """fastai's `sched.plot_lr()` for each fit: learning rate per iteration, one line per trainable layer group."""
+    fig, axes = plt.subplots(1, len(fits), figsize=(4.5 * len(fits), 3.5), squeeze=False)
+    for axis, (title, lr_history) in zip(axes.flat, fits):
+        history = np.asarray(lr_history)
+        for group in range(history.shape[1]):
+            axis.plot(history[:, group], label=f"group {group}")
+        axis.set_yscale("log")
+        axis.set_xlabel("iteration")
+        axis.set_ylabel("learning rate")
+        axis.set_title(title, fontsize=9)
+        if history.shape[1] > 1:
+            axis.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def image_grid(images: list[np.ndarray], path, title: str, columns: int = 3) -> None:
+    """The lesson's `plots(ims)`: HxWx3 images in [0, 1] on a grid."""
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image in zip(axes.flat, images):
+        axis.imshow(np.clip(image, 0, 1))
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def training_curves(log: pd.DataFrame, path) -> None:
+    """Train and valid loss, and accuracy, per epoch across every fit of a stage."""
+    fig, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
+    x = np.arange(1, len(log) + 1)
+    loss_axis.plot(x, log["train_loss"], marker="o", label="train (EMA)")
+    loss_axis.plot(x, log["valid_loss"], marker="o", label="valid")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("NLL loss")
+    loss_axis.legend()
+    acc_axis.plot(x, log["accuracy"], marker="o", color="tab:green")
+    acc_axis.set_xlabel("epoch")
+    acc_axis.set_ylabel("valid accuracy")
+    save_figure(fig, path)
+
+
+def confusion_matrix(matrix: np.ndarray, classes: list[str], path, title: str) -> None:
+    size = max(4, 0.35 * len(classes) + 2)
+    fig, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    if len(classes) <= 30:
+        axis.set_xticks(range(len(classes)), classes, rotation=90)
+        axis.set_yticks(range(len(classes)), classes)
+        for (row, col), value in np.ndenumerate(matrix):
+            if value:
+                axis.text(col, row, int(value), ha="center", va="center", fontsize=7)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("actual")
+    axis.set_title(title)
+    save_figure(fig, path)

@@ -1,0 +1,78 @@
+"""Stage 3 - precompute: the backbone's pooled activations of the un-augmented train / valid / test images.
+
+fastai 0.7's `precompute=True`: body in eval mode, AdaptiveConcatPool, validation transform (shorter side to sz,
+centre crop) at the first training size. Each split streams batch by batch into a memory-mapped .npy, so no
+split's activations are ever held in RAM at once. `manifest.json` records what determines the cache (split,
+backbone, weights, size, a digest of the backbone's weights) and the head stage checks it.
+
+    python -m pipeline.precompute --split-csv out/split.csv --test-csv out/test.csv --cache-dir out/resized/340 \
+        --out-dir out/activations/224 --params '{"arch": "resnet34", "weights": "imagenet", "size": 224}'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from pipeline import cli, runtime
+from pipeline.io import file_digest, open_npy_for_writing, write_json
+from pipeline.data import read_split
+from pipeline.loaders import ImageDataset, make_loader
+from pipeline.model import WeightsError, build_seeded_classifier
+from pipeline.transforms import valid_transform
+
+SPLITS = ("train", "valid", "test")
+
+
+@torch.inference_mode()
+def precompute_activations(model, loader, out_path: Path, device: torch.device, amp: bool, desc: str) -> None:
+    model.eval()
+    with open_npy_for_writing(out_path, (len(loader.dataset), model.n_features)) as activations:
+        start = 0
+        for x, _ in tqdm(loader, desc=desc, disable=None):
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                features = model.features(x)
+            activations[start: start + len(x)] = features.float().cpu().numpy()
+            start += len(x)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--split-csv", required=True)
+    parser.add_argument("--test-csv", required=True)
+    parser.add_argument("--cache-dir", required=True, help="the resize cache")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    params = args.params
+    started = cli.announce("precompute", params)
+    device = runtime.setup(args.threads, params.get("seed", 42), params.get("device", "auto"))
+    amp = runtime.use_amp(params.get("amp", "auto"), device)
+    train, valid, classes = read_split(args.split_csv)
+    test = pd.read_csv(args.test_csv, dtype=str, keep_default_na=False)
+    try:
+        model = build_seeded_classifier(params, len(classes))
+    except WeightsError as error:
+        cli.fail(str(error))
+    body_digest = runtime.state_digest(model.body)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    transform = valid_transform(params["size"])
+    out_dir = Path(args.out_dir)
+    for name, frame in zip(SPLITS, (train, valid, test)):
+        dataset = ImageDataset(args.cache_dir, frame["path"], frame.get("y"), transform)
+        loader = make_loader(dataset, params.get("batch_size", 64), False, params.get("num_workers", 0),
+                             params.get("seed", 42), device)
+        precompute_activations(model, loader, out_dir / f"{name}.npy", device, amp, f"precompute {name}")
+        print(f"{name}: {len(frame)} x {model.n_features} activations -> {out_dir / f'{name}.npy'}", flush=True)
+    write_json({"arch": params["arch"], "weights": params.get("weights", "none"), "size": params["size"],
+                "n_features": model.n_features, "classes": classes, "split_digest": file_digest(args.split_csv),
+                "test_digest": file_digest(args.test_csv), "body_digest": body_digest,
+                "counts": {"train": len(train), "valid": len(valid), "test": len(test)}},
+               out_dir / "manifest.json")
+    cli.finish("precompute", started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Stage 2b - the resize cache every later stage reads (fastai 0.7's `resize_img`, `tmp/340/`).
+
+The shorter side becomes `shorter_side` (each side max(floor(side*ratio), shorter_side)), bilinear, RGB, same
+relative names, in parallel worker processes. Unlike 0.7, which skipped existing outputs and so could serve stale
+images, the cache is rebuilt whenever the data, the code or its parameters change (Snakemake's rerun triggers plus a
+data fingerprint), and each image is written atomically.
+
+    python -m pipeline.resize --data-dir data/demo --out-dir out/resized/340 --params '{"shorter_side": 340}'
+"""
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline import cli
+from pipeline.data import DataError, all_images, load_rgb
+from pipeline.io import atomic_path
+from pipeline.parallel import map_chunks
+
+
+def resized_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
+    """fastai 0.7: ratio = targ/min(w, h); each side max(floor(side*ratio), targ). 500x375 -> 453x340."""
+    ratio = shorter_side / min(width, height)
+    return max(math.floor(width * ratio), shorter_side), max(math.floor(height * ratio), shorter_side)
+
+
+def resize_one(source: Path, destination: Path, shorter_side: int, jpeg_quality: int) -> None:
+    image = load_rgb(source)
+    image = image.resize(resized_size(*image.size, shorter_side), Image.BILINEAR)
+    is_jpeg = destination.suffix.lower() in (".jpg", ".jpeg")
+    with atomic_path(destination) as tmp:
+        if is_jpeg:
+            image.save(tmp, format="JPEG", quality=jpeg_quality)
+        else:
+            image.save(tmp, format=Image.registered_extensions()[destination.suffix.lower()])
+
+
+def resize_paths(data_dir: str, out_dir: str, shorter_side: int, jpeg_quality: int, paths: list[str]) -> list[str]:
+    for path in paths:
+        try:
+            resize_one(Path(data_dir) / path, Path(out_dir) / path, shorter_side, jpeg_quality)
+        except Exception as error:
+            raise DataError(f"{Path(data_dir) / path}: cannot resize: {type(error).__name__}: {error}") from error
+    return paths
+
+
+def resize_cache(data_dir: str, out_dir: str, layout: str, suffix: str, shorter_side: int, jpeg_quality: int,
+                 n_jobs: int) -> int:
+    paths = all_images(data_dir, layout, suffix)["path"].tolist()
+    task = functools.partial(resize_paths, data_dir, out_dir, shorter_side, jpeg_quality)
+    map_chunks(task, paths, n_jobs, f"resize to {shorter_side}")
+    return len(paths)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    params = args.params
+    started = cli.announce("resize", params)
+    shorter_side = params.get("shorter_side", 340)
+    try:
+        n = resize_cache(args.data_dir, args.out_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"),
+                         shorter_side, params.get("jpeg_quality", 90), args.threads)
+    except DataError as error:
+        cli.fail(str(error))
+    print(f"resized {n} images to shorter side {shorter_side} -> {args.out_dir}", flush=True)
+    cli.finish("resize", started)
+
+
+if __name__ == "__main__":
+    main()

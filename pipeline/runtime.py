@@ -1,0 +1,41 @@
+"""Device, threads and seeds for the torch stages: one place so every stage runs the same way."""
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import torch
+
+
+def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
+    """Pin CPU threads, seed every generator, pick the device; deterministic kernels on CPU."""
+    torch.set_num_threads(max(1, threads))
+    seed_everything(seed)
+    chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          "cpu" if device == "auto" else device)
+    if chosen.type == "cuda":
+        # Speed over bit-exactness on GPU: cuDNN autotuning picks kernels per run (see README, Determinism).
+        torch.backends.cudnn.benchmark = True
+    print(f"device {chosen}, {torch.get_num_threads()} CPU threads, seed {seed}", flush=True)
+    return chosen
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def use_amp(amp: str, device: torch.device) -> bool:
+    """bf16 autocast: on by default on GPU ('auto'), off on CPU unless asked for ('on')."""
+    return amp == "on" or (amp == "auto" and device.type == "cuda")
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """A digest of a module's weights and buffers, to prove two stages use the very same backbone."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,88 @@
+"""Stage 4 - train the classifier head: lr_find and fits on the precomputed activations, then fits with
+augmentation through the frozen body (fastai 0.7: `precompute=True` fits, then `precompute=False`).
+
+    python -m pipeline.train_head --split-csv out/split.csv --activations out/activations/224 \
+        --cache-dir out/resized/340 --out-dir out/head --params '{...}'
+
+Writes model.pt (weights + metadata), log.csv (one row per epoch), lr_find.csv/.png, lr_schedule.png, curves.png.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import cli, plots, runtime
+from pipeline.fit import EpochLog, TensorBatches, lr_find, run_fits
+from pipeline.io import file_digest, read_json, write_csv
+from pipeline.data import read_split
+from pipeline.loaders import image_loaders
+from pipeline.model import WeightsError, build_seeded_classifier, checkpoint_meta, save_checkpoint
+
+
+def check_activations(manifest: dict, params: dict, classes: list[str], split_csv: str) -> None:
+    """Refuse activations computed for another split, backbone, weights or size: never a silently stale cache."""
+    expected = {"arch": params["arch"], "weights": params.get("weights", "none"), "size": params["size"],
+                "classes": classes, "split_digest": file_digest(split_csv)}
+    wrong = {key: (manifest.get(key), value) for key, value in expected.items() if manifest.get(key) != value}
+    if wrong:
+        cli.fail(f"activations do not match this run (have, want): {wrong}; rerun the precompute stage")
+
+
+def load_activations(folder: Path, name: str, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    # The head trains on the whole split in RAM (N x features floats); np.load gives a read-only array.
+    return torch.from_numpy(np.load(folder / f"{name}.npy").copy()), torch.as_tensor(frame["y"].to_numpy())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--split-csv", required=True)
+    parser.add_argument("--activations", required=True, help="folder written by the precompute stage")
+    parser.add_argument("--cache-dir", required=True, help="the resize cache")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    params = args.params
+    started = cli.announce("train_head", params)
+    device = runtime.setup(args.threads, params.get("seed", 42), params.get("device", "auto"))
+    amp = runtime.use_amp(params.get("amp", "auto"), device)
+    warmup = params.get("warmup", True)
+    out_dir, activations = Path(args.out_dir), Path(args.activations)
+    train, valid, classes = read_split(args.split_csv)
+    manifest = read_json(activations / "manifest.json")
+    check_activations(manifest, params, classes, args.split_csv)
+    try:
+        model = build_seeded_classifier(params, len(classes))
+    except WeightsError as error:
+        cli.fail(str(error))
+    if runtime.state_digest(model.body) != manifest["body_digest"]:
+        cli.fail("the rebuilt backbone differs from the one that computed the activations; rerun precompute")
+    model = model.to(device)
+    runtime.seed_everything(params.get("seed", 42))
+    log = EpochLog(out_dir / "log.csv")
+    generator = torch.Generator().manual_seed(params.get("seed", 42))
+    batch_size = params.get("batch_size", 64)
+    train_acts = TensorBatches(*load_activations(activations, "train", train), batch_size, True, generator)
+    valid_acts = TensorBatches(*load_activations(activations, "valid", valid), batch_size)
+
+    if params.get("lr_find", True):
+        found = lr_find(model.head, train_acts, device, amp=amp)
+        write_csv(pd.DataFrame({k: found[k] for k in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")
+        plots.lr_finder(found, out_dir / "lr_find.png")
+        print(f"lr_find: {len(found['lr'])} steps, suggested lr {found['suggested_lr']:.3g}", flush=True)
+    schedules = run_fits(model.head, train_acts, valid_acts, params["precomputed"], "precomputed", device, log,
+                         warmup, amp)
+    if params.get("augmented"):
+        model.freeze()
+        train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
+        schedules += run_fits(model, train_loader, valid_loader, params["augmented"], "augmented", device, log,
+                              warmup, amp)
+    plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
+    plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
+    save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "head", model))
+    cli.finish("train_head", started)
+
+
+if __name__ == "__main__":
+    main()

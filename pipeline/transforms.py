@@ -1,0 +1,95 @@
+"""fastai 0.7's train / validation / TTA transforms, built from torchvision transforms v2.
+
+Train (`tfms_from_model(..., aug_tfms=transforms_side_on, max_zoom=1.1)`): random scale, then the augmentations,
+then a random sz x sz crop; validation: shorter side to sz, centre crop. TTA reuses the train transforms.
+Deliberate difference: lighting runs after the crop (on the sz x sz tensor, cheaper) instead of before it;
+its mean is then the crop's mean rather than the whole image's.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENTATIONS = ("side_on", "top_down", "none")
+
+
+def _uniform(low: float, high: float) -> float:
+    return float(torch.empty(()).uniform_(low, high))
+
+
+class RandomZoom:
+    """With probability p the shorter side becomes U(1, max_zoom)*sz, else sz (0.7's RandomScale)."""
+
+    def __init__(self, size: int, max_zoom: float, p: float = 0.75):
+        self.size, self.max_zoom, self.p = size, max_zoom, p
+
+    def __call__(self, image):
+        zoom = _uniform(1.0, self.max_zoom) if self.max_zoom > 1 and torch.rand(()) < self.p else 1.0
+        return F.resize(image, int(self.size * zoom), antialias=True)
+
+
+class RandomRotateReflect:
+    """Rotate by U(-deg, deg) with probability p, filling the corners by reflection (0.7 used cv2's BORDER_REFLECT)."""
+
+    def __init__(self, degrees: float = 10.0, p: float = 0.75):
+        self.degrees, self.p = degrees, p
+
+    def __call__(self, image):
+        if torch.rand(()) >= self.p:
+            return image
+        angle = _uniform(-self.degrees, self.degrees)
+        height, width = image.shape[-2:]
+        pad = min(math.ceil(max(height, width) * math.sin(math.radians(abs(angle)))) + 1, min(height, width) - 1)
+        padded = F.pad(image, [pad, pad, pad, pad], padding_mode="reflect")
+        rotated = F.rotate(padded, angle, interpolation=v2.InterpolationMode.BILINEAR)
+        return F.center_crop(rotated, [height, width])
+
+
+class RandomDihedral:
+    """One of the 8 symmetries of the square: rot90 k times, then a flip with probability 0.5 (for top-down images)."""
+
+    def __call__(self, image):
+        image = torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
+        return F.horizontal_flip(image) if torch.rand(()) < 0.5 else image
+
+
+class RandomLighting:
+    """fastai 0.7 lighting: brightness b ~ U(-b, b) added; contrast from r ~ U(-c, c) scales around the mean."""
+
+    def __init__(self, brightness: float = 0.05, contrast: float = 0.05):
+        self.brightness, self.contrast = brightness, contrast
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        b = _uniform(-self.brightness, self.brightness)
+        r = _uniform(-self.contrast, self.contrast)
+        c = -1 / (r - 1) if r < 0 else r + 1
+        mean = image.mean()
+        return ((image - mean) * c + mean + b).clamp(0, 1)
+
+
+def train_transform(size: int, max_zoom: float = 1.1, augmentation: str = "side_on", normalise: bool = True):
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
+    steps = [v2.ToImage(), RandomZoom(size, max_zoom)]
+    if augmentation == "side_on":
+        steps += [RandomRotateReflect(10, p=0.75), v2.RandomHorizontalFlip(0.5)]
+    elif augmentation == "top_down":
+        steps += [RandomRotateReflect(10, p=0.75), RandomDihedral()]
+    steps += [v2.RandomCrop(size), v2.ToDtype(torch.float32, scale=True)]
+    if augmentation != "none":
+        steps.append(RandomLighting(0.05, 0.05))
+    if normalise:
+        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return v2.Compose(steps)
+
+
+def valid_transform(size: int, normalise: bool = True):
+    steps = [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)]
+    if normalise:
+        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return v2.Compose(steps)

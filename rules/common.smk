@@ -1,0 +1,84 @@
+# Helpers shared by the rule files: paths, each stage's slice of the recipe, and the code each stage runs.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (--directory, tests)
+
+from pipeline.data import data_fingerprint
+from pipeline.deps import module_files
+
+DATA = config["data_dir"]
+OUT = config["out_dir"]
+LAYOUT = config["data"]["layout"]
+# The interpreter running Snakemake runs every stage: no reliance on PATH or an activated environment.
+PYTHON = shlex.quote(sys.executable)
+STAGE_ENV = f"PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}"
+GPU_JOBS = 0 if config["device"] == "cpu" else 1
+
+
+def out(path):
+    return f"{OUT}/{path}"
+
+
+def stage(module):
+    """The shell prefix that runs `pipeline.<module>` with this workflow's code."""
+    return f"{STAGE_ENV} {PYTHON} -m pipeline.{module}"
+
+
+def code(module):
+    """The stage's module and every pipeline module it imports: an edit to any of them reruns the stage."""
+    return module_files(module)
+
+
+def as_params(**slice_):
+    """One stage's slice of the recipe as canonical JSON: Snakemake reruns a job when this text changes."""
+    return json.dumps(slice_, sort_keys=True)
+
+
+def data_inputs():
+    """The competition files a stage reads, per layout (built by the demo rule when the recipe has `demo:`)."""
+    if LAYOUT == "csv":
+        return {"labels": f"{DATA}/labels.csv", "train": f"{DATA}/train", "test": f"{DATA}/test"}
+    return {"train": f"{DATA}/train", "valid": f"{DATA}/valid", "test": f"{DATA}/test"}
+
+
+def sample_submission():
+    path = f"{DATA}/{config['data']['sample_submission']}"
+    return [path] if "demo" in config or Path(path).exists() else []
+
+
+def fingerprint():
+    """Changes when any image under data_dir is replaced, added or removed (Snakemake alone would miss an
+    image rewritten in place inside train/). Computed once per invocation: a stat() per file."""
+    return data_fingerprint(DATA) if Path(DATA).exists() else "missing"
+
+
+DATA_FINGERPRINT = fingerprint()
+
+# Slices of the recipe shared by the torch stages.
+RUNTIME = {"seed": config["seed"], "device": config["device"], "amp": config["amp"]}
+LOADER = config["loader"]
+TRANSFORMS = config["transforms"]
+MODEL = config["model"]
+HEAD = config["head"]
+FINETUNE = config["finetune"]
+RESIZED = out(f"resized/{config['images']['shorter_side']}")
+ACTIVATIONS = out(f"activations/{HEAD['size']}")
+
+
+def finetune_names():
+    """One folder per progressive size, in order: 1_224, 2_299, ..."""
+    return [f"{index}_{step['size']}" for index, step in enumerate(FINETUNE, start=1)]
+
+
+def previous_checkpoint(name):
+    names = finetune_names()
+    position = names.index(name)
+    return out("head/model.pt") if position == 0 else out(f"finetune/{names[position - 1]}/model.pt")
+
+
+def final_checkpoint():
+    names = finetune_names()
+    return out(f"finetune/{names[-1]}/model.pt") if names else out("head/model.pt")

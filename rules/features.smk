@@ -1,0 +1,61 @@
+# Stages 3-4: precomputed activations, then the head (on the activations, then with augmentation).
+
+
+rule precompute:
+    """Pooled backbone activations of un-augmented train / valid / test at the first training size."""
+    input:
+        split=out("split.csv"),
+        test=out("test.csv"),
+        cache=RESIZED,
+        code=code("precompute"),
+    output:
+        train=ensure(f"{ACTIVATIONS}/train.npy", non_empty=True),
+        valid=ensure(f"{ACTIVATIONS}/valid.npy", non_empty=True),
+        test=ensure(f"{ACTIVATIONS}/test.npy", non_empty=True),
+        manifest=f"{ACTIVATIONS}/manifest.json",
+    params:
+        p=as_params(arch=MODEL["arch"], weights=MODEL["weights"], size=HEAD["size"], **LOADER, **RUNTIME),
+        out_dir=ACTIVATIONS,
+    threads: workflow.cores
+    resources:
+        gpu=GPU_JOBS,
+    log:
+        out("logs/precompute.log"),
+    benchmark:
+        out("benchmarks/precompute.tsv")
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.precompute --split-csv {input.split:q} --test-csv {input.test:q} "
+        "--cache-dir {input.cache:q} --out-dir {params.out_dir:q} --threads {threads} --params {params.p:q} "
+        "2>&1 | tee {log:q}"
+
+
+rule train_head:
+    """lr_find and fits on the activations, then fits with augmentation through the frozen body."""
+    input:
+        split=out("split.csv"),
+        activations=rules.precompute.output,
+        cache=RESIZED,
+        code=code("train_head"),
+    output:
+        model=out("head/model.pt"),
+        log=out("head/log.csv"),
+        lr_schedule=report(out("head/lr_schedule.png"), category="Training"),
+        curves=report(out("head/curves.png"), category="Training"),
+        lr_find=[report(out("head/lr_find.png"), category="Training"), out("head/lr_find.csv")]
+        if HEAD["lr_find"]
+        else [],
+    params:
+        p=as_params(**MODEL, **HEAD, **TRANSFORMS, **LOADER, **RUNTIME, **config["train"]),
+        activations=ACTIVATIONS,
+        out_dir=out("head"),
+    threads: workflow.cores
+    resources:
+        gpu=GPU_JOBS,
+    log:
+        out("logs/train_head.log"),
+    benchmark:
+        out("benchmarks/train_head.tsv")
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.train_head --split-csv {input.split:q} "
+        "--activations {params.activations:q} --cache-dir {input.cache:q} --out-dir {params.out_dir:q} "
+        "--threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"

@@ -1,0 +1,102 @@
+# Stages 1-2: the demo data (demo recipes only), the split, image statistics, the resize cache, the preview.
+
+if "demo" in config:
+
+    rule demo_data:
+        """Builds the embedded demo data set from scikit-learn's digits when data_dir is missing."""
+        input:
+            code=code("demo"),
+        output:
+            **({"labels": f"{DATA}/labels.csv"} if LAYOUT == "csv" else {"valid": directory(f"{DATA}/valid")}),
+            train=directory(f"{DATA}/train"),
+            test=directory(f"{DATA}/test"),
+            sample=f"{DATA}/{config['data']['sample_submission']}",
+            solution=f"{DATA}/solution.csv",
+        params:
+            demo=as_params(layout=LAYOUT, **config["demo"]),
+            classes=lambda w: " ".join(f"--classes {shlex.quote(c)}" for c in config["demo"].get("classes", [])),
+        log:
+            out("logs/demo_data.log"),
+        shell:
+            "{STAGE_ENV} {PYTHON} -m pipeline.demo {DATA:q} --layout {LAYOUT} "
+            "--n-labeled {config[demo][n_labeled]} --n-test {config[demo][n_test]} "
+            "--seed {config[demo][seed]} --large-fraction {config[demo][large_fraction]} {params.classes} "
+            "2>&1 | tee {log:q}"
+
+
+rule split:
+    """labels -> split.csv (fastai get_cv_idxs, stratified K-fold, or the valid/ folder), test.csv, class counts."""
+    input:
+        **data_inputs(),
+        code=code("split"),
+    output:
+        split=out("split.csv"),
+        test=out("test.csv"),
+        counts=out("class_counts.csv"),
+    params:
+        p=as_params(layout=LAYOUT, suffix=config["data"]["suffix"], **config["split"]),
+    log:
+        out("logs/split.log"),
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.split --data-dir {DATA:q} --split-csv {output.split:q} "
+        "--test-csv {output.test:q} --class-counts {output.counts:q} --params {params.p:q} 2>&1 | tee {log:q}"
+
+
+rule image_stats:
+    """sizes.csv, size histograms and a summary, in one parallel pass over the image headers."""
+    input:
+        **data_inputs(),
+        code=code("images"),
+    output:
+        sizes=out("stats/sizes.csv"),
+        summary=out("stats/summary.json"),
+        plot_all=report(out("plots/sizes_all.png"), category="Data"),
+        plot_small=report(out("plots/sizes_under_1000.png"), category="Data"),
+    params:
+        p=as_params(layout=LAYOUT, suffix=config["data"]["suffix"]),
+        fingerprint=DATA_FINGERPRINT,
+    threads: workflow.cores
+    log:
+        out("logs/image_stats.log"),
+    benchmark:
+        out("benchmarks/image_stats.tsv")
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.images --data-dir {DATA:q} --sizes-csv {output.sizes:q} "
+        "--summary {output.summary:q} --plot-all {output.plot_all:q} --plot-small {output.plot_small:q} "
+        "--threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
+
+
+rule resize:
+    """The resize cache (shorter side 340 by default) that every later stage reads."""
+    input:
+        **data_inputs(),
+        code=code("resize"),
+    output:
+        directory(RESIZED),
+    params:
+        p=as_params(layout=LAYOUT, suffix=config["data"]["suffix"], **config["images"]),
+        fingerprint=DATA_FINGERPRINT,
+    threads: workflow.cores
+    log:
+        out("logs/resize.log"),
+    benchmark:
+        out("benchmarks/resize.tsv")
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.resize --data-dir {DATA:q} --out-dir {output:q} --threads {threads} "
+        "--params {params.p:q} 2>&1 | tee {log:q}"
+
+
+rule augmentation_preview:
+    """The lesson's plots(ims): one training image under six random training augmentations."""
+    input:
+        cache=RESIZED,
+        code=code("preview"),
+    output:
+        report(out("plots/augmentations.png"), category="Data"),
+    params:
+        p=as_params(size=HEAD["size"], seed=config["seed"], **TRANSFORMS),
+    log:
+        out("logs/augmentation_preview.log"),
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.preview --cache-dir {input.cache:q} --out {output:q} "
+        "--params {params.p:q} 2>&1 | tee {log:q}"
