@@ -142,8 +142,8 @@ def data_fingerprint(data_dir: str | Path) -> str:
     digest = hashlib.sha256()
     root = Path(data_dir)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(f for f in filenames if not f.startswith(".")):  # e.g. Snakemake's timestamps
             stat = os.stat(os.path.join(dirpath, name))
             rel = os.path.relpath(os.path.join(dirpath, name), root)
             digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

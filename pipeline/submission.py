@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         submission = make_submission(np.load(args.probs), test_ids, classes, _read_sample(args.sample),
                                      params.get("clip", 0.0), params.get("positive_class"))
-        write_csv(submission, args.out, float_format="%.6g")
+        write_csv(submission, args.out, float_format="%.10g")
         check_written(args.out, submission)
     except SubmissionError as error:
         Path(args.out).unlink(missing_ok=True)

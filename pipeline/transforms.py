@@ -1,7 +1,8 @@
 """fastai 0.7's train / validation / TTA transforms, built from torchvision transforms v2.
 
-Train (`tfms_from_model(..., aug_tfms=transforms_side_on, max_zoom=1.1)`): random scale, then the augmentations,
-then a random sz x sz crop; validation: shorter side to sz, centre crop. TTA reuses the train transforms.
+Train (`tfms_from_model(..., aug_tfms=transforms_side_on, max_zoom=1.1)`): random scale, then the augmentations
+(side_on: rotate, lighting, flip; top_down: rotate, lighting, dihedral; basic: rotate, lighting), then a random
+sz x sz crop; validation: shorter side to sz, centre crop. TTA reuses the train transforms.
 Deliberate difference: lighting runs after the crop (on the sz x sz tensor, cheaper) instead of before it;
 its mean is then the crop's mean rather than the whole image's.
 """
@@ -15,7 +16,7 @@ from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ("side_on", "top_down", "none")
+AUGMENTATIONS = ("side_on", "top_down", "basic", "none")
 
 
 def _uniform(low: float, high: float) -> float:
@@ -80,6 +81,8 @@ def train_transform(size: int, max_zoom: float = 1.1, augmentation: str = "side_
         steps += [RandomRotateReflect(10, p=0.75), v2.RandomHorizontalFlip(0.5)]
     elif augmentation == "top_down":
         steps += [RandomRotateReflect(10, p=0.75), RandomDihedral()]
+    elif augmentation == "basic":  # 0.7's transforms_basic: no flip, for images whose mirror means something else
+        steps.append(RandomRotateReflect(10, p=0.75))
     steps += [v2.RandomCrop(size), v2.ToDtype(torch.float32, scale=True)]
     if augmentation != "none":
         steps.append(RandomLighting(0.05, 0.05))

@@ -14,7 +14,7 @@ if "demo" in config:
             solution=f"{DATA}/solution.csv",
         params:
             demo=as_params(layout=LAYOUT, **config["demo"]),
-            classes=lambda w: " ".join(f"--classes {shlex.quote(c)}" for c in config["demo"].get("classes", [])),
+            classes=" ".join(["--classes", *map(shlex.quote, config["demo"]["classes"])]) if "classes" in config["demo"] else "",
         log:
             out("logs/demo_data.log"),
         shell:

@@ -1,0 +1,24 @@
+# Two commands do all the set-up on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test clean-demo
+
+setup: $(VENV)/.installed
+
+# pip takes the pinned torch/torchvision from the machine's local wheel store (see pyproject.toml).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores all
+
+test: setup
+	$(BIN)/pytest
+
+clean-demo:
+	rm -rf outputs/demo data/demo

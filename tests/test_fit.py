@@ -1,0 +1,87 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from pipeline.fit import EpochLog, FitSpec, TensorBatches, fit, lr_find, make_optimizer
+from pipeline.model import build_classifier
+
+CPU = torch.device("cpu")
+
+
+def tiny_problem(n=64, batch_size=16):
+    torch.manual_seed(0)
+    x = torch.randn(n, 8)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(8, 2), nn.LogSoftmax(dim=1))
+    return model, TensorBatches(x, y, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)), \
+        TensorBatches(x, y, batch_size)
+
+
+def test_epoch_counts_follow_cycle_len_and_cycle_mult():
+    assert FitSpec(1e-2, 3).epochs == 3
+    assert FitSpec(1e-2, 3, cycle_len=1).epochs == 3
+    assert FitSpec(1e-2, 3, cycle_len=1, cycle_mult=2).epochs == 7
+    assert FitSpec(1e-2, 2, cycle_len=2, cycle_mult=3).epochs == 8
+
+
+def test_sgdr_restarts_at_the_start_of_each_cycle(tmp_path):
+    model, train, valid = tiny_problem()  # 4 batches per epoch
+    log = EpochLog(tmp_path / "log.csv")
+    history = fit(model, train, valid, FitSpec(0.1, 3, cycle_len=1, cycle_mult=2), CPU, log, "t", 0, warmup=False)
+    lrs = [step[0] for step in history]
+    assert len(lrs) == 7 * 4
+    for start, length in [(0, 4), (4, 8), (12, 16)]:  # cycles of 1, 2 and 4 epochs
+        cycle = lrs[start:start + length]
+        assert cycle[0] == pytest.approx(0.1)
+        assert all(a > b for a, b in zip(cycle, cycle[1:]))
+        assert cycle[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * (length - 1) / length)))
+    written = pd.read_csv(tmp_path / "log.csv")
+    assert written["epoch"].tolist() == list(range(7))
+    assert {"train_loss", "valid_loss", "accuracy"} <= set(written.columns)
+
+
+def test_warmup_runs_the_first_twentieth_of_the_first_cycle_at_a_hundredth():
+    model, _, valid = tiny_problem()
+    x, y = torch.randn(400, 8), torch.randint(0, 2, (400,))
+    train = TensorBatches(x, y, 10)  # 40 batches: warm-up is 2 iterations
+    history = fit(model, train, valid, FitSpec(0.1, 1, cycle_len=1), CPU, EpochLog(None), "t", 0, warmup=True)
+    assert [step[0] for step in history[:3]] == pytest.approx([0.001, 0.001, 0.1 / 2 * (1 + math.cos(math.pi * 2 / 40))])
+
+
+def test_constant_lr_without_cycle_len():
+    model, train, valid = tiny_problem()
+    history = fit(model, train, valid, FitSpec(0.05, 2), CPU, EpochLog(None), "t", 0)
+    assert {step[0] for step in history} == {0.05}
+
+
+def test_fit_learns_a_separable_problem():
+    model, train, valid = tiny_problem(n=256)
+    log = EpochLog(None)
+    fit(model, train, valid, FitSpec(0.1, 3), CPU, log, "t", 0)
+    assert log.rows[-1]["accuracy"] > 0.9
+
+
+def test_differential_learning_rates_map_onto_the_three_layer_groups():
+    model = build_classifier("resnet18", "none", n_classes=2)
+    model.unfreeze()
+    optimizer = make_optimizer(model, [1e-4, 1e-3, 1e-2])
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 1e-3, 1e-2]
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 0
+    model.freeze()
+    assert [group["lr"] for group in make_optimizer(model, [1e-4, 1e-3, 1e-2]).param_groups] == [1e-2]
+
+
+def test_lr_find_restores_weights_and_stops_when_the_loss_explodes():
+    model, train, _ = tiny_problem(n=1600, batch_size=16)  # 100 batches
+    model.insert(0, nn.BatchNorm1d(8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = lr_find(model, train, CPU)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert result["lr"][0] == pytest.approx(1e-5)
+    ratios = [b / a for a, b in zip(result["lr"], result["lr"][1:])]
+    assert ratios == pytest.approx([(10 / 1e-5) ** (1 / 99)] * len(ratios))
+    assert len(result["lr"]) <= 100
+    assert result["lr"][0] <= result["suggested_lr"] <= result["lr"][-1]

@@ -1,0 +1,89 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.data import DataError, read_folders, read_labels_csv
+from pipeline.split import class_counts, get_cv_idxs, make_split
+
+
+def fastai_07_get_cv_idxs(n, cv_idx=4, val_pct=0.2, seed=42):
+    # The 0.7 source, verbatim in behaviour (old/fastai/dataset.py).
+    np.random.seed(seed)
+    n_val = int(val_pct * n)
+    idx_start = cv_idx * n_val
+    idxs = np.random.permutation(n)
+    return idxs[idx_start:idx_start + n_val]
+
+
+def test_cv_idxs_match_fastai_for_dog_breeds_size():
+    val = get_cv_idxs(10222)
+    assert len(val) == 2044
+    np.testing.assert_array_equal(val, fastai_07_get_cv_idxs(10222))
+
+
+@pytest.mark.parametrize("n, cv_idx, val_pct, seed", [(100, 0, 0.2, 1), (57, 2, 0.25, 7), (25000, 4, 0.2, 42)])
+def test_cv_idxs_match_fastai_for_other_arguments(n, cv_idx, val_pct, seed):
+    np.testing.assert_array_equal(get_cv_idxs(n, cv_idx, val_pct, seed), fastai_07_get_cv_idxs(n, cv_idx, val_pct, seed))
+
+
+def test_fastai_split_marks_those_rows_of_labels_csv_in_file_order(csv_data):
+    labeled = read_labels_csv(csv_data)
+    split = make_split(labeled, {"layout": "csv", "method": "fastai"})
+    expected = set(fastai_07_get_cv_idxs(len(labeled)))
+    assert set(np.flatnonzero(split["is_valid"])) == expected
+    assert split["id"].tolist() == pd.read_csv(csv_data / "labels.csv")["id"].tolist()
+
+
+def test_stratified_kfold_folds_partition_the_rows_and_keep_class_shares(csv_data):
+    labeled = read_labels_csv(csv_data)
+    folds = [make_split(labeled, {"method": "stratified_kfold", "n_folds": 3, "fold": k, "seed": 0}) for k in range(3)]
+    valid_sets = [set(np.flatnonzero(f["is_valid"])) for f in folds]
+    assert set().union(*valid_sets) == set(range(len(labeled)))
+    assert sum(len(v) for v in valid_sets) == len(labeled)
+    counts = class_counts(folds[0]).set_index("label")
+    shares = counts["n_valid"] / (counts["n_train"] + counts["n_valid"])
+    assert shares.between(0.25, 0.42).all()
+
+
+def test_stratified_kfold_names_classes_too_small_for_the_folds(csv_data):
+    labeled = read_labels_csv(csv_data)
+    labeled.loc[0, "label"] = "rare"
+    with pytest.raises(DataError, match="rare"):
+        make_split(labeled, {"method": "stratified_kfold", "n_folds": 5, "fold": 0})
+
+
+def test_folder_layout_uses_the_valid_folder(folder_data):
+    labeled = read_folders(folder_data)
+    split = make_split(labeled, {"layout": "folders"})
+    assert split["is_valid"].tolist() == split["path"].str.startswith("valid/").tolist()
+    assert sorted(split["label"].unique()) == ["one", "seven"]
+
+
+def test_labels_csv_with_bom_crlf_and_extra_columns_reads_the_first_two(tmp_path, csv_data):
+    rows = pd.read_csv(csv_data / "labels.csv")
+    (tmp_path / "train").symlink_to(csv_data / "train")
+    text = "id,breed,extra\r\n" + "".join(f"{i},{b},x\r\n" for i, b in zip(rows["id"], rows["breed"]))
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    table = read_labels_csv(tmp_path)
+    assert table["id"].tolist() == rows["id"].tolist()
+    assert table["label"].tolist() == rows["breed"].tolist()
+
+
+@pytest.mark.parametrize("bad_id, message", [("../etc/passwd", "separator"), ("a/b", "separator"),
+                                             ("a\\b", "separator"), ("/abs", "separator"), ("", "empty id")])
+def test_ids_that_could_escape_the_data_folder_are_refused_with_their_row(tmp_path, bad_id, message):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "labels.csv").write_text(f"id,breed\nok,x\n{bad_id},y\n")
+    with pytest.raises(DataError, match=f"line 3.*{message}"):
+        read_labels_csv(tmp_path)
+
+
+def test_missing_images_and_duplicate_ids_are_named(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.jpg").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("id,breed\na,x\nb,y\n")
+    with pytest.raises(DataError, match="train/b.jpg"):
+        read_labels_csv(tmp_path)
+    (tmp_path / "labels.csv").write_text("id,breed\na,x\na,y\n")
+    with pytest.raises(DataError, match="duplicate ids a"):
+        read_labels_csv(tmp_path)

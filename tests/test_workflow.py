@@ -1,0 +1,158 @@
+"""The real workflow, end to end, on tiny recipes for both layouts; then the rerun contract with dry runs."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import log_loss
+
+from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, snakemake
+
+pytestmark = pytest.mark.workflow
+TORCH_STAGES = {"split", "precompute", "train_head", "finetune", "tta", "submission"}
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("csv_run")
+    workflow, workdir = copy_workflow(root / "repo"), root / "my work dir; 'quoted'"  # paths reach shells quoted
+    result = snakemake(workflow, workdir, configfiles=[CONFIGS / "tiny_csv.yaml"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workflow, workdir
+
+
+def write_override(path, **sections):
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def scored(submission: pd.DataFrame, solution: pd.DataFrame, classes: list[str]) -> tuple[float, float]:
+    merged = solution.merge(submission, on="id", validate="one_to_one")
+    probs = merged[classes].to_numpy()
+    y = merged["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return log_loss(y, probs, labels=range(len(classes))), float((probs.argmax(1) == y).mean())
+
+
+def test_csv_layout_writes_the_output_contract(csv_run):
+    _, work = csv_run
+    out = work / "out"
+    split = pd.read_csv(out / "split.csv")
+    assert list(split.columns[:3]) == ["id", "label", "is_valid"]
+    assert split["is_valid"].sum() == int(0.2 * len(split))
+    sizes = pd.read_csv(out / "stats" / "sizes.csv")
+    assert list(sizes.columns) == ["id", "split", "width", "height", "mode", "bytes"]
+    assert len(sizes) == 530 and (sizes[["width", "height"]].max(axis=1) > 1000).any()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"valid_accuracy", "valid_logloss", "valid_accuracy_no_tta", "valid_logloss_no_tta"} <= set(metrics)
+    for plot in ["plots/sizes_all.png", "plots/sizes_under_1000.png", "plots/augmentations.png", "head/lr_find.png",
+                 "head/lr_schedule.png", "finetune/1_32/lr_schedule.png", "finetune/2_40/curves.png",
+                 "tta/confusion_matrix.png"]:
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG", plot
+    assert np.load(out / "activations" / "32" / "train.npy", mmap_mode="r").shape == ((~split["is_valid"]).sum(), 1024)
+    log = pd.read_csv(out / "finetune" / "1_32" / "log.csv")
+    assert len(log) == 15 and list(log.columns[:6]) == ["phase", "fit", "epoch", "train_loss", "valid_loss", "accuracy"]
+
+
+def test_csv_submission_covers_every_test_id_once_and_beats_uniform(csv_run):
+    _, work = csv_run
+    submission = pd.read_csv(work / "out" / "submission.csv", dtype={"id": str})
+    sample = pd.read_csv(work / "data" / "sample_submission.csv", dtype={"id": str})
+    assert list(submission.columns) == list(sample.columns)
+    assert sorted(submission["id"]) == sorted(p.stem for p in (work / "data" / "test").glob("*.jpg"))
+    np.testing.assert_allclose(submission.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-4)
+    solution = pd.read_csv(work / "data" / "solution.csv", dtype={"id": str})
+    loss, accuracy = scored(submission, solution, list(sample.columns[1:]))
+    assert loss < math.log(3)
+    assert accuracy > 0.5
+
+
+def test_nothing_reruns_when_nothing_changed(csv_run):
+    workflow, work = csv_run
+    result = snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml"])
+    assert result.returncode == 0 and planned_jobs(result.stdout) == {}, result.stdout[-2000:]
+
+
+def test_a_tta_parameter_change_reruns_only_tta_and_submission(csv_run, tmp_path):
+    workflow, work = csv_run
+    override = write_override(tmp_path / "tta.yaml", tta={"n_aug": 3})
+    result = snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override])
+    assert set(planned_jobs(result.stdout)) - {"all"} == {"tta", "submission"}, result.stdout[-2000:]
+
+
+def test_a_split_change_reruns_everything_downstream_of_the_split(csv_run, tmp_path):
+    workflow, work = csv_run
+    override = write_override(tmp_path / "split.yaml", split={"method": "fastai", "seed": 7})
+    jobs = planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override]).stdout)
+    assert set(jobs) - {"all"} == TORCH_STAGES
+    assert jobs["finetune"] == 2
+
+
+def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path):
+    workflow, work = csv_run
+    recipe = yaml.safe_load((CONFIGS / "tiny_csv.yaml").read_text())
+    recipe["finetune"][1]["fits"][0]["n_cycle"] = 2
+    override = write_override(tmp_path / "ft.yaml", finetune=recipe["finetune"])
+    jobs = planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override]).stdout)
+    assert jobs == {"finetune": 1, "tta": 1, "submission": 1, "all": 1}
+
+
+def test_editing_a_stage_module_reruns_that_stage_and_its_dependents(csv_run):
+    workflow, work = csv_run
+    module = workflow / "pipeline" / "submission.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# an edit\n")
+        jobs = planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml"]).stdout)
+    finally:
+        module.write_text(original)
+    assert set(jobs) - {"all"} == {"submission"}
+
+
+def test_folder_layout_gives_a_binary_submission_that_beats_uniform(tmp_path):
+    workflow = copy_workflow(tmp_path / "repo")
+    result = snakemake(workflow, tmp_path / "work", configfiles=[CONFIGS / "tiny_folders.yaml"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data, out = tmp_path / "work" / "data", tmp_path / "work" / "out"
+    submission = pd.read_csv(out / "submission.csv", dtype={"id": str})
+    assert list(submission.columns) == ["id", "label"]
+    assert sorted(submission["id"], key=int) == sorted((p.stem for p in (data / "test").glob("*.jpg")), key=int)
+    assert submission["label"].between(0, 1).all()
+    split = pd.read_csv(out / "split.csv")
+    assert split["is_valid"].tolist() == split["path"].str.startswith("valid/").tolist()
+    solution = pd.read_csv(data / "solution.csv", dtype={"id": str})
+    merged = solution.merge(submission, on="id")
+    y = (merged["label_x"] == "one").to_numpy()
+    assert log_loss(y, merged["label_y"], labels=[False, True]) < math.log(2)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"tta": {"n_augg": 3}}, r"n_augg"),
+    ({"tta": {"n_aug": "4"}}, r"'4' is not of type 'integer'"),
+    ({"head": {"size": 24, "precomputed": [{"lr": "1e-2", "n_cycle": 1}]}}, r"1e-2"),
+])
+def test_a_bad_recipe_stops_before_anything_runs_naming_the_key(tmp_path, override, message):
+    result = snakemake(REPO, tmp_path, "-n", configfiles=[CONFIGS / "tiny_csv.yaml",
+                                                          write_override(tmp_path / "bad.yaml", **override)])
+    assert result.returncode != 0
+    assert "Error validating config" in result.stdout + result.stderr
+    assert __import__("re").search(message, result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("recipe, finetune_jobs", [("dogbreeds.yaml", 1), ("dogscats.yaml", 1)])
+def test_lesson_recipes_plan_the_whole_chain_without_the_demo_builder(tmp_path, csv_data, folder_data, recipe,
+                                                                      finetune_jobs):
+    data = csv_data if recipe == "dogbreeds.yaml" else folder_data
+    result = snakemake(REPO, tmp_path, "-n", "--config", f"data_dir={data}", configfiles=[REPO / "config" / recipe])
+    jobs = planned_jobs(result.stdout)
+    assert "demo_data" not in jobs, "the demo recipe's keys leaked into a lesson recipe"
+    assert set(jobs) == {"split", "image_stats", "resize", "augmentation_preview", "precompute", "train_head",
+                         "finetune", "tta", "submission", "all"}, result.stdout[-2000:] + result.stderr[-2000:]
+    assert jobs["finetune"] == finetune_jobs
+
+
+def test_a_lesson_recipe_without_its_data_names_the_missing_files(tmp_path):
+    result = snakemake(REPO, tmp_path, "-n", configfiles=[REPO / "config" / "dogbreeds.yaml"])
+    assert result.returncode != 0
+    assert "data/dogbreeds/labels.csv" in result.stdout + result.stderr
