@@ -12,7 +12,8 @@ from pipeline.deps import module_files
 DATA = config["data_dir"]
 OUT = config["out_dir"]
 LAYOUT = config["data"]["layout"]
-# The interpreter running Snakemake runs every stage: no reliance on PATH or an activated environment.
+# The interpreter running Snakemake runs every stage, with this workflow's pipeline/ first on the path: no reliance
+# on PATH or an activated environment. Kept out of params on purpose: a moved venv must not rerun anything.
 PYTHON = shlex.quote(sys.executable)
 STAGE_ENV = f"PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}"
 GPU_JOBS = 0 if config["device"] == "cpu" else 1
@@ -20,11 +21,6 @@ GPU_JOBS = 0 if config["device"] == "cpu" else 1
 
 def out(path):
     return f"{OUT}/{path}"
-
-
-def stage(module):
-    """The shell prefix that runs `pipeline.<module>` with this workflow's code."""
-    return f"{STAGE_ENV} {PYTHON} -m pipeline.{module}"
 
 
 def code(module):
@@ -83,3 +79,8 @@ def previous_checkpoint(name):
 def final_checkpoint():
     names = finetune_names()
     return out(f"finetune/{names[-1]}/model.pt") if names else out("head/model.pt")
+
+
+def finetune_params(wildcards):
+    step = FINETUNE[finetune_names().index(wildcards.name)]
+    return as_params(arch=MODEL["arch"], **step, **TRANSFORMS, **LOADER, **RUNTIME, **config["train"])

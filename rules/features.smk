@@ -15,7 +15,7 @@ rule precompute:
         manifest=f"{ACTIVATIONS}/manifest.json",
     params:
         p=as_params(arch=MODEL["arch"], weights=MODEL["weights"], size=HEAD["size"], **LOADER, **RUNTIME),
-        out_dir=ACTIVATIONS,
+        out_dir=lambda wildcards, output: Path(output.manifest).parent,
     threads: workflow.cores
     resources:
         gpu=GPU_JOBS,
@@ -33,7 +33,7 @@ rule train_head:
     """lr_find and fits on the activations, then fits with augmentation through the frozen body."""
     input:
         split=out("split.csv"),
-        activations=rules.precompute.output,
+        activations=multiext(f"{ACTIVATIONS}/", "train.npy", "valid.npy", "manifest.json"),
         cache=RESIZED,
         code=code("train_head"),
     output:
@@ -46,8 +46,8 @@ rule train_head:
         else [],
     params:
         p=as_params(**MODEL, **HEAD, **TRANSFORMS, **LOADER, **RUNTIME, **config["train"]),
-        activations=ACTIVATIONS,
-        out_dir=out("head"),
+        activations=lambda wildcards, input: Path(input.activations[0]).parent,
+        out_dir=lambda wildcards, output: Path(output.model).parent,
     threads: workflow.cores
     resources:
         gpu=GPU_JOBS,

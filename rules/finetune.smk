@@ -1,11 +1,6 @@
 # Stage 5: one job per progressive size; each starts from the previous size's checkpoint (the head's for the first).
 
 
-def finetune_params(wildcards):
-    step = FINETUNE[finetune_names().index(wildcards.name)]
-    return as_params(arch=MODEL["arch"], **step, **TRANSFORMS, **LOADER, **RUNTIME, **config["train"])
-
-
 rule finetune:
     """SGDR fits at one size, optionally unfrozen with differential learning rates."""
     input:
@@ -22,7 +17,7 @@ rule finetune:
         name=r"\d+_\d+",
     params:
         p=finetune_params,
-        out_dir=lambda wildcards: out(f"finetune/{wildcards.name}"),
+        out_dir=lambda wildcards, output: Path(output.model).parent,
     threads: workflow.cores
     resources:
         gpu=GPU_JOBS,

@@ -16,7 +16,7 @@ rule tta:
         metrics=out("metrics.json"),
     params:
         p=as_params(arch=MODEL["arch"], **config["tta"], **TRANSFORMS, **LOADER, **RUNTIME),
-        out_dir=out("tta"),
+        out_dir=lambda wildcards, output: Path(output.test).parent,
     threads: workflow.cores
     resources:
         gpu=GPU_JOBS,
