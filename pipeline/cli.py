@@ -12,7 +12,7 @@ def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=json.loads, default={},
                         help="this stage's slice of the recipe, as JSON (Snakemake passes it; see `snakemake -p -n`)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch / joblib")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch / worker processes")
     return parser
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 from PIL import Image, ImageOps
 
+EXIF_ORIENTATION = 0x0112
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LAYOUTS = ("csv", "folders")
 
@@ -76,6 +78,12 @@ def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str 
     return table
 
 
+def unlabelled_images(data_dir: str | Path, labeled: pd.DataFrame) -> list[str]:
+    """Files in train/ that no labels.csv row names: not used, and reported so (a logged skip)."""
+    named = set(labeled["path"])
+    return [f"train/{p.name}" for p in _image_files(Path(data_dir) / "train") if f"train/{p.name}" not in named]
+
+
 def read_folders(data_dir: str | Path) -> pd.DataFrame:
     """`train/<class>/*` and `valid/<class>/*` -> (id, label, path, is_valid); id = file stem."""
     data_dir = Path(data_dir)
@@ -125,6 +133,11 @@ def all_images(data_dir: str | Path, layout: str, suffix: str = ".jpg") -> pd.Da
                       test.assign(split="test")[["id", "split", "path"]]], ignore_index=True)
 
 
+def read_test_table(test_csv: str | Path) -> pd.DataFrame:
+    """test.csv (id, path, usable) as written by the split stage."""
+    return pd.read_csv(test_csv, dtype={"id": str, "path": str}, keep_default_na=False)
+
+
 def read_split(split_csv: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(train rows, valid rows, sorted classes) with an integer `y` column."""
     split = pd.read_csv(split_csv, dtype={"id": str, "label": str}, keep_default_na=False)
@@ -163,3 +176,22 @@ def load_rgb(path: str | Path) -> Image.Image:
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, rgba)
         return image.convert("RGB")
+
+
+def inspect_image(path: str | Path, max_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> tuple[int, int, str]:
+    """(width, height, mode) as displayed (EXIF rotation applied), after decoding the whole file.
+
+    Raises on anything a later stage could not decode: empty, non-image or truncated files, and images over
+    `max_pixels` (Pillow's decompression-bomb limit, made an error rather than a warning).
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            width, height = image.size
+            mode = image.mode
+            if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # stored sideways
+                width, height = height, width
+            image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, still reading every byte (finds truncation)
+            image.load()
+    return width, height, mode

@@ -11,15 +11,17 @@ and the hidden test labels in `solution.csv` (which no stage reads; the tests sc
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from pipeline.io import atomic_path, write_csv
+from pipeline.parallel import map_chunks
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -45,18 +47,20 @@ def render_digit(digit: np.ndarray, rng: np.random.Generator, large: bool) -> Im
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def _render_and_save(digit: np.ndarray, seed: int, large_fraction: float, path: Path) -> None:
-    rng = np.random.default_rng(seed)
-    image = render_digit(digit, rng, large=rng.random() < large_fraction)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="JPEG", quality=90)
+def _render_and_save(large_fraction: float, jobs: list[tuple[np.ndarray, int, Path]]) -> list[Path]:
+    for digit, seed, path in jobs:
+        rng = np.random.default_rng(seed)
+        image = render_digit(digit, rng, large=rng.random() < large_fraction)
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="JPEG", quality=90)
+    return [path for _, _, path in jobs]
 
 
 def _write_images(digits: np.ndarray, paths: list[Path], rng: np.random.Generator, large_fraction: float) -> None:
     """Render in parallel; each image draws from its own seed so the result does not depend on the worker count."""
     seeds = rng.integers(0, 2**31, size=len(paths))
-    Parallel(n_jobs=-1)(delayed(_render_and_save)(digit, int(seed), large_fraction, path)
-                        for digit, seed, path in zip(digits, seeds, paths))
+    jobs = [(digit, int(seed), path) for digit, seed, path in zip(digits, seeds, paths)]
+    map_chunks(functools.partial(_render_and_save, large_fraction), jobs, os.cpu_count() or 1, "demo images")
 
 
 def _pick(n_labeled: int, n_test: int, classes: list[str], rng: np.random.Generator):

@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import cli, plots, runtime
-from pipeline.fit import EpochLog, run_fits
 from pipeline.data import read_split
+from pipeline.fit import EpochLog, ResumePoint, run_fits
+from pipeline.io import remove_stale_temporaries
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, checkpoint_meta, restore_model, save_checkpoint
 
@@ -42,13 +43,16 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device)
     model.unfreeze() if unfreeze else model.freeze()
     out_dir = Path(args.out_dir)
+    remove_stale_temporaries(out_dir)
     log = EpochLog(out_dir / "log.csv")
+    resume = ResumePoint(out_dir / "resume.pt", runtime.run_key(params, args.checkpoint), model, log)
     train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
     schedules = run_fits(model, train_loader, valid_loader, params["fits"], f"size {params['size']}", device, log,
-                         params.get("warmup", True), amp)
+                         params.get("warmup", True), amp, params.get("seed", 42), resume)
     plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
     plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
     save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "finetune", model))
+    resume.finish()
     cli.finish("finetune", started)
 
 

@@ -3,17 +3,24 @@
 SGD with momentum 0.9 and no weight decay, NLL loss on log-softmax outputs, a new optimiser per fit (as 0.7).
 SGDR is torch's `CosineAnnealingWarmRestarts`, stepped per batch, plus 0.7's warm-up: the first 1/20 of the
 first cycle runs at lr/100. The printed train loss is 0.7's bias-corrected EMA (beta 0.98).
+
+Every epoch draws its randomness (shuffling, augmentation, dropout) from a seed derived from (seed, phase, fit,
+epoch), and a `ResumePoint` saves the training state after each epoch: a killed job resumes from its last
+completed epoch and ends with the same weights as an uninterrupted run (on CPU).
 """
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -128,8 +135,60 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: boo
     return total_loss / count, correct / count
 
 
+def seed_epoch(seed: int, phase: str, fit_index: int, epoch: int, batches) -> None:
+    """Reseed every generator an epoch draws from, so that epoch is the same whether or not the run resumed."""
+    epoch_seed = int(hashlib.sha256(f"{seed}/{phase}/{fit_index}/{epoch}".encode()).hexdigest()[:8], 16)
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    torch.manual_seed(epoch_seed)
+    generator = getattr(batches, "generator", None)
+    if generator is not None:
+        generator.manual_seed(epoch_seed)
+
+
+class ResumePoint:
+    """A stage's training state after every completed epoch, for resuming a killed job.
+
+    Kept at `path`, which is not a declared output (Snakemake deletes a failed job's outputs, not this), and
+    reused only by a rerun with the same `key` (a digest of the stage's parameters and inputs); deleted by
+    `finish()` once the stage's outputs are written. Always saves the whole `model` of the stage, even while a
+    fit trains only its head.
+    """
+
+    def __init__(self, path: str | Path, key: str, model: nn.Module, log: EpochLog):
+        self.path, self.key, self.model, self.log = Path(path), key, model, log
+        self.saved: dict | None = None
+        self.fits_started = 0
+        if self.path.exists():
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if state.get("key") == key:
+                self.saved = state
+                log.rows = list(state["log_rows"])
+                print(f"resuming after epoch {state['epoch']} of fit {state['fit']} from {self.path}", flush=True)
+            else:
+                print(f"ignoring {self.path}: it was saved by a run with other parameters or inputs", flush=True)
+
+    def next_fit(self) -> int:
+        self.fits_started += 1
+        return self.fits_started - 1
+
+    def save(self, fit: int, epoch: int, epochs: int, optimizer, scheduler, ema: float, iteration: int,
+             lr_history: list, histories: list) -> None:
+        state = {"key": self.key, "fit": fit, "epoch": epoch, "epochs": epochs, "model": self.model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
+                 "ema": ema, "iteration": iteration, "lr_history": lr_history, "histories": histories,
+                 "log_rows": self.log.rows}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+        self.saved = None  # from here on this run is ahead of anything on disk
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: torch.device, log: EpochLog,
-        phase: str, fit_index: int, warmup: bool = True, amp: bool = False) -> list[list[float]]:
+        phase: str, fit_index: int, warmup: bool = True, amp: bool = False, seed: int = 42,
+        resume: ResumePoint | None = None, histories: list | None = None) -> list[list[float]]:
     """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`)."""
     optimizer = make_optimizer(model, spec.lr)
     n_batches = len(train_batches)
@@ -141,10 +200,23 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
         warmup_iters = spec.cycle_len * n_batches // 20 if warmup else 0
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     lr_history: list[list[float]] = []
-    ema, iteration = 0.0, 0
+    ema, iteration, first_epoch = 0.0, 0, 0
+    ordinal = resume.next_fit() if resume else fit_index
+    saved = resume.saved if resume else None
+    if saved is not None and ordinal <= saved["fit"]:
+        resume.model.load_state_dict(saved["model"])
+        if ordinal < saved["fit"] or saved["epoch"] == saved["epochs"] - 1:
+            print(f"{phase}: {spec} already done before the interruption", flush=True)
+            return saved["histories"][ordinal] if ordinal < saved["fit"] else saved["lr_history"]
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler:
+            scheduler.load_state_dict(saved["scheduler"])
+        ema, iteration, lr_history = saved["ema"], saved["iteration"], list(saved["lr_history"])
+        first_epoch = saved["epoch"] + 1
     print(f"{phase}: {spec} = {spec.epochs} epochs of {n_batches} batches", flush=True)
-    for epoch in range(spec.epochs):
+    for epoch in range(first_epoch, spec.epochs):
         started = time.perf_counter()
+        seed_epoch(seed, phase, fit_index, epoch, train_batches)
         model.train()
         for x, y in tqdm(train_batches, desc=f"{phase} fit {fit_index} epoch {epoch}", leave=False, disable=None):
             if iteration < warmup_iters:
@@ -165,16 +237,22 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
         log.add(phase=phase, fit=fit_index, epoch=epoch, train_loss=ema / (1 - EMA_BETA ** iteration),
                 valid_loss=valid_loss, accuracy=accuracy, lr=lr_history[-1][-1],
                 seconds=time.perf_counter() - started)
+        if resume:
+            resume.save(ordinal, epoch, spec.epochs, optimizer, scheduler, ema, iteration, lr_history,
+                        histories or [])
     return lr_history
 
 
 def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], phase: str, device: torch.device,
-             log: EpochLog, warmup: bool = True, amp: bool = False) -> list[tuple[str, list[list[float]]]]:
-    """A phase's sequence of fits (the recipe's list); returns (title, lr history) per fit for the plots."""
-    schedules = []
+             log: EpochLog, warmup: bool = True, amp: bool = False, seed: int = 42,
+             resume: ResumePoint | None = None, schedules: list | None = None) -> list[tuple[str, list[list[float]]]]:
+    """A phase's sequence of fits (the recipe's list); appends (title, lr history) per fit to `schedules`."""
+    schedules = [] if schedules is None else schedules
     for index, fit_config in enumerate(fits):
         spec = FitSpec.from_config(fit_config)
-        history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp)
+        histories = [history for _, history in schedules]
+        history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp, seed,
+                      resume, histories)
         schedules.append((f"{phase}: {spec}", history))
     return schedules
 

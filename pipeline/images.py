@@ -1,9 +1,12 @@
 """Stage 2a - image statistics: `sizes.csv` (id, split, width, height, mode, bytes) in one parallel pass over the
-image headers, the lesson's width/height histograms (all, and under 1000 px), and a JSON summary.
-Any unreadable image stops the stage with the full list of bad files.
+images, the lesson's width/height histograms (all, and under 1000 px), and a JSON summary.
+Every image is decoded once here, so this is the first stage to meet a bad file: by default an unreadable image
+(empty, not an image, truncated, over the decompression-bomb limit) stops the stage with the full list of bad
+files; with `on_bad_image: skip` they are listed in `bad_images.csv`, which the later stages leave out.
 
     python -m pipeline.images --data-dir data/demo --sizes-csv out/stats/sizes.csv --summary out/stats/summary.json \
-        --plot-all out/plots/sizes_all.png --plot-small out/plots/sizes_under_1000.png --params '{"layout": "csv"}'
+        --plot-all out/plots/sizes_all.png --plot-small out/plots/sizes_under_1000.png \
+        --bad-images out/stats/bad_images.csv --params '{"layout": "csv", "on_bad_image": "error"}'
 """
 from __future__ import annotations
 
@@ -14,39 +17,48 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import cli, plots
-from pipeline.data import DataError, all_images
+from pipeline.data import DataError, all_images, inspect_image
 from pipeline.io import write_csv, write_json
 from pipeline.parallel import map_chunks
 
-EXIF_ORIENTATION = 0x0112
 COLUMNS = ["id", "split", "width", "height", "mode", "bytes"]
+BAD_COLUMNS = ["id", "split", "path", "error"]
 
 
-def read_headers(data_dir: str, rows: list[tuple[str, str, str]]) -> list[tuple]:
-    """(id, split, width, height, mode, bytes, error) per image; sizes as displayed (EXIF rotation applied)."""
+def read_images(data_dir: str, max_pixels: int | None, rows: list[tuple[str, str, str]]) -> list[tuple]:
+    """(id, split, width, height, mode, bytes, error) per image, decoding each file once."""
     records = []
     for image_id, split, path in rows:
         full = os.path.join(data_dir, path)
         try:
-            with Image.open(full) as image:
-                width, height = image.size
-                if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # stored sideways
-                    width, height = height, width
-                records.append((image_id, split, width, height, image.mode, os.path.getsize(full), ""))
+            width, height, mode = inspect_image(full, max_pixels)
+            records.append((image_id, split, width, height, mode, os.path.getsize(full), ""))
         except Exception as error:  # every failure is reported with its file below, never swallowed
-            records.append((image_id, split, 0, 0, "", 0, f"{path}: {type(error).__name__}: {error}"))
+            records.append((image_id, split, 0, 0, "", 0, f"{type(error).__name__}: {error}"))
     return records
 
 
-def image_stats(data_dir: str, layout: str, suffix: str, n_jobs: int) -> pd.DataFrame:
+def image_stats(data_dir: str, layout: str, suffix: str, n_jobs: int,
+                max_pixels: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sizes of the readable images, bad images with their errors)."""
     images = all_images(data_dir, layout, suffix)
     rows = list(images[["id", "split", "path"]].itertuples(index=False, name=None))
-    records = map_chunks(functools.partial(read_headers, data_dir), rows, n_jobs, "image sizes")
-    sizes = pd.DataFrame(records, columns=COLUMNS + ["error"])
-    bad = sizes.loc[sizes["error"] != "", "error"].tolist()
-    if bad:
-        raise DataError(f"{len(bad)} images cannot be read:\n  " + "\n  ".join(bad))
-    return sizes[COLUMNS]
+    records = map_chunks(functools.partial(read_images, data_dir, max_pixels or Image.MAX_IMAGE_PIXELS), rows,
+                         n_jobs, "image sizes")
+    table = pd.DataFrame(records, columns=COLUMNS + ["error"]).assign(path=images["path"].to_numpy())
+    bad = table["error"] != ""
+    return table.loc[~bad, COLUMNS].reset_index(drop=True), table.loc[bad, BAD_COLUMNS].reset_index(drop=True)
+
+
+def check_bad_images(bad: pd.DataFrame, on_bad_image: str) -> None:
+    """Policy: 'error' stops with every bad file listed; 'skip' lists them in bad_images.csv and goes on."""
+    if bad.empty:
+        return
+    listing = "\n  ".join(f"{row.path}: {row.error}" for row in bad.itertuples())
+    if on_bad_image == "error":
+        raise DataError(f"{len(bad)} images cannot be read (set images.on_bad_image: skip to leave them out):"
+                        f"\n  {listing}")
+    print(f"skipping {len(bad)} unreadable images (listed in bad_images.csv):\n  {listing}", flush=True)
 
 
 def summarise(sizes: pd.DataFrame) -> dict:
@@ -68,13 +80,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summary", required=True)
     parser.add_argument("--plot-all", required=True)
     parser.add_argument("--plot-small", required=True)
+    parser.add_argument("--bad-images", required=True, help="CSV of unreadable images (id, split, path, error)")
     args = parser.parse_args(argv)
-    started = cli.announce("image_stats", args.params)
+    params = args.params
+    started = cli.announce("image_stats", params)
     try:
-        sizes = image_stats(args.data_dir, args.params.get("layout", "csv"), args.params.get("suffix", ".jpg"),
-                            args.threads)
+        sizes, bad = image_stats(args.data_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"),
+                                 args.threads, params.get("max_pixels"))
+        check_bad_images(bad, params.get("on_bad_image", "error"))
     except DataError as error:
         cli.fail(str(error))
+    write_csv(bad, args.bad_images)
     write_csv(sizes, args.sizes_csv)
     summary = summarise(sizes)
     write_json(summary, args.summary)

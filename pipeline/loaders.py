@@ -37,9 +37,11 @@ def _seed_worker(worker_id: int) -> None:
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
                 device: torch.device) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
+    # Workers are not persistent: each epoch's workers are seeded afresh from the generator, which the training
+    # loop reseeds per epoch, so an epoch's augmentations do not depend on the epochs before it (exact resume).
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       generator=generator, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
-                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+                      prefetch_factor=4 if num_workers > 0 else None)
 
 
 def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Path, params: dict,

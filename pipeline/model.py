@@ -4,6 +4,8 @@ Checkpoints carry their metadata (classes, arch, size) as plain data and load wi
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from urllib.error import URLError
@@ -169,9 +171,11 @@ def build_seeded_classifier(params: dict, n_classes: int) -> Classifier:
 
 
 def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classifier) -> dict:
+    """Plain data only (loads with weights_only=True); params_hash ties the weights to the recipe that made them."""
     return {"classes": classes, "arch": params["arch"], "size": params["size"], "stage": stage,
             "ps": params.get("ps", [0.25, 0.5]), "xtra_fc": params.get("xtra_fc", [512]),
-            "n_features": model.n_features}
+            "n_features": model.n_features,
+            "params_hash": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]}
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> None:

@@ -1,7 +1,7 @@
 """Stage 3 - precompute: the backbone's pooled activations of the un-augmented train / valid / test images.
 
 fastai 0.7's `precompute=True`: body in eval mode, AdaptiveConcatPool, validation transform (shorter side to sz,
-centre crop) at the first training size. Each split streams batch by batch into a memory-mapped .npy, so no
+centre crop) at the first training size (test: the usable images, in test.csv order). Each split streams batch by batch into a memory-mapped .npy, so no
 split's activations are ever held in RAM at once. `manifest.json` records what determines the cache (split,
 backbone, weights, size, a digest of the backbone's weights) and the head stage checks it.
 
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from pipeline import cli, runtime
-from pipeline.io import file_digest, open_npy_for_writing, write_json
-from pipeline.data import read_split
+from pipeline.data import read_split, read_test_table
+from pipeline.io import file_digest, open_npy_for_writing, remove_stale_temporaries, write_json
 from pipeline.loaders import ImageDataset, make_loader
 from pipeline.model import WeightsError, build_seeded_classifier
 from pipeline.transforms import valid_transform
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     device = runtime.setup(args.threads, params.get("seed", 42), params.get("device", "auto"))
     amp = runtime.use_amp(params.get("amp", "auto"), device)
     train, valid, classes = read_split(args.split_csv)
-    test = pd.read_csv(args.test_csv, dtype=str, keep_default_na=False)
+    test = read_test_table(args.test_csv).query("usable").reset_index(drop=True)
     try:
         model = build_seeded_classifier(params, len(classes))
     except WeightsError as error:
@@ -60,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device).to(memory_format=torch.channels_last)
     transform = valid_transform(params["size"])
     out_dir = Path(args.out_dir)
+    remove_stale_temporaries(out_dir)
     for name, frame in zip(SPLITS, (train, valid, test)):
         dataset = ImageDataset(args.cache_dir, frame["path"], frame.get("y"), transform)
         loader = make_loader(dataset, params.get("batch_size", 64), False, params.get("num_workers", 0),

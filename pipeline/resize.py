@@ -5,7 +5,8 @@ relative names, in parallel worker processes. Unlike 0.7, which skipped existing
 images, the cache is rebuilt whenever the data, the code or its parameters change (Snakemake's rerun triggers plus a
 data fingerprint), and each image is written atomically.
 
-    python -m pipeline.resize --data-dir data/demo --out-dir out/resized/340 --params '{"shorter_side": 340}'
+    python -m pipeline.resize --data-dir data/demo --bad-images out/stats/bad_images.csv --out-dir out/resized/340 \
+        --params '{"shorter_side": 340}'
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import functools
 import math
 from pathlib import Path
 
+import pandas as pd
 from PIL import Image
 
 from pipeline import cli
@@ -48,8 +50,9 @@ def resize_paths(data_dir: str, out_dir: str, shorter_side: int, jpeg_quality: i
 
 
 def resize_cache(data_dir: str, out_dir: str, layout: str, suffix: str, shorter_side: int, jpeg_quality: int,
-                 n_jobs: int) -> int:
-    paths = all_images(data_dir, layout, suffix)["path"].tolist()
+                 n_jobs: int, skip: set[str] = frozenset()) -> int:
+    """Resize every image of the data set except those in `skip` (unreadable ones, already reported)."""
+    paths = [p for p in all_images(data_dir, layout, suffix)["path"] if p not in skip]
     task = functools.partial(resize_paths, data_dir, out_dir, shorter_side, jpeg_quality)
     map_chunks(task, paths, n_jobs, f"resize to {shorter_side}")
     return len(paths)
@@ -59,13 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.stage_parser(__doc__)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--bad-images", help="bad_images.csv from the image-stats stage: left out")
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("resize", params)
     shorter_side = params.get("shorter_side", 340)
+    skip = set(pd.read_csv(args.bad_images, dtype=str)["path"]) if args.bad_images else set()
     try:
         n = resize_cache(args.data_dir, args.out_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"),
-                         shorter_side, params.get("jpeg_quality", 90), args.threads)
+                         shorter_side, params.get("jpeg_quality", 90), args.threads, skip)
     except DataError as error:
         cli.fail(str(error))
     print(f"resized {n} images to shorter side {shorter_side} -> {args.out_dir}", flush=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 
 import numpy as np
@@ -17,6 +18,8 @@ def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
     if chosen.type == "cuda":
         # Speed over bit-exactness on GPU: cuDNN autotuning picks kernels per run (see README, Determinism).
         torch.backends.cudnn.benchmark = True
+    else:
+        torch.use_deterministic_algorithms(True)
     print(f"device {chosen}, {torch.get_num_threads()} CPU threads, seed {seed}", flush=True)
     return chosen
 
@@ -38,4 +41,13 @@ def state_digest(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_key(params: dict, *input_files) -> str:
+    """What a stage's result depends on: its parameters and the digests of its input files."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for path in input_files:
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()[:16]

@@ -2,10 +2,13 @@
 
 Default: fastai 0.7's `get_cv_idxs` over `labels.csv` rows in file order (exactly the indices the lesson used).
 Option: stratified K-fold (scikit-learn), one fold chosen in the recipe. The folder layout's `valid/` is the
-validation set as is. Writes `split.csv` (id, label, is_valid, path), `test.csv` (id, path) and a class-count table.
+validation set as is. Images the image-stats stage found unreadable (`bad_images.csv`, only non-empty with
+`on_bad_image: skip`) are left out of the split; test images are never dropped: `test.csv` (id, path, usable) keeps
+every one, and the TTA stage gives an unusable one the training class prior. Writes `split.csv` (id, label,
+is_valid, path), `test.csv` and a class-count table.
 
-    python -m pipeline.split --data-dir data/demo --split-csv out/split.csv --test-csv out/test.csv \
-        --class-counts out/class_counts.csv --params '{"layout": "csv", "method": "fastai"}'
+    python -m pipeline.split --data-dir data/demo --bad-images out/stats/bad_images.csv --split-csv out/split.csv \
+        --test-csv out/test.csv --class-counts out/class_counts.csv --params '{"layout": "csv", "method": "fastai"}'
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from pipeline import cli
-from pipeline.data import DataError, read_labeled, read_test
+from pipeline.data import DataError, read_labeled, read_test, unlabelled_images
 from pipeline.io import write_csv
 
 
@@ -34,6 +37,15 @@ def stratified_fold_idxs(labels: pd.Series, n_folds: int, fold: int, seed: int) 
                         f"too few in: {', '.join(f'{c} ({n})' for c, n in too_small.items())}")
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
     return list(folds)[fold][1]
+
+
+def leave_out_bad(labeled: pd.DataFrame, bad_paths: set[str]) -> pd.DataFrame:
+    """Drop labelled images listed as unreadable. Row order (and so fastai's indices) is that of what remains."""
+    dropped = labeled["path"].isin(bad_paths)
+    if dropped.any():
+        print(f"leaving out {int(dropped.sum())} unreadable labelled images: "
+              f"{', '.join(labeled.loc[dropped, 'path'][:20])}", flush=True)
+    return labeled[~dropped].reset_index(drop=True)
 
 
 def make_split(labeled: pd.DataFrame, params: dict) -> pd.DataFrame:
@@ -72,24 +84,34 @@ def check_classes(counts: pd.DataFrame) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = cli.stage_parser(__doc__)
     parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--bad-images", help="bad_images.csv from the image-stats stage")
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--class-counts", required=True)
     args = parser.parse_args(argv)
-    started = cli.announce("split", args.params)
+    params = args.params
+    started = cli.announce("split", params)
+    bad_paths = set(pd.read_csv(args.bad_images, dtype=str)["path"]) if args.bad_images else set()
     try:
-        labeled = read_labeled(args.data_dir, args.params.get("layout", "csv"), args.params.get("suffix", ".jpg"))
-        split = make_split(labeled, args.params)
+        labeled = read_labeled(args.data_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"))
+        split = make_split(leave_out_bad(labeled, bad_paths), params)
         counts = class_counts(split)
         check_classes(counts)
         test = read_test(args.data_dir)
     except DataError as error:
         cli.fail(str(error))
+    if params.get("layout", "csv") == "csv":
+        unlabelled = unlabelled_images(args.data_dir, labeled)
+        if unlabelled:
+            print(f"skipping {len(unlabelled)} images in train/ without a row in labels.csv: "
+                  f"{', '.join(unlabelled[:20])}", flush=True)
+    test["usable"] = ~test["path"].isin(bad_paths)
     write_csv(split, args.split_csv)
     write_csv(test, args.test_csv)
     write_csv(counts, args.class_counts)
     print(f"{len(split)} labelled images: {int((~split['is_valid']).sum())} train, {int(split['is_valid'].sum())} "
-          f"valid, {len(counts)} classes; {len(test)} test images", flush=True)
+          f"valid, {len(counts)} classes; {len(test)} test images ({int((~test['usable']).sum())} unreadable)",
+          flush=True)
     cli.finish("split", started)
 
 

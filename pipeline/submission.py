@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import cli
-from pipeline.data import natural_key
+from pipeline.data import natural_key, read_split, read_test_table
 from pipeline.io import write_csv
-from pipeline.data import read_split
 
 
 class SubmissionError(ValueError):
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     params = args.params
     started = cli.announce("submission", params)
     _, _, classes = read_split(args.split_csv)
-    test_ids = pd.read_csv(args.test_csv, dtype=str, keep_default_na=False)["id"].tolist()
+    test_ids = read_test_table(args.test_csv)["id"].tolist()
     try:
         submission = make_submission(np.load(args.probs), test_ids, classes, _read_sample(args.sample),
                                      params.get("clip", 0.0), params.get("positive_class"))

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 
 from pipeline import cli, plots, runtime
-from pipeline.fit import EpochLog, TensorBatches, lr_find, run_fits
-from pipeline.io import file_digest, read_json, write_csv
 from pipeline.data import read_split
+from pipeline.fit import EpochLog, ResumePoint, TensorBatches, lr_find, run_fits
+from pipeline.io import file_digest, read_json, remove_stale_temporaries, write_csv
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, build_seeded_classifier, checkpoint_meta, save_checkpoint
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     amp = runtime.use_amp(params.get("amp", "auto"), device)
     warmup = params.get("warmup", True)
     out_dir, activations = Path(args.out_dir), Path(args.activations)
+    remove_stale_temporaries(out_dir)
     train, valid, classes = read_split(args.split_csv)
     manifest = read_json(activations / "manifest.json")
     check_activations(manifest, params, classes, args.split_csv)
@@ -59,28 +60,31 @@ def main(argv: list[str] | None = None) -> None:
     if runtime.state_digest(model.body) != manifest["body_digest"]:
         cli.fail("the rebuilt backbone differs from the one that computed the activations; rerun precompute")
     model = model.to(device)
-    runtime.seed_everything(params.get("seed", 42))
+    seed, warmup = params.get("seed", 42), params.get("warmup", True)
     log = EpochLog(out_dir / "log.csv")
-    generator = torch.Generator().manual_seed(params.get("seed", 42))
+    resume = ResumePoint(out_dir / "resume.pt", runtime.run_key(params, activations / "manifest.json"), model, log)
     batch_size = params.get("batch_size", 64)
-    train_acts = TensorBatches(*load_activations(activations, "train", train), batch_size, True, generator)
+    train_acts = TensorBatches(*load_activations(activations, "train", train), batch_size, True, torch.Generator())
     valid_acts = TensorBatches(*load_activations(activations, "valid", valid), batch_size)
 
     if params.get("lr_find", True):
+        runtime.seed_everything(seed)
+        train_acts.generator.manual_seed(seed)
         found = lr_find(model.head, train_acts, device, amp=amp)
         write_csv(pd.DataFrame({k: found[k] for k in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")
         plots.lr_finder(found, out_dir / "lr_find.png")
         print(f"lr_find: {len(found['lr'])} steps, suggested lr {found['suggested_lr']:.3g}", flush=True)
     schedules = run_fits(model.head, train_acts, valid_acts, params["precomputed"], "precomputed", device, log,
-                         warmup, amp)
+                         warmup, amp, seed, resume)
     if params.get("augmented"):
         model.freeze()
         train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
-        schedules += run_fits(model, train_loader, valid_loader, params["augmented"], "augmented", device, log,
-                              warmup, amp)
+        run_fits(model, train_loader, valid_loader, params["augmented"], "augmented", device, log, warmup, amp, seed,
+                 resume, schedules)
     plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
     plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
     save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "head", model))
+    resume.finish()
     cli.finish("train_head", started)
 
 

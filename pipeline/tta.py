@@ -16,8 +16,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 from tqdm.auto import tqdm
 
 from pipeline import cli, plots, runtime
-from pipeline.io import save_npy, write_json
-from pipeline.data import read_split
+from pipeline.data import read_split, read_test_table
+from pipeline.io import remove_stale_temporaries, save_npy, write_json
 from pipeline.loaders import ImageDataset, make_loader
 from pipeline.model import WeightsError, restore_model
 from pipeline.transforms import train_transform, valid_transform
@@ -55,6 +55,20 @@ def mean_probs(log_probs: np.ndarray) -> np.ndarray:
     return np.exp(log_probs).mean(axis=0)
 
 
+def class_prior(train: pd.DataFrame, n_classes: int) -> np.ndarray:
+    return np.bincount(train["y"], minlength=n_classes) / len(train)
+
+
+def with_prior_for_unusable(probs: np.ndarray, usable: np.ndarray, prior: np.ndarray, unusable_paths) -> np.ndarray:
+    """Every test id gets a row: an unreadable test image (skipped upstream) gets the training class prior."""
+    full = np.tile(prior, (len(usable), 1))
+    full[usable] = probs
+    if unusable_paths:
+        print(f"{len(unusable_paths)} unreadable test images get the training class prior: "
+              f"{', '.join(unusable_paths)}", flush=True)
+    return full
+
+
 def valid_metrics(log_probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
     labels = list(range(n_classes))
     plain, averaged = np.exp(log_probs[0]), mean_probs(log_probs)
@@ -78,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     started = cli.announce("tta", params)
     device = runtime.setup(args.threads, params.get("seed", 42), params.get("device", "auto"))
     amp = runtime.use_amp(params.get("amp", "auto"), device)
-    _, valid, classes = read_split(args.split_csv)
-    test = pd.read_csv(args.test_csv, dtype=str, keep_default_na=False)
+    train, valid, classes = read_split(args.split_csv)
+    test = read_test_table(args.test_csv)
     try:
         model, meta = restore_model(args.checkpoint, params["arch"], classes)
     except WeightsError as error:
@@ -87,10 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device).to(memory_format=torch.channels_last)
     params = {**params, "size": meta["size"]}
     out_dir = Path(args.out_dir)
+    remove_stale_temporaries(out_dir)
     valid_log_probs = tta_log_probs(model, valid, args.cache_dir, params, device, amp, "valid")
-    test_log_probs = tta_log_probs(model, test, args.cache_dir, params, device, amp, "test")
+    usable = test["usable"].to_numpy()
+    test_log_probs = tta_log_probs(model, test[usable], args.cache_dir, params, device, amp, "test")
     save_npy(mean_probs(valid_log_probs), out_dir / "valid_probs.npy")
-    save_npy(mean_probs(test_log_probs), out_dir / "test_probs.npy")
+    save_npy(with_prior_for_unusable(mean_probs(test_log_probs), usable, class_prior(train, len(classes)),
+                                     test.loc[~usable, "path"].tolist()), out_dir / "test_probs.npy")
     metrics = {**valid_metrics(valid_log_probs, valid["y"].to_numpy(), len(classes)), "size": meta["size"],
                "classes": classes}
     matrix = confusion_matrix(valid["y"], mean_probs(valid_log_probs).argmax(1), labels=range(len(classes)))

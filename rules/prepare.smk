@@ -28,6 +28,7 @@ rule split:
     """labels -> split.csv (fastai get_cv_idxs, stratified K-fold, or the valid/ folder), test.csv, class counts."""
     input:
         **data_inputs(),
+        bad_images=out("stats/bad_images.csv"),
         code=code("split"),
     output:
         split=out("split.csv"),
@@ -38,12 +39,13 @@ rule split:
     log:
         out("logs/split.log"),
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.split --data-dir {DATA:q} --split-csv {output.split:q} "
+        "{STAGE_ENV} {PYTHON} -m pipeline.split --data-dir {DATA:q} --bad-images {input.bad_images:q} "
+        "--split-csv {output.split:q} "
         "--test-csv {output.test:q} --class-counts {output.counts:q} --params {params.p:q} 2>&1 | tee {log:q}"
 
 
 rule image_stats:
-    """sizes.csv, size histograms and a summary, in one parallel pass over the image headers."""
+    """sizes.csv, size histograms, a summary and the unreadable images, in one parallel decoding pass."""
     input:
         **data_inputs(),
         code=code("images"),
@@ -52,8 +54,14 @@ rule image_stats:
         summary=out("stats/summary.json"),
         plot_all=report(out("plots/sizes_all.png"), category="Data"),
         plot_small=report(out("plots/sizes_under_1000.png"), category="Data"),
+        bad_images=out("stats/bad_images.csv"),
     params:
-        p=as_params(layout=LAYOUT, suffix=config["data"]["suffix"]),
+        p=as_params(
+            layout=LAYOUT,
+            suffix=config["data"]["suffix"],
+            on_bad_image=config["images"]["on_bad_image"],
+            max_pixels=config["images"]["max_pixels"],
+        ),
         fingerprint=DATA_FINGERPRINT,
     threads: workflow.cores
     log:
@@ -63,6 +71,7 @@ rule image_stats:
     shell:
         "{STAGE_ENV} {PYTHON} -m pipeline.images --data-dir {DATA:q} --sizes-csv {output.sizes:q} "
         "--summary {output.summary:q} --plot-all {output.plot_all:q} --plot-small {output.plot_small:q} "
+        "--bad-images {output.bad_images:q} "
         "--threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
 
 
@@ -70,11 +79,17 @@ rule resize:
     """The resize cache (shorter side 340 by default) that every later stage reads."""
     input:
         **data_inputs(),
+        bad_images=out("stats/bad_images.csv"),
         code=code("resize"),
     output:
         directory(RESIZED),
     params:
-        p=as_params(layout=LAYOUT, suffix=config["data"]["suffix"], **config["images"]),
+        p=as_params(
+            layout=LAYOUT,
+            suffix=config["data"]["suffix"],
+            shorter_side=config["images"]["shorter_side"],
+            jpeg_quality=config["images"]["jpeg_quality"],
+        ),
         fingerprint=DATA_FINGERPRINT,
     threads: workflow.cores
     log:
@@ -82,7 +97,8 @@ rule resize:
     benchmark:
         out("benchmarks/resize.tsv")
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.resize --data-dir {DATA:q} --out-dir {output:q} --threads {threads} "
+        "{STAGE_ENV} {PYTHON} -m pipeline.resize --data-dir {DATA:q} --bad-images {input.bad_images:q} "
+        "--out-dir {output:q} --threads {threads} "
         "--params {params.p:q} 2>&1 | tee {log:q}"
 
 

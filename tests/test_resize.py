@@ -20,6 +20,7 @@ def test_resize_writes_rgb_with_the_shorter_side_at_target(tmp_path):
         assert image.size == (453, 340)
         assert image.mode == "RGB"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["grey.jpg"]  # no temporary file left behind
+    assert (tmp_path / "out" / "grey.jpg").stat().st_mode & 0o044  # readable by others, as a plain open() gives
 
 
 def test_loading_applies_exif_rotation_and_flattens_transparency(tmp_path):
