@@ -121,6 +121,18 @@ def _to(device: torch.device, *tensors: torch.Tensor):
     return [t.to(device, non_blocking=True) for t in tensors]
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               device: torch.device, amp: bool) -> float:
+    """One SGD step on a batch; returns its NLL loss."""
+    x, y = _to(device, x, y)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = F.nll_loss(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: bool = False) -> tuple[float, float]:
     """(mean NLL, accuracy) over `batches` in eval mode."""
     model.eval()
@@ -222,16 +234,11 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
             if iteration < warmup_iters:
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base / 100
-            x, y = _to(device, x, y)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = F.nll_loss(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, x, y, device, amp)
             lr_history.append([group["lr"] for group in optimizer.param_groups])
             if scheduler:
                 scheduler.step()
-            ema = EMA_BETA * ema + (1 - EMA_BETA) * loss.item()
+            ema = EMA_BETA * ema + (1 - EMA_BETA) * loss
             iteration += 1
         valid_loss, accuracy = evaluate(model, valid_batches, device, amp)
         log.add(phase=phase, fit=fit_index, epoch=epoch, train_loss=ema / (1 - EMA_BETA ** iteration),
@@ -272,15 +279,10 @@ def lr_find(model: nn.Module, train_batches, device: torch.device, start_lr: flo
         lr = start_lr * factor ** step
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = _to(device, x, y)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.nll_loss(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema = EMA_BETA * ema + (1 - EMA_BETA) * loss.item()
+        loss = train_step(model, optimizer, x, y, device, amp)
+        ema = EMA_BETA * ema + (1 - EMA_BETA) * loss
         smooth = ema / (1 - EMA_BETA ** (step + 1))
-        lrs.append(lr), losses.append(loss.item()), smoothed.append(smooth)
+        lrs.append(lr), losses.append(loss), smoothed.append(smooth)
         if not math.isfinite(smooth) or smooth > 4 * best:
             break
         best = min(best, smooth)

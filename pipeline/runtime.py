@@ -24,6 +24,12 @@ def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
     return chosen
 
 
+def start(params: dict, threads: int) -> tuple[torch.device, bool]:
+    """(device, use bf16 autocast) for a torch stage, from its params slice."""
+    device = setup(threads, params.get("seed", 42), params.get("device", "auto"))
+    return device, use_amp(params.get("amp", "auto"), device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("train_head", params)
-    device = runtime.setup(args.threads, params.get("seed", 42), params.get("device", "auto"))
-    amp = runtime.use_amp(params.get("amp", "auto"), device)
+    device, amp = runtime.start(params, args.threads)
     warmup = params.get("warmup", True)
     out_dir, activations = Path(args.out_dir), Path(args.activations)
     remove_stale_temporaries(out_dir)

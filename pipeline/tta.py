@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("tta", params)
-    device = runtime.setup(args.threads, params.get("seed", 42), params.get("device", "auto"))
-    amp = runtime.use_amp(params.get("amp", "auto"), device)
+    device, amp = runtime.start(params, args.threads)
     train, valid, classes = read_split(args.split_csv)
     test = read_test_table(args.test_csv)
     try:
