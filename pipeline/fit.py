@@ -293,6 +293,7 @@ def lr_find(model: nn.Module, train_batches, device: torch.device, start_lr: flo
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
     """Where the smoothed loss falls fastest against log(lr) (0.7 left the choice to the eye; this marks one)."""
     finite = [i for i, value in enumerate(smoothed) if math.isfinite(value)]
+    finite = finite[len(finite) // 10:]  # the EMA has barely started over the first steps
     if len(finite) < 3:
         return lrs[0]
     slopes = [(smoothed[b] - smoothed[a]) / (math.log(lrs[b]) - math.log(lrs[a])) for a, b in zip(finite, finite[1:])]

@@ -32,6 +32,8 @@ def lr_finder(result: dict, path) -> None:
     axis.axvline(result["suggested_lr"], color="tab:red", linestyle="--",
                  label=f"suggested lr {result['suggested_lr']:.2g}")
     axis.set_xscale("log")
+    # The smoothed loss stops at 4x its best: a last exploding batch loss must not squash the curve.
+    axis.set_ylim(min(result["loss"]) * 0.9, max(result["smoothed_loss"]) * 1.1)
     axis.set_xlabel("learning rate")
     axis.set_ylabel("loss")
     axis.legend()
