@@ -17,6 +17,9 @@ LAYOUT = config["data"]["layout"]
 PYTHON = shlex.quote(sys.executable)
 STAGE_ENV = f"PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}"
 GPU_JOBS = 0 if config["device"] == "cpu" else 1
+# Parallel stages ask for many threads and Snakemake caps them at --cores (workflow.cores would make
+# `snakemake --report` demand --cores too).
+MAX_THREADS = 256
 
 
 def out(path):

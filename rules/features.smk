@@ -16,7 +16,7 @@ rule precompute:
     params:
         p=as_params(arch=MODEL["arch"], weights=MODEL["weights"], size=HEAD["size"], **LOADER, **RUNTIME),
         out_dir=lambda wildcards, output: Path(output.manifest).parent,
-    threads: workflow.cores
+    threads: MAX_THREADS
     resources:
         gpu=GPU_JOBS,
     log:
@@ -48,7 +48,7 @@ rule train_head:
         p=as_params(**MODEL, **HEAD, **TRANSFORMS, **LOADER, **RUNTIME, **config["train"]),
         activations=lambda wildcards, input: Path(input.activations[0]).parent,
         out_dir=lambda wildcards, output: Path(output.model).parent,
-    threads: workflow.cores
+    threads: MAX_THREADS
     resources:
         gpu=GPU_JOBS,
     log:

@@ -18,7 +18,7 @@ rule finetune:
     params:
         p=finetune_params,
         out_dir=lambda wildcards, output: Path(output.model).parent,
-    threads: workflow.cores
+    threads: MAX_THREADS
     resources:
         gpu=GPU_JOBS,
     log:

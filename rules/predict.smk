@@ -17,7 +17,7 @@ rule tta:
     params:
         p=as_params(arch=MODEL["arch"], **config["tta"], **TRANSFORMS, **LOADER, **RUNTIME),
         out_dir=lambda wildcards, output: Path(output.test).parent,
-    threads: workflow.cores
+    threads: MAX_THREADS
     resources:
         gpu=GPU_JOBS,
     log:

@@ -63,7 +63,7 @@ rule image_stats:
             max_pixels=config["images"]["max_pixels"],
         ),
         fingerprint=DATA_FINGERPRINT,
-    threads: workflow.cores
+    threads: MAX_THREADS
     log:
         out("logs/image_stats.log"),
     benchmark:
@@ -91,7 +91,7 @@ rule resize:
             jpeg_quality=config["images"]["jpeg_quality"],
         ),
         fingerprint=DATA_FINGERPRINT,
-    threads: workflow.cores
+    threads: MAX_THREADS
     log:
         out("logs/resize.log"),
     benchmark:
