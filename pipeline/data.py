@@ -163,9 +163,15 @@ def data_fingerprint(data_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image upright (EXIF orientation applied) as 8-bit RGB, whatever its mode."""
+def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image upright (EXIF orientation applied) as 8-bit RGB, whatever its mode.
+
+    `at_least` (width, height as stored): let a JPEG decode at 1/2, 1/4 or 1/8 scale while staying at least that big
+    (Pillow's draft mode) - much less work when the image will be shrunk anyway.
+    """
     with Image.open(path) as image:
+        if at_least is not None:
+            image.draft("RGB", at_least)
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16-bit greyscale: scale to 8 bits instead of letting convert() saturate it.

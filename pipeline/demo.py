@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,20 @@ from pipeline.parallel import map_chunks
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def render_digit(digit: np.ndarray, rng: np.random.Generator, large: bool) -> Image.Image:
+@dataclass(frozen=True)
+class ImageSizes:
+    """Shorter side ranges (px, end exclusive) of ordinary and large images, and the long/short aspect range."""
+
+    short: tuple[int, int] = (150, 600)
+    large_short: tuple[int, int] = (1000, 1400)
+    aspect: tuple[float, float] = (1.0, 1.6)
+
+
+def render_digit(digit: np.ndarray, rng: np.random.Generator, large: bool,
+                 sizes: ImageSizes = ImageSizes()) -> Image.Image:
     """Draw an 8x8 digit (values 0-16) as a colour photo-like JPEG source of random size and aspect ratio."""
-    short = int(rng.integers(1000, 1400)) if large else int(rng.integers(150, 600))
-    aspect = float(rng.uniform(1.0, 1.6))  # long side / short side
+    short = int(rng.integers(*sizes.large_short)) if large else int(rng.integers(*sizes.short))
+    aspect = float(rng.uniform(*sizes.aspect))  # long side / short side
     width, height = (int(short * aspect), short) if rng.random() < 0.5 else (short, int(short * aspect))
     glyph_side = int(short * rng.uniform(0.55, 0.9))
     glyph = Image.fromarray((digit / 16 * 255).astype(np.uint8)).resize((glyph_side, glyph_side), Image.BILINEAR)
@@ -47,20 +58,21 @@ def render_digit(digit: np.ndarray, rng: np.random.Generator, large: bool) -> Im
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def _render_and_save(large_fraction: float, jobs: list[tuple[np.ndarray, int, Path]]) -> list[Path]:
+def _render_and_save(large_fraction: float, sizes: ImageSizes, jobs: list[tuple[np.ndarray, int, Path]]) -> list[Path]:
     for digit, seed, path in jobs:
         rng = np.random.default_rng(seed)
-        image = render_digit(digit, rng, large=rng.random() < large_fraction)
+        image = render_digit(digit, rng, rng.random() < large_fraction, sizes)
         with atomic_path(path) as tmp:
             image.save(tmp, format="JPEG", quality=90)
     return [path for _, _, path in jobs]
 
 
-def _write_images(digits: np.ndarray, paths: list[Path], rng: np.random.Generator, large_fraction: float) -> None:
+def _write_images(digits: np.ndarray, paths: list[Path], rng: np.random.Generator, large_fraction: float,
+                  sizes: ImageSizes) -> None:
     """Render in parallel; each image draws from its own seed so the result does not depend on the worker count."""
     seeds = rng.integers(0, 2**31, size=len(paths))
     jobs = [(digit, int(seed), path) for digit, seed, path in zip(digits, seeds, paths)]
-    map_chunks(functools.partial(_render_and_save, large_fraction), jobs, os.cpu_count() or 1, "demo images")
+    map_chunks(functools.partial(_render_and_save, large_fraction, sizes), jobs, os.cpu_count() or 1, "demo images")
 
 
 def _pick(n_labeled: int, n_test: int, classes: list[str], rng: np.random.Generator):
@@ -75,13 +87,13 @@ def _pick(n_labeled: int, n_test: int, classes: list[str], rng: np.random.Genera
 
 
 def build_csv_layout(out: Path, n_labeled: int, n_test: int, classes: list[str], seed: int,
-                     large_fraction: float) -> None:
+                     large_fraction: float, sizes: ImageSizes = ImageSizes()) -> None:
     """Kaggle Dog Breed layout: labels.csv (id,breed), train/<id>.jpg, test/<id>.jpg, sample_submission.csv."""
     rng = np.random.default_rng(seed)
     images, labels = _pick(n_labeled, n_test, classes, rng)
     ids = [rng.bytes(16).hex() for _ in labels]  # Kaggle's ids are 32 hex digits
     paths = [out / ("train" if index < n_labeled else "test") / f"{image_id}.jpg" for index, image_id in enumerate(ids)]
-    _write_images(images, paths, rng, large_fraction)
+    _write_images(images, paths, rng, large_fraction, sizes)
     write_csv(pd.DataFrame({"id": ids[:n_labeled], "breed": labels[:n_labeled]}), out / "labels.csv")
     class_columns = sorted(classes)
     sample = pd.DataFrame(1 / len(class_columns), index=range(n_test), columns=class_columns)
@@ -91,7 +103,7 @@ def build_csv_layout(out: Path, n_labeled: int, n_test: int, classes: list[str],
 
 
 def build_folder_layout(out: Path, n_labeled: int, n_test: int, classes: list[str], seed: int,
-                        large_fraction: float, valid_fraction: float = 0.2) -> None:
+                        large_fraction: float, sizes: ImageSizes = ImageSizes(), valid_fraction: float = 0.2) -> None:
     """Dogs vs Cats layout: train/<class>/<class>.<n>.jpg, valid/<class>/..., test/<n>.jpg, sample_submission.csv."""
     rng = np.random.default_rng(seed)
     images, labels = _pick(n_labeled, n_test, classes, rng)
@@ -100,17 +112,18 @@ def build_folder_layout(out: Path, n_labeled: int, n_test: int, classes: list[st
     paths = [out / ("valid" if index < n_valid else "train") / label / f"{label}.{index}.jpg"
              for index, label in enumerate(labels[:n_labeled])]
     paths += [out / "test" / f"{image_id}.jpg" for image_id in test_ids]
-    _write_images(images, paths, rng, large_fraction)
+    _write_images(images, paths, rng, large_fraction, sizes)
     write_csv(pd.DataFrame({"id": test_ids, "label": 0.5}), out / "sample_submission.csv")
     write_csv(pd.DataFrame({"id": test_ids, "label": labels[n_labeled:]}), out / "solution.csv")
 
 
 def build(out: str | Path, layout: str = "csv", n_labeled: int = 1000, n_test: int = 300,
-          classes: list[str] | None = None, seed: int = 0, large_fraction: float = 0.03) -> None:
+          classes: list[str] | None = None, seed: int = 0, large_fraction: float = 0.03,
+          sizes: ImageSizes = ImageSizes()) -> None:
     out = Path(out)
     classes = classes or (DIGIT_NAMES if layout == "csv" else ["one", "seven"])
     builder = build_csv_layout if layout == "csv" else build_folder_layout
-    builder(out, n_labeled, n_test, classes, seed, large_fraction)
+    builder(out, n_labeled, n_test, classes, seed, large_fraction, sizes)
     print(f"demo data ({layout} layout): {n_labeled} labelled + {n_test} test images of {len(classes)} classes "
           f"from scikit-learn's digits -> {out}")
 

@@ -1,7 +1,9 @@
 """Stage 2b - the resize cache every later stage reads (fastai 0.7's `resize_img`, `tmp/340/`).
 
 The shorter side becomes `shorter_side` (each side max(floor(side*ratio), shorter_side)), bilinear, RGB, same
-relative names, in parallel worker processes. Unlike 0.7, which skipped existing outputs and so could serve stale
+relative names, in parallel worker processes. A JPEG much larger than its target is decoded at a reduced scale
+first (Pillow's draft mode, `images.jpeg_draft`; bench/resize.py measures it): same output size, pixels within a
+grey level or two of a full decode. Unlike 0.7, which skipped existing outputs and so could serve stale
 images, the cache is rebuilt whenever the data, the code or its parameters change (Snakemake's rerun triggers plus a
 data fingerprint), and each image is written atomically.
 
@@ -29,8 +31,12 @@ def resized_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
     return max(math.floor(width * ratio), shorter_side), max(math.floor(height * ratio), shorter_side)
 
 
-def resize_one(source: Path, destination: Path, shorter_side: int, jpeg_quality: int) -> None:
-    image = load_rgb(source)
+def resize_one(source: Path, destination: Path, shorter_side: int, jpeg_quality: int, draft: bool = True) -> None:
+    at_least = None
+    if draft:
+        with Image.open(source) as header:  # the target in stored orientation; the scale factor is the same
+            at_least = resized_size(*header.size, shorter_side)
+    image = load_rgb(source, at_least)
     image = image.resize(resized_size(*image.size, shorter_side), Image.BILINEAR)
     is_jpeg = destination.suffix.lower() in (".jpg", ".jpeg")
     with atomic_path(destination) as tmp:
@@ -40,20 +46,21 @@ def resize_one(source: Path, destination: Path, shorter_side: int, jpeg_quality:
             image.save(tmp, format=Image.registered_extensions()[destination.suffix.lower()])
 
 
-def resize_paths(data_dir: str, out_dir: str, shorter_side: int, jpeg_quality: int, paths: list[str]) -> list[str]:
+def resize_paths(data_dir: str, out_dir: str, shorter_side: int, jpeg_quality: int, draft: bool,
+                 paths: list[str]) -> list[str]:
     for path in paths:
         try:
-            resize_one(Path(data_dir) / path, Path(out_dir) / path, shorter_side, jpeg_quality)
+            resize_one(Path(data_dir) / path, Path(out_dir) / path, shorter_side, jpeg_quality, draft)
         except Exception as error:
             raise DataError(f"{Path(data_dir) / path}: cannot resize: {type(error).__name__}: {error}") from error
     return paths
 
 
 def resize_cache(data_dir: str, out_dir: str, layout: str, suffix: str, shorter_side: int, jpeg_quality: int,
-                 n_jobs: int, skip: set[str] = frozenset()) -> int:
+                 n_jobs: int, skip: set[str] = frozenset(), draft: bool = True) -> int:
     """Resize every image of the data set except those in `skip` (unreadable ones, already reported)."""
     paths = [p for p in all_images(data_dir, layout, suffix)["path"] if p not in skip]
-    task = functools.partial(resize_paths, data_dir, out_dir, shorter_side, jpeg_quality)
+    task = functools.partial(resize_paths, data_dir, out_dir, shorter_side, jpeg_quality, draft)
     map_chunks(task, paths, n_jobs, f"resize to {shorter_side}")
     return len(paths)
 
@@ -70,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     skip = set(pd.read_csv(args.bad_images, dtype=str)["path"]) if args.bad_images else set()
     try:
         n = resize_cache(args.data_dir, args.out_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"),
-                         shorter_side, params.get("jpeg_quality", 90), args.threads, skip)
+                         shorter_side, params.get("jpeg_quality", 90), args.threads, skip,
+                         params.get("jpeg_draft", True))
     except DataError as error:
         cli.fail(str(error))
     print(f"resized {n} images to shorter side {shorter_side} -> {args.out_dir}", flush=True)

@@ -89,6 +89,7 @@ rule resize:
             suffix=config["data"]["suffix"],
             shorter_side=config["images"]["shorter_side"],
             jpeg_quality=config["images"]["jpeg_quality"],
+            jpeg_draft=config["images"]["jpeg_draft"],
         ),
         fingerprint=DATA_FINGERPRINT,
     threads: MAX_THREADS

@@ -121,7 +121,9 @@ def test_a_second_snakemake_in_the_same_directory_stops_at_the_lock(tmp_path):
         deadline = time.monotonic() + 120
         while not any((tmp_path / ".snakemake" / "locks").glob("*")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = snakemake(REPO, tmp_path, configfiles=[MICRO])
+        # --rerun-incomplete: otherwise the first run's job in flight may be reported as an incomplete file
+        # before the lock is even tried; with it, only the lock stands between the two runs.
+        second = snakemake(REPO, tmp_path, "--rerun-incomplete", configfiles=[MICRO])
         assert second.returncode != 0
         assert "Directory cannot be locked" in second.stdout + second.stderr
     finally:
