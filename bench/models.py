@@ -123,7 +123,7 @@ def main() -> None:
 
     # 4. head epoch on activations vs augmented frozen-body epoch
     model.freeze()
-    activations = torch.from_numpy(np.load(args.work / "activations.npy"))
+    activations = torch.from_numpy(np.load(args.work / "activations.npy").copy())
     head_batches = TensorBatches(activations, torch.as_tensor(frame["y"].to_numpy()), bs, True,
                                  torch.Generator().manual_seed(0))
     head_optimizer = make_optimizer(model.head, 1e-2)

@@ -166,7 +166,7 @@ def data_fingerprint(data_dir: str | Path) -> str:
 def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image upright (EXIF orientation applied) as 8-bit RGB, whatever its mode.
 
-    `at_least` (width, height as stored): let a JPEG decode at 1/2, 1/4 or 1/8 scale while staying at least that big
+    `at_least` (width, height): let a JPEG decode at 1/2, 1/4 or 1/8 scale while both sides stay at least that big
     (Pillow's draft mode) - much less work when the image will be shrunk anyway.
     """
     with Image.open(path) as image:
@@ -184,6 +184,12 @@ def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image
         return image.convert("RGB")
 
 
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed: EXIF orientations 5-8 store the image sideways."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8) else (width, height)
+
+
 def inspect_image(path: str | Path, max_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> tuple[int, int, str]:
     """(width, height, mode) as displayed (EXIF rotation applied), after decoding the whole file.
 
@@ -194,10 +200,8 @@ def inspect_image(path: str | Path, max_pixels: int | None = Image.MAX_IMAGE_PIX
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
-            width, height = image.size
+            width, height = upright_size(image)
             mode = image.mode
-            if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # stored sideways
-                width, height = height, width
             image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, still reading every byte (finds truncation)
             image.load()
     return width, height, mode

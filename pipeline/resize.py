@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import cli
-from pipeline.data import DataError, all_images, load_rgb
+from pipeline.data import DataError, all_images, load_rgb, upright_size
 from pipeline.io import atomic_path
 from pipeline.parallel import map_chunks
 
@@ -32,12 +32,11 @@ def resized_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
 
 
 def resize_one(source: Path, destination: Path, shorter_side: int, jpeg_quality: int, draft: bool = True) -> None:
-    at_least = None
-    if draft:
-        with Image.open(source) as header:  # the target in stored orientation; the scale factor is the same
-            at_least = resized_size(*header.size, shorter_side)
-    image = load_rgb(source, at_least)
-    image = image.resize(resized_size(*image.size, shorter_side), Image.BILINEAR)
+    with Image.open(source) as header:
+        target = resized_size(*upright_size(header), shorter_side)  # from the full size, whatever draft decodes
+    # A draft whose shorter side is still >= shorter_side has both sides >= the target's.
+    image = load_rgb(source, (shorter_side, shorter_side) if draft else None)
+    image = image.resize(target, Image.BILINEAR)
     is_jpeg = destination.suffix.lower() in (".jpg", ".jpeg")
     with atomic_path(destination) as tmp:
         if is_jpeg:
