@@ -36,6 +36,16 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def epoch(model, optimizer, batches, device: torch.device, amp: bool) -> None:
+    """One training epoch over `batches`, as the training stages run it."""
+    model.train()
+    for x, y in batches:
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        train_step(model, optimizer, x, y, device, amp)
+    synchronise(device)
+
+
 def peak_memory(device: torch.device) -> dict:
     if device.type != "cuda":
         return {}
@@ -109,10 +119,7 @@ def main() -> None:
         synchronise(device)
 
     def stage_train():
-        model.train()
-        for x, y in train_loader:
-            train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last), y, device, amp)
-        synchronise(device)
+        epoch(model, optimizer, train_loader, device, amp)
 
     raw_train()
     raw_s = best_of(2, raw_train) * n / (n // bs * bs)
@@ -130,16 +137,10 @@ def main() -> None:
     frozen_optimizer = make_optimizer(model, 1e-2)
 
     def head_epoch():
-        model.head.train()
-        for x, y in head_batches:
-            train_step(model.head, head_optimizer, x, y, device, amp)
-        synchronise(device)
+        epoch(model.head, head_optimizer, head_batches, device, amp)
 
     def frozen_epoch():
-        model.train()
-        for x, y in train_loader:
-            train_step(model, frozen_optimizer, x.contiguous(memory_format=torch.channels_last), y, device, amp)
-        synchronise(device)
+        epoch(model, frozen_optimizer, train_loader, device, amp)
 
     head_s, frozen_s = best_of(3, head_epoch), best_of(1, frozen_epoch)
     report("head", {**common, "head_epoch_s": round(head_s, 4), "frozen_body_epoch_s": round(frozen_s, 2),
