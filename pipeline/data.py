@@ -30,6 +30,12 @@ def _summarise(items: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
+def refuse_duplicates(ids: pd.Series, where: str, what: str) -> None:
+    duplicated = ids[ids.duplicated()].tolist()
+    if duplicated:
+        raise DataError(f"{where}: {what} {_summarise(duplicated)}")
+
+
 def check_id(image_id: str, where: str) -> str:
     """Reject ids that could name a path outside the data folder, before any path is built from them."""
     if not isinstance(image_id, str) or not image_id.strip():
@@ -68,9 +74,7 @@ def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str 
         check_id(image_id, f"{csv_path} line {row}")
         if not label:
             raise DataError(f"{csv_path} line {row}: empty label for id {image_id!r}")
-    duplicated = table["id"][table["id"].duplicated()].tolist()
-    if duplicated:
-        raise DataError(f"{csv_path}: duplicate ids {_summarise(duplicated)}")
+    refuse_duplicates(table["id"], str(csv_path), "duplicate ids")
     table["path"] = "train/" + table["id"] + suffix
     missing = [p for p in table["path"] if not (data_dir / p).is_file()]
     if missing:
@@ -98,9 +102,7 @@ def read_folders(data_dir: str | Path) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["id", "label", "path", "is_valid"])
     if table.empty:
         raise DataError(f"{data_dir}: no images under train/<class>/ or valid/<class>/")
-    duplicated = table["id"][table["id"].duplicated()].tolist()
-    if duplicated:
-        raise DataError(f"{data_dir}: duplicate file names across classes/splits: {_summarise(duplicated)}")
+    refuse_duplicates(table["id"], str(data_dir), "duplicate file names across classes/splits:")
     return table
 
 
@@ -119,9 +121,7 @@ def read_test(data_dir: str | Path) -> pd.DataFrame:
     if not files:
         raise DataError(f"{data_dir / 'test'}: no test images found")
     table = pd.DataFrame({"id": [f.stem for f in files], "path": [f"test/{f.name}" for f in files]})
-    duplicated = table["id"][table["id"].duplicated()].tolist()
-    if duplicated:
-        raise DataError(f"{data_dir / 'test'}: several files share the ids {_summarise(duplicated)}")
+    refuse_duplicates(table["id"], str(data_dir / "test"), "several files share the ids")
     return table
 
 
@@ -131,6 +131,11 @@ def all_images(data_dir: str | Path, layout: str, suffix: str = ".jpg") -> pd.Da
     test = read_test(data_dir)
     return pd.concat([labeled.assign(split="train")[["id", "split", "path"]],
                       test.assign(split="test")[["id", "split", "path"]]], ignore_index=True)
+
+
+def read_bad_paths(bad_images_csv: str | Path | None) -> set[str]:
+    """Paths the image-stats stage listed as unreadable (bad_images.csv); none when no list is given."""
+    return set(pd.read_csv(bad_images_csv, dtype=str)["path"]) if bad_images_csv else set()
 
 
 def read_test_table(test_csv: str | Path) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pandas as pd
 from pipeline import cli, plots, runtime
 from pipeline.data import read_split
 from pipeline.fit import EpochLog, ResumePoint, run_fits
-from pipeline.io import remove_stale_temporaries
+from pipeline.io import params_digest, remove_stale_temporaries
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, checkpoint_meta, restore_model, save_checkpoint
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
     log = EpochLog(out_dir / "log.csv")
-    resume = ResumePoint(out_dir / "resume.pt", runtime.run_key(params, args.checkpoint), model, log)
+    resume = ResumePoint(out_dir / "resume.pt", params_digest(params, args.checkpoint), model, log)
     train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
     schedules = run_fits(model, train_loader, valid_loader, params["fits"], f"size {params['size']}", device, log,
                          params.get("warmup", True), amp, params.get("seed", 42), resume)

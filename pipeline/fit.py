@@ -171,10 +171,12 @@ class ResumePoint:
         self.path, self.key, self.model, self.log = Path(path), key, model, log
         self.saved: dict | None = None
         self.fits_started = 0
+        self.histories: list[list[list[float]]] = []  # lr history of every finished fit, in order
         if self.path.exists():
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             if state.get("key") == key:
                 self.saved = state
+                self.histories = list(state["histories"])
                 log.rows = list(state["log_rows"])
                 print(f"resuming after epoch {state['epoch']} of fit {state['fit']} from {self.path}", flush=True)
             else:
@@ -185,14 +187,18 @@ class ResumePoint:
         return self.fits_started - 1
 
     def save(self, fit: int, epoch: int, epochs: int, optimizer, scheduler, ema: float, iteration: int,
-             lr_history: list, histories: list) -> None:
+             lr_history: list) -> None:
         state = {"key": self.key, "fit": fit, "epoch": epoch, "epochs": epochs, "model": self.model.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
-                 "ema": ema, "iteration": iteration, "lr_history": lr_history, "histories": histories,
+                 "ema": ema, "iteration": iteration, "lr_history": lr_history, "histories": self.histories,
                  "log_rows": self.log.rows}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
         self.saved = None  # from here on this run is ahead of anything on disk
+
+    def fit_done(self, lr_history: list) -> list:
+        self.histories.append(lr_history)
+        return lr_history
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -200,7 +206,7 @@ class ResumePoint:
 
 def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: torch.device, log: EpochLog,
         phase: str, fit_index: int, warmup: bool = True, amp: bool = False, seed: int = 42,
-        resume: ResumePoint | None = None, histories: list | None = None) -> list[list[float]]:
+        resume: ResumePoint | None = None) -> list[list[float]]:
     """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`)."""
     optimizer = make_optimizer(model, spec.lr)
     n_batches = len(train_batches)
@@ -219,7 +225,7 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
         resume.model.load_state_dict(saved["model"])
         if ordinal < saved["fit"] or saved["epoch"] == saved["epochs"] - 1:
             print(f"{phase}: {spec} already done before the interruption", flush=True)
-            return saved["histories"][ordinal] if ordinal < saved["fit"] else saved["lr_history"]
+            return resume.histories[ordinal] if ordinal < saved["fit"] else resume.fit_done(saved["lr_history"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler:
             scheduler.load_state_dict(saved["scheduler"])
@@ -245,9 +251,8 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
                 valid_loss=valid_loss, accuracy=accuracy, lr=lr_history[-1][-1],
                 seconds=time.perf_counter() - started)
         if resume:
-            resume.save(ordinal, epoch, spec.epochs, optimizer, scheduler, ema, iteration, lr_history,
-                        histories or [])
-    return lr_history
+            resume.save(ordinal, epoch, spec.epochs, optimizer, scheduler, ema, iteration, lr_history)
+    return resume.fit_done(lr_history) if resume else lr_history
 
 
 def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], phase: str, device: torch.device,
@@ -257,9 +262,7 @@ def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], p
     schedules = [] if schedules is None else schedules
     for index, fit_config in enumerate(fits):
         spec = FitSpec.from_config(fit_config)
-        histories = [history for _, history in schedules]
-        history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp, seed,
-                      resume, histories)
+        history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp, seed, resume)
         schedules.append((f"{phase}: {spec}", history))
     return schedules
 

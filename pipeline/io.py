@@ -54,6 +54,15 @@ def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def params_digest(params: dict, *input_files: str | os.PathLike) -> str:
+    """What a result depends on: canonical JSON of its parameters and the contents of its input files."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for path in input_files:
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
 def write_csv(df: pd.DataFrame, path: str | os.PathLike, **kwargs) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, **kwargs)

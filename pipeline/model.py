@@ -4,8 +4,6 @@ Checkpoints carry their metadata (classes, arch, size) as plain data and load wi
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from urllib.error import URLError
@@ -14,7 +12,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, params_digest
 
 
 class WeightsError(RuntimeError):
@@ -175,7 +173,7 @@ def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classif
     return {"classes": classes, "arch": params["arch"], "size": params["size"], "stage": stage,
             "ps": params.get("ps", [0.25, 0.5]), "xtra_fc": params.get("xtra_fc", [512]),
             "n_features": model.n_features,
-            "params_hash": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]}
+            "params_hash": params_digest(params)}
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> None:

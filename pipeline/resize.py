@@ -16,11 +16,10 @@ import functools
 import math
 from pathlib import Path
 
-import pandas as pd
 from PIL import Image
 
 from pipeline import cli
-from pipeline.data import DataError, all_images, load_rgb, upright_size
+from pipeline.data import DataError, all_images, load_rgb, read_bad_paths, upright_size
 from pipeline.io import atomic_path
 from pipeline.parallel import map_chunks
 
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     params = args.params
     started = cli.announce("resize", params)
     shorter_side = params.get("shorter_side", 340)
-    skip = set(pd.read_csv(args.bad_images, dtype=str)["path"]) if args.bad_images else set()
+    skip = read_bad_paths(args.bad_images)
     try:
         n = resize_cache(args.data_dir, args.out_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"),
                          shorter_side, params.get("jpeg_quality", 90), args.threads, skip,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 
 import numpy as np
@@ -49,11 +48,3 @@ def state_digest(module: torch.nn.Module) -> str:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
-
-def run_key(params: dict, *input_files) -> str:
-    """What a stage's result depends on: its parameters and the digests of its input files."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for path in input_files:
-        with open(path, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()[:16]

@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from pipeline import cli
-from pipeline.data import DataError, read_labeled, read_test, unlabelled_images
+from pipeline.data import DataError, read_bad_paths, read_labeled, read_test, unlabelled_images
 from pipeline.io import write_csv
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("split", params)
-    bad_paths = set(pd.read_csv(args.bad_images, dtype=str)["path"]) if args.bad_images else set()
+    bad_paths = read_bad_paths(args.bad_images)
     try:
         labeled = read_labeled(args.data_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"))
         split = make_split(leave_out_bad(labeled, bad_paths), params)

@@ -17,7 +17,7 @@ import torch
 from pipeline import cli, plots, runtime
 from pipeline.data import read_split
 from pipeline.fit import EpochLog, ResumePoint, TensorBatches, lr_find, run_fits
-from pipeline.io import file_digest, read_json, remove_stale_temporaries, write_csv
+from pipeline.io import file_digest, params_digest, read_json, remove_stale_temporaries, write_csv
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, build_seeded_classifier, checkpoint_meta, save_checkpoint
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device)
     seed, warmup = params.get("seed", 42), params.get("warmup", True)
     log = EpochLog(out_dir / "log.csv")
-    resume = ResumePoint(out_dir / "resume.pt", runtime.run_key(params, activations / "manifest.json"), model, log)
+    resume = ResumePoint(out_dir / "resume.pt", params_digest(params, activations / "manifest.json"), model, log)
     batch_size = params.get("batch_size", 64)
     train_acts = TensorBatches(*load_activations(activations, "train", train), batch_size, True, torch.Generator())
     valid_acts = TensorBatches(*load_activations(activations, "valid", valid), batch_size)

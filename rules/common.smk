@@ -57,6 +57,8 @@ def fingerprint():
 
 DATA_FINGERPRINT = fingerprint()
 
+# The slice of the recipe that says how to read the data set (split, image stats, resize).
+DATA_LAYOUT = {"layout": LAYOUT, "suffix": config["data"]["suffix"]}
 # Slices of the recipe shared by the torch stages.
 RUNTIME = {"seed": config["seed"], "device": config["device"], "amp": config["amp"]}
 LOADER = config["loader"]

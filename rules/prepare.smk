@@ -35,7 +35,7 @@ rule split:
         test=out("test.csv"),
         counts=out("class_counts.csv"),
     params:
-        p=as_params(layout=LAYOUT, suffix=config["data"]["suffix"], **config["split"]),
+        p=as_params(**DATA_LAYOUT, **config["split"]),
     log:
         out("logs/split.log"),
     shell:
@@ -57,8 +57,7 @@ rule image_stats:
         bad_images=out("stats/bad_images.csv"),
     params:
         p=as_params(
-            layout=LAYOUT,
-            suffix=config["data"]["suffix"],
+            **DATA_LAYOUT,
             on_bad_image=config["images"]["on_bad_image"],
             max_pixels=config["images"]["max_pixels"],
         ),
@@ -85,8 +84,7 @@ rule resize:
         directory(RESIZED),
     params:
         p=as_params(
-            layout=LAYOUT,
-            suffix=config["data"]["suffix"],
+            **DATA_LAYOUT,
             shorter_side=config["images"]["shorter_side"],
             jpeg_quality=config["images"]["jpeg_quality"],
             jpeg_draft=config["images"]["jpeg_draft"],

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import psutil
 import pytest
 import torch
