@@ -4,6 +4,8 @@ Real images of a real task, laid out exactly like a Kaggle competition so the de
 as a real run: RGB JPEGs of varied sizes and aspect ratios (mostly 150-600 px, a few over 1000 px so the size
 histograms and the resize cache matter), class names as words, a hidden test split with `sample_submission.csv`,
 and the hidden test labels in `solution.csv` (which no stage reads; the tests score the submission with it).
+It writes only into a folder it creates itself or finds empty (see `pipeline/demo_folder.py`): pointed at a folder
+that holds anyone else's files, it stops without touching them.
 
     python -m pipeline.demo data/demo --layout csv --n-labeled 1000 --n-test 300
     python -m pipeline.demo data/demo_folders --layout folders --classes zero one
@@ -21,7 +23,8 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from pipeline.io import atomic_path, write_csv
+from pipeline import cli, demo_folder
+from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.parallel import map_chunks
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -120,10 +123,14 @@ def build_folder_layout(out: Path, n_labeled: int, n_test: int, classes: list[st
 def build(out: str | Path, layout: str = "csv", n_labeled: int = 1000, n_test: int = 300,
           classes: list[str] | None = None, seed: int = 0, large_fraction: float = 0.03,
           sizes: ImageSizes = ImageSizes()) -> None:
-    out = Path(out)
+    """Build the data set into `out`, which must be absent, empty or an earlier demo build (rebuilt from scratch);
+    anything else raises `demo_folder.NotTheDemoFolder` before a single file is written."""
     classes = classes or (DIGIT_NAMES if layout == "csv" else ["one", "seven"])
+    out = demo_folder.claim(out)
     builder = build_csv_layout if layout == "csv" else build_folder_layout
     builder(out, n_labeled, n_test, classes, seed, large_fraction, sizes)
+    write_json({"layout": layout, "n_labeled": n_labeled, "n_test": n_test, "classes": classes, "seed": seed,
+                "large_fraction": large_fraction}, out / demo_folder.BUILT_MARKER)
     print(f"demo data ({layout} layout): {n_labeled} labelled + {n_test} test images of {len(classes)} classes "
           f"from scikit-learn's digits -> {out}")
 
@@ -138,7 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--large-fraction", type=float, default=0.03, help="share of images over 1000 px")
     args = parser.parse_args(argv)
-    build(args.out, args.layout, args.n_labeled, args.n_test, args.classes, args.seed, args.large_fraction)
+    try:
+        build(args.out, args.layout, args.n_labeled, args.n_test, args.classes, args.seed, args.large_fraction)
+    except demo_folder.NotTheDemoFolder as error:
+        cli.fail(str(error))
 
 
 if __name__ == "__main__":

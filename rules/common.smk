@@ -7,11 +7,20 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (--directory, tests)
 
 from pipeline.data import data_fingerprint
+from pipeline.demo_folder import BUILT_MARKER, ownership_problem
 from pipeline.deps import module_files
 
 DATA = config["data_dir"]
 OUT = config["out_dir"]
 LAYOUT = config["data"]["layout"]
+# A recipe with `demo:` builds its own data set into data_dir. Pointed at a folder of someone else's files, stop here,
+# before any job is planned: no rule ever writes into a user's data (also with --forceall or -R demo_data).
+DEMO = "demo" in config
+if DEMO and (problem := ownership_problem(DATA)):
+    raise WorkflowError(problem)
+# The demo rule's only output: Snakemake deletes a job's outputs before rerunning it, so the data files themselves
+# are never declared as outputs; the builder clears and rebuilds its own folder by itself.
+DEMO_BUILT = f"{DATA}/{BUILT_MARKER}"
 # The interpreter running Snakemake runs every stage, with this workflow's pipeline/ first on the path: no reliance
 # on PATH or an activated environment. Kept out of params on purpose: a moved venv must not rerun anything.
 PYTHON = shlex.quote(sys.executable)
@@ -37,22 +46,31 @@ def as_params(**slice_):
 
 
 def data_inputs():
-    """The competition files a stage reads, per layout (built by the demo rule when the recipe has `demo:`)."""
+    """The competition files a stage reads, per layout; for a demo recipe, the demo rule's completion mark."""
+    if DEMO:
+        return {"demo": DEMO_BUILT}
     if LAYOUT == "csv":
         return {"labels": f"{DATA}/labels.csv", "train": f"{DATA}/train", "test": f"{DATA}/test"}
     return {"train": f"{DATA}/train", "valid": f"{DATA}/valid", "test": f"{DATA}/test"}
 
 
+SAMPLE_SUBMISSION = f"{DATA}/{config['data']['sample_submission']}"
+
+
 def sample_submission():
-    path = f"{DATA}/{config['data']['sample_submission']}"
-    return [path] if "demo" in config or Path(path).exists() else []
+    """sample_submission.csv as an input when the data set has one (the demo's arrives with its data, upstream)."""
+    return [SAMPLE_SUBMISSION] if not DEMO and Path(SAMPLE_SUBMISSION).exists() else []
+
+
+def sample_submission_flag():
+    return f"--sample {shlex.quote(SAMPLE_SUBMISSION)}" if DEMO or sample_submission() else ""
 
 
 def fingerprint():
     """Changes when any image under data_dir is replaced, added or removed (Snakemake alone would miss an image
     rewritten in place inside train/): a stat() per file, once per invocation. Data built by the demo rule is
     tracked by Snakemake itself."""
-    return "built by rule demo_data" if "demo" in config else data_fingerprint(DATA)
+    return "built by rule demo_data" if DEMO else data_fingerprint(DATA)
 
 
 DATA_FINGERPRINT = fingerprint()

@@ -42,7 +42,7 @@ rule submission:
         ensure(out("submission.csv"), non_empty=True),
     params:
         p=as_params(positive_class=config["data"]["positive_class"], **config["submission"]),
-        sample=lambda wildcards, input: " ".join(f"--sample {shlex.quote(path)}" for path in input.sample),
+        sample=sample_submission_flag(),
     log:
         out("logs/submission.log"),
     shell:

@@ -1,17 +1,14 @@
 # Stages 1-2: the demo data (demo recipes only), the split, image statistics, the resize cache, the preview.
 
-if "demo" in config:
+if DEMO:
 
     rule demo_data:
-        """Builds the embedded demo data set from scikit-learn's digits when data_dir is missing."""
+        """Builds the embedded demo data set from scikit-learn's digits, into a folder the builder creates (or finds
+        empty) and marks as its own; it refuses any other folder. Its one output is the completion mark."""
         input:
             code=code("demo"),
         output:
-            **({"labels": f"{DATA}/labels.csv"} if LAYOUT == "csv" else {"valid": directory(f"{DATA}/valid")}),
-            train=directory(f"{DATA}/train"),
-            test=directory(f"{DATA}/test"),
-            sample=f"{DATA}/{config['data']['sample_submission']}",
-            solution=f"{DATA}/solution.csv",
+            DEMO_BUILT,
         params:
             demo=as_params(layout=LAYOUT, **config["demo"]),
             classes=" ".join(["--classes", *map(shlex.quote, config["demo"]["classes"])]) if "classes" in config["demo"] else "",

@@ -1,14 +1,17 @@
 """Shared fixtures: small generated data sets and a runner for the real workflow in a scratch copy of the repo."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+import yaml
 
-from pipeline import demo
+from pipeline import demo, demo_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -30,6 +33,31 @@ def folder_data(tmp_path_factory) -> Path:
     return path
 
 
+def checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (hidden ones included), by relative path."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def build_user_data(path: Path, recipe: Path) -> Path:
+    """The data set a recipe's `demo:` section describes, built by hand and then made a user's own: no demo marks."""
+    keys = yaml.safe_load(recipe.read_text())
+    spec = keys["demo"]
+    demo.build(path, keys["data"]["layout"], spec["n_labeled"], spec["n_test"], spec.get("classes"), spec["seed"],
+               spec["large_fraction"])
+    for mark in (demo_folder.OWNER_MARKER, demo_folder.BUILT_MARKER):
+        (path / mark).unlink()
+    return path
+
+
+def recipe_for_user_data(recipe: Path, destination: Path, data_dir: Path) -> Path:
+    """`recipe` without its `demo:` section, reading `data_dir` as it is."""
+    keys = yaml.safe_load(recipe.read_text())
+    del keys["demo"]
+    destination.write_text(yaml.safe_dump({**keys, "data_dir": str(data_dir)}))
+    return destination
+
+
 def copy_workflow(destination: Path) -> Path:
     """The workflow's own files, copied so a test may edit code without touching the repository."""
     destination.mkdir(parents=True, exist_ok=True)
@@ -37,6 +65,29 @@ def copy_workflow(destination: Path) -> Path:
     for folder in ("rules", "config", "pipeline"):
         shutil.copytree(REPO / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return destination
+
+
+class ReferenceRun(NamedTuple):
+    out: Path             # its out_dir
+    work: Path            # the working directory it ran in
+    recipe: Path          # the recipe it ran (the micro recipe without `demo:`)
+    data: Path            # its data_dir, a user's own
+    data_checksums: dict  # of every file in data_dir before the run
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> ReferenceRun:
+    """The reference run: the micro recipe's images built by hand as a user's own data (no demo marks) in a folder
+    named with shell-hostile characters, run end to end with the micro recipe minus its `demo:` section. Runs of
+    the micro recipe itself, whose demo builder makes the very same images, must give the same results."""
+    root = tmp_path_factory.mktemp("micro_reference")
+    micro = CONFIGS / "micro_csv.yaml"
+    data = build_user_data(root / "my data 'with' \"quotes\"; and $dollars", micro)
+    data_checksums = checksums(data)
+    recipe = recipe_for_user_data(micro, root / "my_recipe.yaml", data)
+    result = snakemake(REPO, root / "work", configfiles=[recipe])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return ReferenceRun(root / "work" / "out", root / "work", recipe, data, data_checksums)
 
 
 def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = ()) -> subprocess.CompletedProcess:
