@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: its bar calls iter() on a DataLoader at creation, starting a
+# second set of loader workers each epoch and drawing from the loader's generator
 
 from pipeline.io import atomic_path
 

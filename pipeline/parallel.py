@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 def map_chunks(function, items: list, n_jobs: int, desc: str) -> list:

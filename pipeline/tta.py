@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pipeline import cli, plots, runtime
 from pipeline.data import read_split, read_test_table

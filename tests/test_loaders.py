@@ -1,0 +1,61 @@
+"""Real image loaders with and without worker processes: the same weights every run, and a run interrupted
+mid-epoch that resumes from its resume point ends with exactly the weights of an uninterrupted one."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.fit import EpochLog, ResumePoint, run_fits
+from pipeline.loaders import image_loaders
+from pipeline.model import build_classifier
+from test_fit import Interrupted, InterruptedInEpoch
+
+CPU = torch.device("cpu")
+FITS = [{"lr": [1e-3, 3e-3, 1e-2], "n_cycle": 2, "cycle_len": 1}]
+
+
+@pytest.fixture(scope="module")
+def image_split(tmp_path_factory):
+    """24 small images in two classes (bright vs dark), as the resize cache would hold them."""
+    root = tmp_path_factory.mktemp("cache")
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(24):
+        label = index % 2
+        pixels = rng.integers(0, 128, (22, 26, 3)) + 120 * label
+        Image.fromarray(pixels.astype(np.uint8)).save(root / f"{index}.jpg")
+        rows.append((f"{index}.jpg", label, index >= 18))
+    frame = pd.DataFrame(rows, columns=["path", "y", "is_valid"])
+    return root, frame[~frame["is_valid"]].reset_index(drop=True), frame[frame["is_valid"]].reset_index(drop=True)
+
+
+def train(image_split, workers, resume_path, interrupt_in_epoch=None):
+    root, train_rows, valid_rows = image_split
+    params = {"size": 16, "batch_size": 6, "num_workers": workers, "augmentation": "side_on", "seed": 3}
+    train_loader, valid_loader = image_loaders(train_rows, valid_rows, root, params, CPU)
+    if interrupt_in_epoch is not None:
+        train_loader = InterruptedInEpoch(train_loader, interrupt_in_epoch)
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", "none", n_classes=2, ps=0.5)
+    model.unfreeze()
+    log = EpochLog(None)
+    resume = ResumePoint(resume_path, f"workers {workers}", model, log)
+    run_fits(model, train_loader, valid_loader, FITS, "t", CPU, log, seed=3, resume=resume)
+    resume.finish()
+    return model.state_dict()
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_runs_give_identical_weights_and_a_resumed_run_matches_them(image_split, tmp_path, workers):
+    first = train(image_split, workers, tmp_path / "a.pt")
+    assert same(first, train(image_split, workers, tmp_path / "b.pt"))
+    with pytest.raises(Interrupted):
+        train(image_split, workers, tmp_path / "c.pt", interrupt_in_epoch=1)
+    assert (tmp_path / "c.pt").exists()
+    assert same(first, train(image_split, workers, tmp_path / "c.pt"))
+
