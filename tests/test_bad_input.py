@@ -5,13 +5,14 @@ reads them with the full list (default) or are left out and listed (`on_bad_imag
 are errors naming the file or row; test images are never dropped silently.
 """
 import io
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import images, split
+from pipeline import images, resize, split
 from pipeline.data import DataError, inspect_image, load_rgb, read_labels_csv, read_test
 from pipeline.resize import resize_one
 from pipeline.transforms import valid_transform
@@ -101,6 +102,34 @@ def test_an_unreadable_test_image_gets_the_training_class_prior():
     probs = with_prior_for_unusable(np.array([[0.1, 0.9]]), np.array([False, True]), prior, ["test/t2.jpg"])
     np.testing.assert_allclose(probs, [[0.75, 0.25], [0.1, 0.9]])
 
+
+
+def test_an_image_over_max_pixels_stops_the_stats_stage_or_is_left_out_of_every_later_stage(tmp_path, capsys):
+    write_labels(tmp_path, "id,breed\n" + "".join(f"ok{i},{'ab'[i % 2]}\n" for i in range(4)) + "huge,a\n",
+                 images=[f"ok{i}" for i in range(4)])
+    red_square(size=(300, 300)).save(tmp_path / "train" / "huge.jpg", format="PNG")  # 90,000 pixels
+    (tmp_path / "test").mkdir()
+    red_square().save(tmp_path / "test" / "t.jpg")
+    out = tmp_path / "out"
+
+    def stats(policy):
+        images.main(["--data-dir", str(tmp_path), "--sizes-csv", str(out / "s.csv"), "--summary", str(out / "s.json"),
+                     "--plot-all", str(out / "a.png"), "--plot-small", str(out / "b.png"), "--bad-images",
+                     str(out / "bad.csv"), "--threads", "1",
+                     "--params", f'{{"layout": "csv", "max_pixels": 50000, "on_bad_image": "{policy}"}}'])
+
+    with pytest.raises(SystemExit):
+        stats("error")
+    assert re.search(r"1 images cannot be read.*\n.*train/huge.jpg: DecompressionBomb", capsys.readouterr().err)
+    stats("skip")
+    assert pd.read_csv(out / "bad.csv")["path"].tolist() == ["train/huge.jpg"]
+    split.main(["--data-dir", str(tmp_path), "--bad-images", str(out / "bad.csv"), "--split-csv", str(out / "split.csv"),
+                "--test-csv", str(out / "test.csv"), "--class-counts", str(out / "cc.csv"),
+                "--params", '{"layout": "csv", "val_pct": 0.5, "cv_idx": 0, "seed": 1}'])
+    assert "huge" not in pd.read_csv(out / "split.csv")["id"].tolist()
+    resize.main(["--data-dir", str(tmp_path), "--bad-images", str(out / "bad.csv"), "--out-dir", str(out / "r"),
+                 "--threads", "1", "--params", '{"shorter_side": 20}'])
+    assert sorted(p.name for p in (out / "r" / "train").iterdir()) == [f"ok{i}.jpg" for i in range(4)]
 
 # ---- decodable but odd images: converted to upright 8-bit RGB, consistently -----------------------------------
 
@@ -223,25 +252,60 @@ def test_an_empty_test_folder_is_an_error(tmp_path):
         read_test(tmp_path)
 
 
+def re_encode(path, mode):
+    """Rewrite an RGB image under the same name as CMYK JPEG, 16-bit greyscale PNG or palette PNG; return what an
+    upright 8-bit RGB decoder should see (the grey version for 16-bit)."""
+    rgb = load_rgb(path)
+    if mode == "CMYK":
+        rgb.convert("CMYK").save(path, format="JPEG", quality=95)
+        return rgb
+    if mode == "I;16":
+        grey = rgb.convert("L")
+        Image.fromarray(np.asarray(grey, np.uint16) * 257).save(path, format="PNG")
+        return grey.convert("RGB")
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(path, format="PNG")
+    return rgb
+
+
+def mean_difference(cached, expected):
+    expected = expected.resize(cached.size, Image.BILINEAR)
+    return float(np.abs(np.asarray(cached, np.float32) - np.asarray(expected, np.float32)).mean())
+
+
 @pytest.mark.workflow
-def test_skip_policy_end_to_end_keeps_every_test_id(tmp_path):
+def test_skip_policy_and_odd_encodings_end_to_end_keep_every_test_id(tmp_path):
+    """Through every stage that decodes: truncated and non-image files are skipped and listed (test ids keep a row
+    with the class prior); CMYK, 16-bit and palette images are read as the RGB images they are."""
     from conftest import CONFIGS, REPO, snakemake
 
     override = tmp_path / "skip.yaml"
-    override.write_text("images: {shorter_side: 40, on_bad_image: skip}\n")
+    # No fine-tuning: the head's augmented fits already decode through the training loaders.
+    override.write_text("images: {shorter_side: 40, on_bad_image: skip}\nfinetune: []\n")
     configs = [CONFIGS / "micro_csv.yaml", override]
     work = tmp_path / "work"
     assert snakemake(REPO, work, "--until", "demo_data", configfiles=configs).returncode == 0
-    bad_train = sorted((work / "data" / "train").glob("*.jpg"))[0]
-    bad_test = sorted((work / "data" / "test").glob("*.jpg"))[0]
+    train_images = sorted((work / "data" / "train").glob("*.jpg"))
+    bad_train, bad_test = train_images[0], sorted((work / "data" / "test").glob("*.jpg"))[0]
     bad_train.write_bytes(bad_train.read_bytes()[:300])  # truncated
     bad_test.write_text("not an image")
+    odd = {mode: (path, re_encode(path, mode)) for mode, path in zip(["CMYK", "I;16", "P"], train_images[1:4])}
+    odd_test = sorted((work / "data" / "test").glob("*.jpg"))[1]
+    re_encode(odd_test, "CMYK")
     result = snakemake(REPO, work, configfiles=configs)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = work / "out"
     assert sorted(pd.read_csv(out / "stats" / "bad_images.csv")["path"]) == [f"test/{bad_test.name}",
                                                                               f"train/{bad_train.name}"]
-    assert bad_train.stem not in pd.read_csv(out / "split.csv", dtype=str)["id"].tolist()
+    split_ids = pd.read_csv(out / "split.csv", dtype=str)["id"].tolist()
+    assert bad_train.stem not in split_ids
+    modes = pd.read_csv(out / "stats" / "sizes.csv", dtype=str).set_index("id")["mode"]
+    for mode, (path, expected) in odd.items():
+        assert modes[path.stem] == mode and path.stem in split_ids
+        cached = Image.open(out / "resized" / "40" / "train" / path.name)
+        assert cached.mode == "RGB"
+        assert mean_difference(cached, expected) < 10, mode
+    test_table = pd.read_csv(out / "test.csv", dtype={"id": str}).set_index("id")
+    assert test_table.loc[odd_test.stem, "usable"] and not test_table.loc[bad_test.stem, "usable"]
     submission = pd.read_csv(out / "submission.csv", dtype={"id": str}).set_index("id")
     assert sorted(submission.index) == sorted(p.stem for p in (work / "data" / "test").glob("*.jpg"))
     counts = pd.read_csv(out / "class_counts.csv").set_index("label")["n_train"]

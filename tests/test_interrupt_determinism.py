@@ -1,10 +1,16 @@
-"""Determinism, interruption and concurrency, with the real workflow on the micro recipe.
+"""Determinism, interruption, concurrency and the activation cache guard, with the real workflow on the micro recipe
+(which loads images in worker processes).
 
-A reference run, a second run with a data_dir full of shell-hostile characters (same results), runs with a changed
-seed, and runs whose resize / precompute / fine-tune job is SIGKILLed mid-way and then rerun through Snakemake.
+Each is compared with the reference run (`micro_run` in conftest.py: the same recipe on the same images, held as a
+user's data): a run with a changed seed must differ; a run whose resize, precompute, train_head and fine-tune jobs
+are each SIGKILLed mid-way (one kill per Snakemake invocation) and that then finishes must be identical, which
+also shows that two runs of one recipe give the same split, weights and submission. Then the head stage refusing
+activations that are not its own.
 """
 import filecmp
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +22,7 @@ import torch
 import yaml
 
 from conftest import CONFIGS, REPO, snakemake
+from pipeline import train_head
 
 pytestmark = pytest.mark.workflow
 MICRO = CONFIGS / "micro_csv.yaml"
@@ -41,25 +48,17 @@ def same_weights(a, b):
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return run_ok(tmp_path_factory.mktemp("reference"))
+def same_tree(a, b):
+    comparison = filecmp.dircmp(a, b)
+    return (not comparison.diff_files and not comparison.left_only and not comparison.right_only
+            and all(same_tree(a / name, b / name) for name in comparison.subdirs))
 
 
-def test_same_recipe_twice_gives_identical_split_weights_and_submission(reference, tmp_path):
-    odd_data_dir = tmp_path / "data dir 'with' \"quotes\"; and $dollars"
-    other = run_ok(tmp_path / "work", recipe_override(tmp_path / "o.yaml", data_dir=str(odd_data_dir)))
-    assert (odd_data_dir / "labels.csv").exists()
-    assert filecmp.cmp(reference / "split.csv", other / "split.csv", shallow=False)
-    assert same_weights(reference / "head" / "model.pt", other / "head" / "model.pt")
-    assert filecmp.cmp(reference / "submission.csv", other / "submission.csv", shallow=False)
-
-
-def test_a_changed_seed_changes_split_weights_and_submission(reference, tmp_path):
+def test_a_changed_seed_changes_split_weights_and_submission(micro_run, tmp_path):
     other = run_ok(tmp_path, recipe_override(tmp_path / "o.yaml", seed=7, split={"seed": 7}))
-    assert not filecmp.cmp(reference / "split.csv", other / "split.csv", shallow=False)
-    assert not same_weights(reference / "head" / "model.pt", other / "head" / "model.pt")
-    assert not filecmp.cmp(reference / "submission.csv", other / "submission.csv", shallow=False)
+    assert not filecmp.cmp(micro_run.out / "split.csv", other / "split.csv", shallow=False)
+    assert not same_weights(micro_run.out / "head" / "model.pt", other / "head" / "model.pt")
+    assert not filecmp.cmp(micro_run.out / "submission.csv", other / "submission.csv", shallow=False)
 
 
 def start(workdir):
@@ -85,33 +84,35 @@ def kill_stage_when(process, module, ready, timeout=300):
     pytest.fail(f"pipeline.{module} finished before it could be killed:\n{process.communicate()[0][-3000:]}")
 
 
-@pytest.mark.parametrize("module, ready, compare", [
-    ("resize", lambda out: sum(1 for _ in (out / "resized" / "40").rglob("*.jpg")) >= 5, "resized/40"),
-    ("precompute", lambda out: any((out / "activations" / "32").glob(".*.tmp*")), "activations/32"),
-    ("finetune", lambda out: (out / "finetune" / "1_32" / "resume.pt").exists(), "finetune/1_32/model.pt"),
-])
-def test_a_job_killed_mid_way_finishes_on_rerun_with_the_uninterrupted_result(reference, tmp_path, module, ready,
-                                                                               compare):
+# (stage, when to kill it, what it left behind), in the order the chain reaches them.
+KILLS = [
+    ("resize", lambda out: sum(1 for _ in (out / "resized" / "40").rglob("*.jpg")) >= 5, None),
+    ("precompute", lambda out: any((out / "activations" / "32").glob(".*.tmp*")), None),
+    ("train_head", lambda out: (out / "head" / "resume.pt").exists(), "head"),
+    ("finetune", lambda out: (out / "finetune" / "1_32" / "resume.pt").exists(), "finetune/1_32"),
+]
+
+
+def test_jobs_killed_mid_way_finish_on_rerun_with_the_uninterrupted_results(micro_run, tmp_path):
     work, out = tmp_path / "work", tmp_path / "work" / "out"
-    process = start(work)
-    kill_stage_when(process, module, lambda: ready(out))
-    log = process.communicate(timeout=300)[0]
-    assert process.returncode != 0, "Snakemake should report the killed job"
-    if module == "finetune":
-        assert not (out / "finetune" / "1_32" / "model.pt").exists()
-        assert (out / "finetune" / "1_32" / "resume.pt").exists()
+    for module, ready, training_folder in KILLS:
+        process = start(work)
+        kill_stage_when(process, module, lambda: ready(out))
+        log = process.communicate(timeout=300)[0]
+        assert process.returncode != 0, f"Snakemake should report the killed {module} job:\n{log[-2000:]}"
+        if training_folder:  # a training stage keeps its resume point and leaves no model behind
+            assert (out / training_folder / "resume.pt").exists(), module
+            assert not (out / training_folder / "model.pt").exists(), module
     rerun = snakemake(REPO, work, configfiles=[MICRO])
-    assert rerun.returncode == 0, log[-2000:] + rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    if module == "finetune":
-        assert "resuming after epoch" in (out / "logs" / "finetune_1_32.log").read_text()
-        assert not (out / "finetune" / "1_32" / "resume.pt").exists()
-        assert same_weights(reference / compare, out / compare)
-    else:
-        comparison = filecmp.dircmp(reference / compare, out / compare)
-        assert not comparison.diff_files and not comparison.left_only and not comparison.right_only
-        for sub in comparison.subdirs.values():
-            assert not sub.diff_files and not sub.left_only and not sub.right_only
-    assert filecmp.cmp(reference / "submission.csv", out / "submission.csv", shallow=False)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    for log in ("train_head.log", "finetune_1_32.log"):
+        assert "resuming after epoch" in (out / "logs" / log).read_text(), log
+    for folder in ("resized/40", "activations/32"):
+        assert same_tree(micro_run.out / folder, out / folder), folder
+    for model in ("head/model.pt", "finetune/1_32/model.pt"):
+        assert same_weights(micro_run.out / model, out / model), model
+        assert not (out / model).with_name("resume.pt").exists()
+    assert filecmp.cmp(micro_run.out / "submission.csv", out / "submission.csv", shallow=False)
 
 
 def test_a_second_snakemake_in_the_same_directory_stops_at_the_lock(tmp_path):
@@ -128,3 +129,28 @@ def test_a_second_snakemake_in_the_same_directory_stops_at_the_lock(tmp_path):
     finally:
         first.kill()
         first.communicate()
+
+
+def head_stage_params(out):
+    """The params the workflow passed to train_head, as its log's first line records them."""
+    first_line = (out / "logs" / "train_head.log").read_text().splitlines()[0]
+    return first_line.split(" params=", 1)[1]
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda manifest: manifest.update(split_digest="0" * 16), "activations do not match this run"),
+    (lambda manifest: manifest.update(size=64), "activations do not match this run"),
+    (lambda manifest: manifest.update(body_digest="0" * 16), "rebuilt backbone differs"),
+])
+def test_the_head_stage_refuses_activations_that_are_not_its_own(micro_run, tmp_path, capsys, tamper, message):
+    activations = tmp_path / "activations"
+    shutil.copytree(micro_run.out / "activations" / "32", activations)
+    manifest = json.loads((activations / "manifest.json").read_text())
+    tamper(manifest)
+    (activations / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit):
+        train_head.main(["--split-csv", str(micro_run.out / "split.csv"), "--activations", str(activations),
+                         "--cache-dir", str(micro_run.out / "resized" / "40"), "--out-dir", str(tmp_path / "head"),
+                         "--threads", "2", "--params", head_stage_params(micro_run.out)])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "head" / "model.pt").exists()

@@ -15,10 +15,12 @@ def fastai_07_get_cv_idxs(n, cv_idx=4, val_pct=0.2, seed=42):
     return idxs[idx_start:idx_start + n_val]
 
 
-def test_cv_idxs_match_fastai_for_dog_breeds_size():
+def test_cv_idxs_are_the_lessons_printed_indices_for_dog_breeds():
+    # The lesson notebook printed val_idxs = get_cv_idxs(10222): array([3694, 1573, 6281, ..., 5734, 5191, 5390])
     val = get_cv_idxs(10222)
     assert len(val) == 2044
-    np.testing.assert_array_equal(val, fastai_07_get_cv_idxs(10222))
+    assert val[:3].tolist() == [3694, 1573, 6281]
+    assert val[-3:].tolist() == [5734, 5191, 5390]
 
 
 @pytest.mark.parametrize("n, cv_idx, val_pct, seed", [(100, 0, 0.2, 1), (57, 2, 0.25, 7), (25000, 4, 0.2, 42)])

@@ -1,6 +1,9 @@
 """The real workflow, end to end, on tiny recipes for both layouts; then the rerun contract with dry runs."""
+import contextlib
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +14,6 @@ from sklearn.metrics import log_loss
 from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
-TORCH_STAGES = {"split", "precompute", "train_head", "finetune", "tta", "submission"}
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +73,41 @@ def test_csv_submission_covers_every_test_id_once_and_beats_uniform(csv_run):
 def test_nothing_reruns_when_nothing_changed(csv_run):
     workflow, work = csv_run
     result = snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml"])
-    assert result.returncode == 0 and planned_jobs(result.stdout) == {}, result.stdout[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Nothing to be done" in result.stdout and planned_jobs(result.stdout) == {}, result.stdout[-2000:]
 
 
-def test_a_tta_parameter_change_reruns_only_tta_and_submission(csv_run, tmp_path):
+@contextlib.contextmanager
+def edited(module: Path):
+    """Append a line to a source file, then put back its text and its mtime, so no later test sees the edit."""
+    original, stat = module.read_text(), module.stat()
+    try:
+        module.write_text(original + "\n# an edit\n")
+        yield
+    finally:
+        module.write_text(original)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+FROM_THE_CACHE = {"precompute", "train_head", "finetune", "tta", "submission"}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ({"tta": {"n_aug": 3}}, {"tta", "submission"}),
+    ({"submission": {"clip": 0.01}}, {"submission"}),
+    ({"head": {"precomputed": [{"lr": 2.0e-2, "n_cycle": 2}]}}, {"train_head", "finetune", "tta", "submission"}),
+    ({"head": {"lr_find": False}}, {"train_head", "finetune", "tta", "submission"}),
+    ({"images": {"shorter_side": 48}}, {"resize", "augmentation_preview"} | FROM_THE_CACHE),
+    ({"split": {"method": "fastai", "seed": 7}}, {"split"} | FROM_THE_CACHE),
+    ({"split": {"method": "stratified_kfold", "n_folds": 3}}, {"split"} | FROM_THE_CACHE),
+    ({"split": {"method": "fastai", "fold": 1}}, {"split"} | FROM_THE_CACHE),
+], ids=["tta.n_aug", "submission.clip", "head.precomputed", "head.lr_find", "images.shorter_side", "split.seed",
+        "split.method", "split.fold"])
+def test_a_parameter_change_reruns_that_stage_and_what_depends_on_it(csv_run, tmp_path, override, expected):
     workflow, work = csv_run
-    override = write_override(tmp_path / "tta.yaml", tta={"n_aug": 3})
-    result = snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override])
-    assert set(planned_jobs(result.stdout)) - {"all"} == {"tta", "submission"}, result.stdout[-2000:]
-
-
-def test_a_split_change_reruns_everything_downstream_of_the_split(csv_run, tmp_path):
-    workflow, work = csv_run
-    override = write_override(tmp_path / "split.yaml", split={"method": "fastai", "seed": 7})
-    jobs = planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override]).stdout)
-    assert set(jobs) - {"all"} == TORCH_STAGES
-    assert jobs["finetune"] == 2
+    override_file = write_override(tmp_path / "override.yaml", **override)
+    result = snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override_file])
+    assert set(planned_jobs(result.stdout)) - {"all"} == expected, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path):
@@ -98,16 +119,18 @@ def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path
     assert jobs == {"finetune": 1, "tta": 1, "submission": 1, "all": 1}
 
 
-def test_editing_a_stage_module_reruns_that_stage_and_its_dependents(csv_run):
+@pytest.mark.parametrize("module, expected", [
+    ("submission.py", {"submission"}),
+    ("tta.py", {"tta", "submission"}),
+    # shared modules: exactly the stages that import them (directly or not), and what depends on those
+    ("transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
+    ("data.py", {"image_stats", "resize", "split", "augmentation_preview"} | FROM_THE_CACHE),
+])
+def test_editing_a_module_reruns_the_stages_that_import_it_and_their_dependents(csv_run, module, expected):
     workflow, work = csv_run
-    module = workflow / "pipeline" / "submission.py"
-    original = module.read_text()
-    try:
-        module.write_text(original + "\n# an edit\n")
-        jobs = planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml"]).stdout)
-    finally:
-        module.write_text(original)
-    assert set(jobs) - {"all"} == {"submission"}
+    with edited(workflow / "pipeline" / module):
+        result = snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml"])
+    assert set(planned_jobs(result.stdout)) - {"all"} == expected, result.stdout[-2000:]
 
 
 def test_folder_layout_gives_a_binary_submission_that_beats_uniform(tmp_path):
