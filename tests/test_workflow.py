@@ -45,7 +45,7 @@ def test_csv_layout_writes_the_output_contract(csv_run):
     assert split["is_valid"].sum() == int(0.2 * len(split))
     sizes = pd.read_csv(out / "stats" / "sizes.csv")
     assert list(sizes.columns) == ["id", "split", "width", "height", "mode", "bytes"]
-    assert len(sizes) == 530 and (sizes[["width", "height"]].max(axis=1) > 1000).any()
+    assert len(sizes) == 360 and (sizes[["width", "height"]].max(axis=1) > 1000).any()
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"valid_accuracy", "valid_logloss", "valid_accuracy_no_tta", "valid_logloss_no_tta"} <= set(metrics)
     for plot in ["plots/sizes_all.png", "plots/sizes_under_1000.png", "plots/augmentations.png", "head/lr_find.png",
@@ -125,7 +125,7 @@ def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path
     # shared modules: exactly the stages that import them (directly or not), and what depends on those
     ("transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
     ("data.py", {"image_stats", "resize", "split", "augmentation_preview"} | FROM_THE_CACHE),
-])
+], ids=["submission.py", "tta.py", "transforms.py", "data.py"])
 def test_editing_a_module_reruns_the_stages_that_import_it_and_their_dependents(csv_run, module, expected):
     workflow, work = csv_run
     with edited(workflow / "pipeline" / module):
