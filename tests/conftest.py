@@ -1,17 +1,21 @@
 """Shared fixtures: small generated data sets and a runner for the real workflow in a scratch copy of the repo."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import pytest
+import torch
 import yaml
 
 from pipeline import demo, demo_folder
+from pipeline.fit import EpochLog, ResumePoint, run_fits
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -37,6 +41,24 @@ def checksums(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` (hidden ones included), by relative path."""
     return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@contextlib.contextmanager
+def restored_afterwards(path: Path) -> Iterator[bytes]:
+    """Let a test change a file; put back its bytes and its mtime afterwards, so no later test (or rerun trigger)
+    sees the change. Yields the original bytes."""
+    original, stat = path.read_bytes(), path.stat()
+    try:
+        yield original
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def write_override(path: Path, **sections) -> Path:
+    """A small recipe file to pass after the main one (`--configfile main.yaml override.yaml`)."""
+    path.write_text(yaml.safe_dump(sections))
+    return path
 
 
 def build_user_data(path: Path, recipe: Path) -> Path:
@@ -65,6 +87,42 @@ def copy_workflow(destination: Path) -> Path:
     for folder in ("rules", "config", "pipeline"):
         shutil.copytree(REPO / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return destination
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Two state dicts with the same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptedInEpoch:
+    """Batches that raise part-way through epoch `epoch`, as a killed job would stop."""
+
+    def __init__(self, batches, epoch: int):
+        self.batches, self.epoch, self.epochs_started = batches, epoch, 0
+        self.generator = batches.generator
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        self.epochs_started += 1
+        for index, batch in enumerate(self.batches):
+            if self.epochs_started - 1 == self.epoch and index == 1:
+                raise Interrupted
+            yield batch
+
+
+def train_resumably(model, train, valid, fits: list[dict], resume_path: Path, key: str, seed: int = 42):
+    """A stage's training as the stages run it: the recipe's fits with a resume point, deleted once they finish."""
+    log = EpochLog(None)
+    resume = ResumePoint(resume_path, key, model, log)
+    run_fits(model, train, valid, fits, "t", torch.device("cpu"), log, seed=seed, resume=resume)
+    resume.finish()
+    return model
 
 
 class ReferenceRun(NamedTuple):

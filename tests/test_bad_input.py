@@ -66,12 +66,24 @@ def data_with_bad_images(tmp_path):
     return tmp_path
 
 
+def run_image_stats(data_dir, out, params: str) -> None:
+    """The image-stats stage as its rule runs it, writing into `out` (bad images: out/bad.csv)."""
+    images.main(["--data-dir", str(data_dir), "--sizes-csv", str(out / "s.csv"), "--summary", str(out / "s.json"),
+                 "--plot-all", str(out / "a.png"), "--plot-small", str(out / "b.png"), "--bad-images",
+                 str(out / "bad.csv"), "--threads", "1", "--params", params])
+
+
+def run_split(data_dir, out, params: str, bad_images: bool = True) -> None:
+    """The split stage as its rule runs it, writing out/split.csv, out/test.csv and out/cc.csv."""
+    listed = ["--bad-images", str(out / "bad.csv")] if bad_images else []
+    split.main(["--data-dir", str(data_dir), *listed, "--split-csv", str(out / "split.csv"), "--test-csv",
+                str(out / "test.csv"), "--class-counts", str(out / "cc.csv"), "--params", params])
+
+
 def test_by_default_the_stats_stage_fails_listing_every_bad_file(data_with_bad_images, capsys):
     out = data_with_bad_images / "out"
     with pytest.raises(SystemExit):
-        images.main(["--data-dir", str(data_with_bad_images), "--sizes-csv", str(out / "s.csv"), "--summary",
-                     str(out / "s.json"), "--plot-all", str(out / "a.png"), "--plot-small", str(out / "b.png"),
-                     "--bad-images", str(out / "bad.csv"), "--threads", "1", "--params", '{"layout": "csv"}'])
+        run_image_stats(data_with_bad_images, out, '{"layout": "csv"}')
     message = capsys.readouterr().err
     assert "3 images cannot be read" in message
     for path in ("train/trunc.jpg", "train/empty.jpg", "test/t2.jpg"):
@@ -81,17 +93,12 @@ def test_by_default_the_stats_stage_fails_listing_every_bad_file(data_with_bad_i
 
 def test_with_skip_bad_images_are_listed_left_out_of_the_split_and_kept_in_test(data_with_bad_images, capsys):
     out = data_with_bad_images / "out"
-    images.main(["--data-dir", str(data_with_bad_images), "--sizes-csv", str(out / "s.csv"), "--summary",
-                 str(out / "s.json"), "--plot-all", str(out / "a.png"), "--plot-small", str(out / "b.png"),
-                 "--bad-images", str(out / "bad.csv"), "--threads", "1",
-                 "--params", '{"layout": "csv", "on_bad_image": "skip"}'])
+    run_image_stats(data_with_bad_images, out, '{"layout": "csv", "on_bad_image": "skip"}')
     bad = pd.read_csv(out / "bad.csv")
     assert sorted(bad["path"]) == ["test/t2.jpg", "train/empty.jpg", "train/trunc.jpg"]
     assert "skipping 3 unreadable images" in capsys.readouterr().out
     assert len(pd.read_csv(out / "s.csv")) == 7
-    split.main(["--data-dir", str(data_with_bad_images), "--bad-images", str(out / "bad.csv"), "--split-csv",
-                str(out / "split.csv"), "--test-csv", str(out / "test.csv"), "--class-counts", str(out / "cc.csv"),
-                "--params", '{"layout": "csv", "val_pct": 0.34}'])
+    run_split(data_with_bad_images, out, '{"layout": "csv", "val_pct": 0.34}')
     assert sorted(pd.read_csv(out / "split.csv")["id"]) == [f"ok{i}" for i in range(6)]
     test = pd.read_csv(out / "test.csv")
     assert test.set_index("id")["usable"].to_dict() == {"t1": True, "t2": False}
@@ -103,7 +110,6 @@ def test_an_unreadable_test_image_gets_the_training_class_prior():
     np.testing.assert_allclose(probs, [[0.75, 0.25], [0.1, 0.9]])
 
 
-
 def test_an_image_over_max_pixels_stops_the_stats_stage_or_is_left_out_of_every_later_stage(tmp_path, capsys):
     write_labels(tmp_path, "id,breed\n" + "".join(f"ok{i},{'ab'[i % 2]}\n" for i in range(4)) + "huge,a\n",
                  images=[f"ok{i}" for i in range(4)])
@@ -113,23 +119,19 @@ def test_an_image_over_max_pixels_stops_the_stats_stage_or_is_left_out_of_every_
     out = tmp_path / "out"
 
     def stats(policy):
-        images.main(["--data-dir", str(tmp_path), "--sizes-csv", str(out / "s.csv"), "--summary", str(out / "s.json"),
-                     "--plot-all", str(out / "a.png"), "--plot-small", str(out / "b.png"), "--bad-images",
-                     str(out / "bad.csv"), "--threads", "1",
-                     "--params", f'{{"layout": "csv", "max_pixels": 50000, "on_bad_image": "{policy}"}}'])
+        run_image_stats(tmp_path, out, f'{{"layout": "csv", "max_pixels": 50000, "on_bad_image": "{policy}"}}')
 
     with pytest.raises(SystemExit):
         stats("error")
     assert re.search(r"1 images cannot be read.*\n.*train/huge.jpg: DecompressionBomb", capsys.readouterr().err)
     stats("skip")
     assert pd.read_csv(out / "bad.csv")["path"].tolist() == ["train/huge.jpg"]
-    split.main(["--data-dir", str(tmp_path), "--bad-images", str(out / "bad.csv"), "--split-csv", str(out / "split.csv"),
-                "--test-csv", str(out / "test.csv"), "--class-counts", str(out / "cc.csv"),
-                "--params", '{"layout": "csv", "val_pct": 0.5, "cv_idx": 0, "seed": 1}'])
+    run_split(tmp_path, out, '{"layout": "csv", "val_pct": 0.5, "cv_idx": 0, "seed": 1}')
     assert "huge" not in pd.read_csv(out / "split.csv")["id"].tolist()
     resize.main(["--data-dir", str(tmp_path), "--bad-images", str(out / "bad.csv"), "--out-dir", str(out / "r"),
                  "--threads", "1", "--params", '{"shorter_side": 20}'])
     assert sorted(p.name for p in (out / "r" / "train").iterdir()) == [f"ok{i}.jpg" for i in range(4)]
+
 
 # ---- decodable but odd images: converted to upright 8-bit RGB, consistently -----------------------------------
 
@@ -229,10 +231,9 @@ def test_an_image_without_a_label_is_a_logged_skip(tmp_path, capsys):
     write_labels(tmp_path, "id,breed\na,x\nb,y\n", images=("a", "b", "stray"))
     (tmp_path / "test").mkdir()
     red_square().save(tmp_path / "test" / "t.jpg")
-    split.main(["--data-dir", str(tmp_path), "--split-csv", str(tmp_path / "s.csv"), "--test-csv",
-                str(tmp_path / "t.csv"), "--class-counts", str(tmp_path / "c.csv"), "--params", '{"val_pct": 0.5}'])
+    run_split(tmp_path, tmp_path, '{"val_pct": 0.5}', bad_images=False)
     assert "skipping 1 images in train/ without a row in labels.csv: train/stray.jpg" in capsys.readouterr().out
-    assert "stray" not in pd.read_csv(tmp_path / "s.csv")["id"].tolist()
+    assert "stray" not in pd.read_csv(tmp_path / "split.csv")["id"].tolist()
 
 
 def test_a_class_left_without_training_images_is_an_error(tmp_path, capsys):
@@ -240,9 +241,7 @@ def test_a_class_left_without_training_images_is_an_error(tmp_path, capsys):
     (tmp_path / "test").mkdir()
     red_square().save(tmp_path / "test" / "t.jpg")
     with pytest.raises(SystemExit):
-        split.main(["--data-dir", str(tmp_path), "--split-csv", str(tmp_path / "s.csv"), "--test-csv",
-                    str(tmp_path / "t.csv"), "--class-counts", str(tmp_path / "c.csv"),
-                    "--params", '{"val_pct": 0.5, "cv_idx": 0, "seed": 0}'])
+        run_split(tmp_path, tmp_path, '{"val_pct": 0.5, "cv_idx": 0, "seed": 0}', bad_images=False)
     assert "classes with no training image after the split" in capsys.readouterr().err
 
 

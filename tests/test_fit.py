@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import Interrupted, InterruptedInEpoch, same_state, train_resumably
 from pipeline import fit as fit_module
-from pipeline.fit import EpochLog, FitSpec, ResumePoint, TensorBatches, fit, lr_find, make_optimizer, run_fits
+from pipeline.fit import EpochLog, FitSpec, TensorBatches, fit, lr_find, make_optimizer
 from pipeline.model import build_classifier
 
 CPU = torch.device("cpu")
@@ -108,47 +109,17 @@ def test_lr_find_stops_at_the_first_smoothed_loss_over_four_times_the_best(monke
     assert len(losses) < 100
 
 
-class Interrupted(Exception):
-    pass
-
-
-class InterruptedInEpoch:
-    """Batches that raise part-way through epoch `epoch`, as a killed job would stop."""
-
-    def __init__(self, batches, epoch: int):
-        self.batches, self.epoch, self.epochs_started = batches, epoch, 0
-        self.generator = batches.generator
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        self.epochs_started += 1
-        for index, batch in enumerate(self.batches):
-            if self.epochs_started - 1 == self.epoch and index == 1:
-                raise Interrupted
-            yield batch
-
-
-def run_with_resume(model, train, valid, fits, resume_path, key):
-    log = EpochLog(None)
-    resume = ResumePoint(resume_path, key, model, log)
-    run_fits(model, train, valid, fits, "t", CPU, log, resume=resume)
-    resume.finish()
-    return model
-
-
 def test_a_resume_point_saved_with_other_parameters_is_ignored(tmp_path, capsys):
     path = tmp_path / "resume.pt"
     model, train, valid = tiny_problem()
     with pytest.raises(Interrupted):  # a run at another lr is killed in its third epoch; its resume point stays
-        run_with_resume(model, InterruptedInEpoch(train, 2), valid, [{"lr": 0.5, "n_cycle": 3}], path, "lr 0.5")
+        train_resumably(model, InterruptedInEpoch(train, 2), valid, [{"lr": 0.5, "n_cycle": 3}], path, "lr 0.5")
     assert path.exists()
     fits = [{"lr": 0.05, "n_cycle": 3}]
-    rerun = run_with_resume(tiny_problem()[0], train, valid, fits, path, "lr 0.05")
+    rerun = train_resumably(tiny_problem()[0], train, valid, fits, path, "lr 0.05")
     assert "ignoring" in capsys.readouterr().out
-    clean = run_with_resume(tiny_problem()[0], train, valid, fits, tmp_path / "none.pt", "lr 0.05")
-    assert all(torch.equal(a, b) for a, b in zip(rerun.state_dict().values(), clean.state_dict().values()))
+    clean = train_resumably(tiny_problem()[0], train, valid, fits, tmp_path / "none.pt", "lr 0.05")
+    assert same_state(rerun.state_dict(), clean.state_dict())
     assert not path.exists()
 
 

@@ -19,18 +19,12 @@ import time
 import psutil
 import pytest
 import torch
-import yaml
 
-from conftest import CONFIGS, REPO, snakemake
+from conftest import CONFIGS, REPO, same_state, snakemake, write_override
 from pipeline import train_head
 
 pytestmark = pytest.mark.workflow
 MICRO = CONFIGS / "micro_csv.yaml"
-
-
-def recipe_override(path, **keys):
-    path.write_text(yaml.safe_dump(keys))
-    return path
 
 
 def run_ok(workdir, *configfiles, extra=()):
@@ -44,8 +38,7 @@ def weights(path):
 
 
 def same_weights(a, b):
-    wa, wb = weights(a), weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return same_state(weights(a), weights(b))
 
 
 def same_tree(a, b):
@@ -56,7 +49,7 @@ def same_tree(a, b):
 
 def test_a_changed_seed_changes_the_split_and_the_weights(micro_run, tmp_path):
     # Up to the head: everything after it starts from the head's weights, so they differ too once those do.
-    other = run_ok(tmp_path, recipe_override(tmp_path / "o.yaml", seed=7, split={"seed": 7}),
+    other = run_ok(tmp_path, write_override(tmp_path / "o.yaml", seed=7, split={"seed": 7}),
                    extra=["--until", "train_head"])
     assert not filecmp.cmp(micro_run.out / "split.csv", other / "split.csv", shallow=False)
     assert not same_weights(micro_run.out / "head" / "model.pt", other / "head" / "model.pt")

@@ -6,10 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.fit import EpochLog, ResumePoint, run_fits
+from conftest import Interrupted, InterruptedInEpoch, same_state, train_resumably
 from pipeline.loaders import image_loaders
 from pipeline.model import build_classifier
-from test_fit import Interrupted, InterruptedInEpoch
 
 CPU = torch.device("cpu")
 FITS = [{"lr": [1e-3, 3e-3, 1e-2], "n_cycle": 2, "cycle_len": 1}]
@@ -39,23 +38,16 @@ def train(image_split, workers, resume_path, interrupt_in_epoch=None):
     torch.manual_seed(0)
     model = build_classifier("resnet18", "none", n_classes=2, ps=0.5)
     model.unfreeze()
-    log = EpochLog(None)
-    resume = ResumePoint(resume_path, f"workers {workers}", model, log)
-    run_fits(model, train_loader, valid_loader, FITS, "t", CPU, log, seed=3, resume=resume)
-    resume.finish()
+    train_resumably(model, train_loader, valid_loader, FITS, resume_path, f"workers {workers}", seed=3)
     return model.state_dict()
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_two_runs_give_identical_weights_and_a_resumed_run_matches_them(image_split, tmp_path, workers):
     first = train(image_split, workers, tmp_path / "a.pt")
-    assert same(first, train(image_split, workers, tmp_path / "b.pt"))
+    assert same_state(first, train(image_split, workers, tmp_path / "b.pt"))
     with pytest.raises(Interrupted):
         train(image_split, workers, tmp_path / "c.pt", interrupt_in_epoch=1)
     assert (tmp_path / "c.pt").exists()
-    assert same(first, train(image_split, workers, tmp_path / "c.pt"))
+    assert same_state(first, train(image_split, workers, tmp_path / "c.pt"))
 

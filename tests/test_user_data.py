@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import CONFIGS, REPO, build_user_data, checksums, copy_workflow, planned_jobs, snakemake
+from conftest import (CONFIGS, REPO, build_user_data, checksums, copy_workflow, planned_jobs, restored_afterwards,
+                      snakemake)
 
 pytestmark = pytest.mark.workflow
 IMAGE_STAGES = {"image_stats", "resize", "split", "augmentation_preview", "precompute", "train_head", "finetune",
@@ -50,13 +51,9 @@ def test_a_recipe_without_demo_reads_the_users_data_and_writes_nothing_there(mic
 
 def test_an_image_replaced_in_data_dir_reruns_the_image_stages_and_everything_after(micro_run):
     data, recipe, work = micro_run.data, micro_run.recipe, micro_run.work
-    image = sorted((data / "train").glob("*.jpg"))[0]
-    original, stat = image.read_bytes(), image.stat()
-    try:
-        image.write_bytes(sorted((data / "train").glob("*.jpg"))[1].read_bytes())  # same name, other picture
+    image, other = sorted((data / "train").glob("*.jpg"))[:2]
+    with restored_afterwards(image):
+        image.write_bytes(other.read_bytes())  # same name, other picture
         jobs = planned_jobs(snakemake(REPO, work, "-n", configfiles=[recipe]).stdout)
-    finally:
-        image.write_bytes(original)
-        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert set(jobs) - {"all"} == IMAGE_STAGES
     assert "Nothing to be done" in snakemake(REPO, work, "-n", configfiles=[recipe]).stdout

@@ -1,9 +1,6 @@
 """The real workflow, end to end, on tiny recipes for both layouts; then the rerun contract with dry runs."""
-import contextlib
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +8,7 @@ import pytest
 import yaml
 from sklearn.metrics import log_loss
 
-from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, snakemake
+from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, restored_afterwards, snakemake, write_override
 
 pytestmark = pytest.mark.workflow
 
@@ -23,11 +20,6 @@ def csv_run(tmp_path_factory):
     result = snakemake(workflow, workdir, configfiles=[CONFIGS / "tiny_csv.yaml"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workflow, workdir
-
-
-def write_override(path, **sections):
-    path.write_text(yaml.safe_dump(sections))
-    return path
 
 
 def scored(submission: pd.DataFrame, solution: pd.DataFrame, classes: list[str]) -> tuple[float, float]:
@@ -77,18 +69,6 @@ def test_nothing_reruns_when_nothing_changed(csv_run):
     assert "Nothing to be done" in result.stdout and planned_jobs(result.stdout) == {}, result.stdout[-2000:]
 
 
-@contextlib.contextmanager
-def edited(module: Path):
-    """Append a line to a source file, then put back its text and its mtime, so no later test sees the edit."""
-    original, stat = module.read_text(), module.stat()
-    try:
-        module.write_text(original + "\n# an edit\n")
-        yield
-    finally:
-        module.write_text(original)
-        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-
-
 FROM_THE_CACHE = {"precompute", "train_head", "finetune", "tta", "submission"}
 
 
@@ -128,7 +108,8 @@ def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path
 ], ids=["submission.py", "tta.py", "transforms.py", "data.py"])
 def test_editing_a_module_reruns_the_stages_that_import_it_and_their_dependents(csv_run, module, expected):
     workflow, work = csv_run
-    with edited(workflow / "pipeline" / module):
+    with restored_afterwards(workflow / "pipeline" / module) as original:
+        (workflow / "pipeline" / module).write_bytes(original + b"\n# an edit\n")
         result = snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml"])
     assert set(planned_jobs(result.stdout)) - {"all"} == expected, result.stdout[-2000:]
 
