@@ -3,22 +3,51 @@
 Starts from the previous checkpoint (the head's, or the previous size's), optionally unfreezes with per-layer-group
 learning rates (fastai's 3 groups), runs the size's SGDR fits on augmented images, and saves a checkpoint.
 As 0.7's `set_data`, a new size starts frozen unless the recipe unfreezes it.
+With `--snapshots`, also keeps the weights at the end of earlier SGDR cycles of the last fit (a snapshot ensemble,
+0.7's `cycle_save_name`): with k-1 paths, the k-1 cycles before the final one, whose weights are model.pt.
 
     python -m pipeline.finetune --split-csv out/split.csv --cache-dir out/resized/340 --checkpoint out/head/model.pt \
-        --out-dir out/finetune/1_299 --params '{"size": 299, "unfreeze": false, "fits": [...], ...}'
+        --out-dir out/finetune/1_299 --params '{"size": 299, "unfreeze": false, "fits": [...], ...}' \
+        --snapshots out/finetune/1_299/snapshots/cycle_1.pt out/finetune/1_299/snapshots/cycle_2.pt
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline import cli, plots, runtime
 from pipeline.data import read_split
-from pipeline.fit import EpochLog, ResumePoint, run_fits
-from pipeline.io import params_digest, remove_stale_temporaries
+from pipeline.fit import EpochLog, FitSpec, ResumePoint, run_fits
+from pipeline.io import atomic_path, params_digest, remove_stale_temporaries
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, checkpoint_meta, restore_model, save_checkpoint
+
+
+def snapshot_cycles(fits: list[dict], n_snapshots: int) -> list[int]:
+    """The 1-based cycles of the last fit kept as snapshots, earliest first: the n_snapshots before its final one."""
+    if not n_snapshots:
+        return []
+    last = FitSpec.from_config(fits[-1])
+    if not last.cycle_len or last.n_cycle <= n_snapshots:
+        cli.fail(f"{n_snapshots} snapshots plus the final weights need a last fit with cycle_len and at least "
+                 f"{n_snapshots + 1} cycles (n_cycle); the last fit is {fits[-1]}")
+    return list(range(last.n_cycle - n_snapshots, last.n_cycle))
+
+
+def snapshot_staging(out_dir: Path, resume_key: str) -> Path:
+    """Where snapshots wait for the end of the stage, and a rerun with the same resume key finds them.
+
+    The --snapshots paths are declared outputs, which Snakemake deletes before it reruns a failed job, while the
+    rerun resumes past the cycles already trained: so each snapshot is written here first and kept like resume.pt,
+    out of Snakemake's way. Another key's folder holds another run's weights, never to be mixed in: removed.
+    """
+    staging = out_dir / f".snapshots-{resume_key}"
+    for other in out_dir.glob(".snapshots-*"):
+        if other != staging:
+            shutil.rmtree(other)
+    return staging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,9 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
     parser.add_argument("--checkpoint", required=True, help="model.pt of the previous stage")
     parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--snapshots", nargs="+", action="extend", default=[], metavar="PATH",
+                        help="with k-1 paths, the weights at the end of the k-1 SGDR cycles before the last fit's "
+                             "final one, earliest first (the final cycle's are model.pt)")
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("finetune", params)
+    cycles = snapshot_cycles(params["fits"], len(args.snapshots))
     device, amp = runtime.start(params, args.threads)
     train, valid, classes = read_split(args.split_csv)
     try:
@@ -44,14 +77,29 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
     log = EpochLog(out_dir / "log.csv")
-    resume = ResumePoint(out_dir / "resume.pt", params_digest(params, args.checkpoint), model, log)
+    # The snapshot count is part of the key: a rerun asking for more must not resume past cycles it never staged.
+    resume_key = params_digest({**params, "n_snapshots": len(cycles)}, args.checkpoint)
+    resume = ResumePoint(out_dir / "resume.pt", resume_key, model, log)
+    staging = snapshot_staging(out_dir, resume_key)
+    meta = checkpoint_meta(params, classes, "finetune", model)
+
+    def stage_snapshot(cycle: int) -> None:
+        if cycle in cycles:
+            save_checkpoint(model, staging / f"cycle_{cycle}.pt", {**meta, "snapshot_cycle": cycle})
+
     train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
     schedules = run_fits(model, train_loader, valid_loader, params["fits"], f"size {params['size']}", device, log,
-                         params.get("warmup", True), amp, params.get("seed", 42), resume)
+                         params.get("warmup", True), amp, params.get("seed", 42), resume,
+                         on_cycle_end=stage_snapshot)
     plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
     plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
-    save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "finetune", model))
+    for cycle, path in zip(cycles, args.snapshots):
+        # Copied, not moved: a job killed before it finishes loses these outputs, and its rerun needs them staged.
+        with atomic_path(path) as tmp:
+            shutil.copyfile(staging / f"cycle_{cycle}.pt", tmp)
+    save_checkpoint(model, out_dir / "model.pt", meta)
     resume.finish()
+    shutil.rmtree(staging, ignore_errors=True)
     cli.finish("finetune", started)
 
 

@@ -7,18 +7,22 @@ first cycle runs at lr/100. The printed train loss is 0.7's bias-corrected EMA (
 Every epoch draws its randomness (shuffling, augmentation, dropout) from a seed derived from (seed, phase, fit,
 epoch), and a `ResumePoint` saves the training state after each epoch: a killed job resumes from its last
 completed epoch and ends with the same weights as an uninterrupted run (on CPU).
+
+`run_fits` can hand the model over at the end of each SGDR cycle of its last fit (`on_cycle_end`), which is
+what fastai 0.7's `cycle_save_name` did for snapshot ensembles.
 """
 from __future__ import annotations
 
 import copy
 import csv
 import hashlib
+import itertools
 import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +54,14 @@ class FitSpec:
         if not self.cycle_len:
             return self.n_cycle
         return sum(self.cycle_len * self.cycle_mult ** i for i in range(self.n_cycle))
+
+    @property
+    def cycle_ends(self) -> list[int]:
+        """The (0-based) epoch each SGDR cycle ends with; none without cycle_len, where the lr never restarts."""
+        if not self.cycle_len:
+            return []
+        lengths = (self.cycle_len * self.cycle_mult ** i for i in range(self.n_cycle))
+        return [end - 1 for end in itertools.accumulate(lengths)]
 
     def __str__(self) -> str:
         extra = f", cycle_len={self.cycle_len}, cycle_mult={self.cycle_mult}" if self.cycle_len else ""
@@ -207,8 +219,12 @@ class ResumePoint:
 
 def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: torch.device, log: EpochLog,
         phase: str, fit_index: int, warmup: bool = True, amp: bool = False, seed: int = 42,
-        resume: ResumePoint | None = None) -> list[list[float]]:
-    """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`)."""
+        resume: ResumePoint | None = None,
+        on_cycle_end: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`).
+
+    `on_cycle_end(cycle)` is called with the 1-based number of each SGDR cycle once its last epoch is validated.
+    """
     optimizer = make_optimizer(model, spec.lr)
     n_batches = len(train_batches)
     scheduler = None
@@ -251,6 +267,10 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
         log.add(phase=phase, fit=fit_index, epoch=epoch, train_loss=ema / (1 - EMA_BETA ** iteration),
                 valid_loss=valid_loss, accuracy=accuracy, lr=lr_history[-1][-1],
                 seconds=time.perf_counter() - started)
+        if on_cycle_end and epoch in spec.cycle_ends:
+            # Before the resume point moves past this epoch: a job killed in between repeats the epoch, and so
+            # the callback, on its rerun; the other order would resume after it and never call it again.
+            on_cycle_end(spec.cycle_ends.index(epoch) + 1)
         if resume:
             resume.save(ordinal, epoch, spec.epochs, optimizer, scheduler, ema, iteration, lr_history)
     return resume.fit_done(lr_history) if resume else lr_history
@@ -258,12 +278,16 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
 
 def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], phase: str, device: torch.device,
              log: EpochLog, warmup: bool = True, amp: bool = False, seed: int = 42,
-             resume: ResumePoint | None = None, schedules: list | None = None) -> list[tuple[str, list[list[float]]]]:
-    """A phase's sequence of fits (the recipe's list); appends (title, lr history) per fit to `schedules`."""
+             resume: ResumePoint | None = None, schedules: list | None = None,
+             on_cycle_end: Callable[[int], None] | None = None) -> list[tuple[str, list[list[float]]]]:
+    """A phase's sequence of fits (the recipe's list); appends (title, lr history) per fit to `schedules`.
+    `on_cycle_end` is called at the end of each SGDR cycle of the last fit only (see `fit`)."""
     schedules = [] if schedules is None else schedules
     for index, fit_config in enumerate(fits):
         spec = FitSpec.from_config(fit_config)
-        history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp, seed, resume)
+        is_last = index == len(fits) - 1
+        history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp, seed, resume,
+                      on_cycle_end if is_last else None)
         schedules.append((f"{phase}: {spec}", history))
     return schedules
 
