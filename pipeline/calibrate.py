@@ -1,0 +1,188 @@
+"""Stage 6b - calibration for log loss: the plain TTA pass's weight against the augmented ones, and a temperature,
+fitted out of sample and kept only where they beat both fastai's TTA mean and no TTA.
+
+Passes are TTA's (2, N, C) probabilities: [0] the plain pass, [1] the mean of the n_aug augmented passes. Calibrated
+= softmax(log(w * plain + (1 - w) * augmented) / T); fastai's TTA mean is w = 1/(n_aug+1), T = 1. The valid rows'
+cross-fit groups are their `fold` (a K-fold run's OOF rows) or, without one, 5 random parts.
+
+    python -m pipeline.calibrate --split-csv out/split.csv --valid-rows out/split.csv \
+        --valid-passes out/tta/valid_passes.npy --test-passes out/tta/test_passes.npy --out-dir out/calibration \
+        --params '{"enabled": true, "n_aug": 4, "seed": 42}' \
+        [--cv-metrics-in out/oof/cv_metrics.json --cv-metrics out/cv_metrics.json --metrics out/metrics.json]
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, log_loss
+from sklearn.model_selection import KFold
+
+from pipeline import cli, plots, runtime
+from pipeline.data import read_labeled_table
+from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_json
+
+FLOOR = 1e-12  # a pass can give a class exactly 0; its log must stay finite
+
+
+def read_rows(rows_csv: str | Path) -> pd.DataFrame:
+    """The rows aligned with the valid passes: with `is_valid` (a single split's split.csv) only the valid ones."""
+    rows = pd.read_csv(rows_csv, dtype={"id": str, "label": str}, keep_default_na=False)
+    return rows[rows["is_valid"]].reset_index(drop=True) if "is_valid" in rows else rows
+
+
+def cross_fit_groups(rows: pd.DataFrame, seed: int) -> tuple[np.ndarray, str]:
+    """Each row's group and how the groups were made: the OOF fold it came from, else one of 5 random parts."""
+    if "fold" in rows and rows["fold"].nunique() > 1:  # not a single stratified split's one validation fold
+        return rows["fold"].to_numpy(), f"cross-fitted over the {rows['fold'].nunique()} folds' out-of-fold predictions"
+    groups = np.empty(len(rows), dtype=int)
+    parts = KFold(n_splits=min(5, len(rows)), shuffle=True, random_state=seed)
+    for group, (_, part) in enumerate(parts.split(groups)):
+        groups[part] = group
+    return groups, f"cross-fitted over {parts.n_splits} random parts of the validation set"
+
+
+def _log_probs(plain, augmented, plain_weight, temperature) -> torch.Tensor:
+    mixed = plain_weight * plain + (1 - plain_weight) * augmented
+    return torch.log_softmax(torch.log(mixed.clamp_min(FLOOR)) / temperature, dim=-1)
+
+
+def calibrated_probs(passes: np.ndarray, plain_weight: float, temperature: float) -> np.ndarray:
+    plain, augmented = torch.from_numpy(np.asarray(passes, dtype=np.float64))
+    return _log_probs(plain, augmented, plain_weight, temperature).exp().numpy()
+
+
+def fit(passes: np.ndarray, y: np.ndarray, n_aug: int) -> tuple[float, float]:
+    """(plain weight, temperature) minimising log loss, from fastai's TTA mean; with n_aug = 0 only the temperature."""
+    plain, augmented = torch.from_numpy(np.asarray(passes, dtype=np.float64))
+    target = torch.tensor(y, dtype=torch.int64)
+    # Unconstrained parameters keep w in (0, 1) and T > 0 without bounds: w = sigmoid(-log n_aug) = 1/(n_aug+1).
+    weight_logit = torch.tensor(-math.log(max(n_aug, 1)), dtype=torch.float64, requires_grad=True)
+    log_temperature = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight_logit, log_temperature] if n_aug else [log_temperature],
+                                  max_iter=50, line_search_fn="strong_wolfe")
+
+    def plain_weight():
+        return torch.sigmoid(weight_logit) if n_aug else torch.ones((), dtype=torch.float64)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.nll_loss(_log_probs(plain, augmented, plain_weight(), log_temperature.exp()), target)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return plain_weight().item(), log_temperature.exp().item()
+
+
+def cross_fitted(passes: np.ndarray, y: np.ndarray, groups: np.ndarray, n_aug: int) -> np.ndarray:
+    """Each group's probabilities from parameters fitted on the other groups only: never on the row itself."""
+    probs = np.empty(passes.shape[1:])
+    for group in np.unique(groups):
+        held_out = groups == group
+        probs[held_out] = calibrated_probs(passes[:, held_out], *fit(passes[:, ~held_out], y[~held_out], n_aug))
+    return probs
+
+
+def calibrate(passes: np.ndarray, y: np.ndarray, groups: np.ndarray, n_aug: int, enabled: bool) -> tuple[dict, dict]:
+    """The report and each candidate's out-of-sample probabilities for the valid rows."""
+    settings = {"tta_mean": (1 / (n_aug + 1), 1.0), "plain": (1.0, 1.0)}
+    probs = {name: calibrated_probs(passes, *setting) for name, setting in settings.items()}
+    if enabled:
+        settings["fitted"] = fit(passes, y, n_aug)
+        probs["fitted"] = cross_fitted(passes, y, groups, n_aug)
+    labels = range(passes.shape[2])
+    losses = {name: float(log_loss(y, candidate, labels=labels)) for name, candidate in probs.items()}
+    # The guard: every candidate is scored on rows its parameters never saw and the lowest wins, so the calibrated
+    # log loss is never above fastai's TTA mean nor no TTA. Ties keep the first: tta_mean, then plain, then fitted.
+    # Disabled, the stage is fastai's TTA and nothing else, even where no TTA would have scored better.
+    chosen = min(losses, key=losses.get) if enabled else "tta_mean"
+    accuracy = {name: float(accuracy_score(y, probs[name].argmax(1))) for name in ("plain", "tta_mean", chosen)}
+    report = {"enabled": enabled, "n_rows": len(y), "n_aug": n_aug, "chosen": chosen, "candidates": losses,
+              "plain_weight": settings[chosen][0], "temperature": settings[chosen][1],
+              "logloss_no_tta": losses["plain"], "accuracy_no_tta": accuracy["plain"],
+              "logloss_tta": losses["tta_mean"], "accuracy_tta": accuracy["tta_mean"],
+              "logloss_calibrated": losses[chosen], "accuracy_calibrated": accuracy[chosen]}
+    if enabled:
+        report["fitted_on_all"] = {"plain_weight": settings["fitted"][0], "temperature": settings["fitted"][1]}
+    return report, probs
+
+
+def kfold_reports(cv: dict, calibration: dict) -> tuple[dict, dict]:
+    """A K-fold run's cv_metrics.json with the calibrated OOF figures added, and its headline metrics.json."""
+    calibrated = {"oof_logloss": calibration["logloss_calibrated"], "oof_accuracy": calibration["accuracy_calibrated"],
+                  **{key: calibration[key] for key in ("chosen", "plain_weight", "temperature")}}
+    metrics = {"valid_logloss": cv["oof_logloss"], "valid_accuracy": cv["oof_accuracy"],
+               "valid_logloss_no_tta": cv.get("oof_logloss_no_tta"),
+               "valid_accuracy_no_tta": cv.get("oof_accuracy_no_tta"),
+               "valid_logloss_calibrated": calibrated["oof_logloss"],
+               "valid_accuracy_calibrated": calibrated["oof_accuracy"], "scope": "out-of-fold",
+               **{key: cv[key] for key in ("n_folds", "classes", "n_aug") if key in cv}}
+    return {**cv, "calibrated": calibrated}, metrics
+
+
+def _check_passes(passes: np.ndarray, path: str, n_rows: int | None, n_classes: int, split_csv: str) -> None:
+    if passes.ndim != 3 or passes.shape[0] != 2:
+        cli.fail(f"{path}: shape {passes.shape}, expected (2, rows, classes): the plain and augmented passes")
+    if n_rows is not None and passes.shape[1] != n_rows:
+        cli.fail(f"{path} has {passes.shape[1]} rows but the valid rows table has {n_rows}: they must be aligned")
+    if passes.shape[2] != n_classes:
+        cli.fail(f"{path} has {passes.shape[2]} classes but {split_csv} has {n_classes}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--split-csv", required=True, help="for the class list only")
+    parser.add_argument("--valid-rows", required=True, help="CSV aligned with --valid-passes: label, maybe fold")
+    parser.add_argument("--valid-passes", required=True)
+    parser.add_argument("--test-passes", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--cv-metrics-in", help="a K-fold run's uncalibrated OOF figures")
+    parser.add_argument("--cv-metrics", help="where to write them with the calibrated figures added")
+    parser.add_argument("--metrics", help="where to write the K-fold run's headline metrics")
+    args = parser.parse_args(argv)
+    params = args.params
+    started = cli.announce("calibrate", params)
+    runtime.setup(args.threads, params.get("seed", 42), "cpu")  # two parameters on (N, C) arrays: no GPU needed
+    if args.cv_metrics_in and not (args.cv_metrics and args.metrics):
+        cli.fail("--cv-metrics-in needs --cv-metrics and --metrics to write to")
+    _, classes = read_labeled_table(args.split_csv)
+    rows = read_rows(args.valid_rows)
+    if unknown := sorted(set(rows["label"]) - set(classes)):
+        cli.fail(f"{args.valid_rows} has labels that {args.split_csv} lacks: {unknown[:10]}")
+    valid_passes, test_passes = np.load(args.valid_passes), np.load(args.test_passes)
+    _check_passes(valid_passes, args.valid_passes, len(rows), len(classes), args.split_csv)
+    _check_passes(test_passes, args.test_passes, None, len(classes), args.split_csv)
+    groups, method = cross_fit_groups(rows, params.get("seed", 42))
+    enabled = params.get("enabled", True)
+    if enabled and len(np.unique(groups)) < 2:
+        cli.fail(f"{args.valid_rows}: cross-fitting needs at least 2 groups of rows; set calibration.enabled: false")
+    y = rows["label"].map({name: index for index, name in enumerate(classes)}).to_numpy()
+    report, probs = calibrate(valid_passes, y, groups, params.get("n_aug", 4), enabled)
+    report["method"] = method if enabled else "not fitted (calibration disabled): fastai's TTA mean"
+    out_dir = Path(args.out_dir)
+    remove_stale_temporaries(out_dir)
+    save_npy(probs[report["chosen"]], out_dir / "valid_probs.npy")
+    save_npy(calibrated_probs(test_passes, report["plain_weight"], report["temperature"]).astype(np.float32),
+             out_dir / "test_probs.npy")
+    shown = {"no TTA": "plain", "TTA mean": "tta_mean", f"calibrated ({report['chosen']})": report["chosen"]}
+    curves = {f"{label}, log loss {report['candidates'][key]:.4f}": (probs[key].argmax(1) == y, probs[key].max(1))
+              for label, key in shown.items()}
+    plots.reliability(curves, out_dir / "reliability.png", f"valid, out of sample; chosen: {report['chosen']}")
+    write_json(report, out_dir / "calibration.json")
+    if args.cv_metrics_in:
+        cv_metrics, metrics = kfold_reports(read_json(args.cv_metrics_in), report)
+        write_json(cv_metrics, args.cv_metrics)
+        write_json(metrics, args.metrics)
+    print(f"log loss: no TTA {report['logloss_no_tta']:.4f}, TTA (fastai mean) {report['logloss_tta']:.4f}, "
+          f"calibrated {report['logloss_calibrated']:.4f} ({report['chosen']}: plain weight "
+          f"{report['plain_weight']:.2f}, temperature {report['temperature']:.2f}; {report['method']})", flush=True)
+    cli.finish("calibrate", started)
+
+
+if __name__ == "__main__":
+    main()
