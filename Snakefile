@@ -27,6 +27,6 @@ rule all:
         out("metrics.json"),
         out("stats/summary.json"),
         out("plots/augmentations.png"),
-        out("tta/confusion_matrix.png"),
-        final_checkpoint(),
+        for_every_fold(model_out("tta/confusion_matrix.png")),
+        [out("oof.csv"), out("cv_metrics.json")] if KFOLD else [],
     default_target: True

@@ -143,10 +143,15 @@ def read_test_table(test_csv: str | Path) -> pd.DataFrame:
     return pd.read_csv(test_csv, dtype={"id": str, "path": str}, keep_default_na=False)
 
 
+def read_labeled_table(split_csv: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """A split.csv (a single split's, a fold's, or a K-fold run's fold assignment) and its sorted classes."""
+    split = pd.read_csv(split_csv, dtype={"id": str, "label": str}, keep_default_na=False)
+    return split, sorted(split["label"].unique())
+
+
 def read_split(split_csv: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(train rows, valid rows, sorted classes) with an integer `y` column."""
-    split = pd.read_csv(split_csv, dtype={"id": str, "label": str}, keep_default_na=False)
-    classes = sorted(split["label"].unique())
+    split, classes = read_labeled_table(split_csv)
     split["y"] = split["label"].map({name: index for index, name in enumerate(classes)})
     return split[~split["is_valid"]].reset_index(drop=True), split[split["is_valid"]].reset_index(drop=True), classes
 

@@ -97,3 +97,39 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path, title: str) -
     axis.set_ylabel("actual")
     axis.set_title(title)
     save_figure(fig, path)
+
+
+def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str, n_bins: int = 10) -> None:
+    """Reliability diagram: per bin of top-class confidence, how often the top class is right; one line per
+    {legend label: (top class correct, top-class confidence)}. On the diagonal, a confidence means what it says."""
+    from sklearn.calibration import calibration_curve
+
+    fig, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for label, (correct, confidence) in curves.items():
+        accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=n_bins)
+        axis.plot(mean_confidence, accuracy, marker="o", label=label)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("confidence of the top class")
+    axis.set_ylabel("accuracy")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def fold_scores(cv: dict, path) -> None:
+    """Each fold's validation log loss and accuracy (with and without TTA), their mean, and the out-of-fold figure."""
+    folds = pd.DataFrame(cv["folds"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for axis, metric, oof_key in ((axes[0], "valid_logloss", "oof_logloss"), (axes[1], "valid_accuracy", "oof_accuracy")):
+        positions = np.arange(len(folds))
+        axis.bar(positions - 0.2, folds[f"{metric}_no_tta"], width=0.4, label="no TTA", color="tab:gray")
+        axis.bar(positions + 0.2, folds[metric], width=0.4, label="TTA", color="tab:blue")
+        axis.axhline(folds[metric].mean(), color="tab:blue", linestyle=":", label=f"mean of folds {folds[metric].mean():.3f}")
+        axis.axhline(cv[oof_key], color="tab:red", linestyle="--", label=f"out-of-fold {cv[oof_key]:.3f}")
+        axis.set_xticks(positions, [f"fold {fold}" for fold in folds["fold"]])
+        axis.set_ylabel(metric.replace("valid_", "validation "))
+        axis.legend(fontsize=8)
+    fig.suptitle(f"{cv['n_folds']} folds, {cv['n_oof']} out-of-fold predictions")
+    save_figure(fig, path)

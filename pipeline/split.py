@@ -1,8 +1,9 @@
 """Stage 1 - labels -> validation split.
 
 Default: fastai 0.7's `get_cv_idxs` over `labels.csv` rows in file order (exactly the indices the lesson used).
-Option: stratified K-fold (scikit-learn), one fold chosen in the recipe. The folder layout's `valid/` is the
-validation set as is. Images the image-stats stage found unreadable (`bad_images.csv`, only non-empty with
+Option: stratified K-fold (scikit-learn): one fold chosen in the recipe, or, for a K-fold run (`assign_folds`), every
+image's validation fold in a `fold` column, from which `pipeline.folds` derives each fold's split. The folder
+layout's `valid/` is the validation set as is. Images the image-stats stage found unreadable (`bad_images.csv`, only non-empty with
 `on_bad_image: skip`) are left out of the split; test images are never dropped: `test.csv` (id, path, usable) keeps
 every one, and the TTA stage gives an unusable one the training class prior. Writes `split.csv` (id, label,
 is_valid, path), `test.csv` and a class-count table.
@@ -30,13 +31,17 @@ def get_cv_idxs(n: int, cv_idx: int = 4, val_pct: float = 0.2, seed: int = 42) -
     return idxs[idx_start: idx_start + n_val]
 
 
-def stratified_fold_idxs(labels: pd.Series, n_folds: int, fold: int, seed: int) -> np.ndarray:
+def stratified_folds(labels: pd.Series, n_folds: int, seed: int) -> np.ndarray:
+    """The validation fold of every row (scikit-learn's shuffled StratifiedKFold)."""
     too_small = labels.value_counts()[lambda counts: counts < n_folds]
     if len(too_small):
         raise DataError(f"stratified {n_folds}-fold split needs at least {n_folds} images per class; "
                         f"too few in: {', '.join(f'{c} ({n})' for c, n in too_small.items())}")
-    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
-    return list(folds)[fold][1]
+    folds = np.empty(len(labels), dtype=int)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, valid_idxs) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        folds[valid_idxs] = fold
+    return folds
 
 
 def leave_out_bad(labeled: pd.DataFrame, bad_paths: set[str]) -> pd.DataFrame:
@@ -57,22 +62,32 @@ def make_split(labeled: pd.DataFrame, params: dict) -> pd.DataFrame:
         val_idxs = get_cv_idxs(len(split), params.get("cv_idx", 4), params.get("val_pct", 0.2), params.get("seed", 42))
         split["is_valid"] = np.isin(np.arange(len(split)), val_idxs)
     elif method == "stratified_kfold":
-        val_idxs = stratified_fold_idxs(split["label"], params.get("n_folds", 5), params.get("fold", 0),
-                                        params.get("seed", 42))
-        split["is_valid"] = np.isin(np.arange(len(split)), val_idxs)
+        split["fold"] = stratified_folds(split["label"], params.get("n_folds", 5), params.get("seed", 42))
+        if params.get("assign_folds"):  # a K-fold run: each fold's own split.csv is derived from this one
+            return split[["id", "label", "fold", "path"]]
+        split["is_valid"] = split["fold"] == params.get("fold", 0)
+        return split[["id", "label", "is_valid", "path", "fold"]]
     else:
         raise DataError(f"unknown split method {method!r}")
     return split[["id", "label", "is_valid", "path"]]
 
 
 def class_counts(split: pd.DataFrame) -> pd.DataFrame:
-    counts = (split.assign(part=np.where(split["is_valid"], "n_valid", "n_train"))
+    """Images per class: n_train / n_valid for one split; for a K-fold assignment, n_fold_<k> per fold."""
+    if "is_valid" in split:
+        parts, columns = np.where(split["is_valid"], "n_valid", "n_train"), ["n_train", "n_valid"]
+    else:
+        parts = "n_fold_" + split["fold"].astype(str)
+        columns = [f"n_fold_{fold}" for fold in sorted(split["fold"].unique())]
+    counts = (split.assign(part=parts)
               .pivot_table(index="label", columns="part", values="id", aggfunc="count", fill_value=0)
-              .reindex(columns=["n_train", "n_valid"], fill_value=0))
+              .reindex(columns=columns, fill_value=0))
     return counts.rename_axis(columns=None).reset_index()
 
 
 def check_classes(counts: pd.DataFrame) -> None:
+    if "n_train" not in counts:
+        return  # a K-fold assignment: every class is in every fold (stratified_folds made sure)
     untrained = counts.loc[counts["n_train"] == 0, "label"].tolist()
     if untrained:
         raise DataError(f"classes with no training image after the split: {', '.join(untrained)}")
@@ -109,9 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(split, args.split_csv)
     write_csv(test, args.test_csv)
     write_csv(counts, args.class_counts)
-    print(f"{len(split)} labelled images: {int((~split['is_valid']).sum())} train, {int(split['is_valid'].sum())} "
-          f"valid, {len(counts)} classes; {len(test)} test images ({int((~test['usable']).sum())} unreadable)",
-          flush=True)
+    parts = (f"{split['fold'].nunique()} stratified folds of {len(split) // split['fold'].nunique()}+"
+             if "is_valid" not in split else
+             f"{int((~split['is_valid']).sum())} train, {int(split['is_valid'].sum())} valid")
+    print(f"{len(split)} labelled images: {parts}, {len(counts)} classes; {len(test)} test images "
+          f"({int((~test['usable']).sum())} unreadable)", flush=True)
     cli.finish("split", started)
 
 

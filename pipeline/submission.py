@@ -5,7 +5,7 @@ when there is none), every test id exactly once, rows summing to 1. Binary (Dogs
 `id,label` with label = P(positive class). `clip` bounds probabilities to [clip, 1-clip] (log loss punishes
 confident mistakes without limit); multi-class rows are renormalised after clipping.
 
-    python -m pipeline.submission --probs out/tta/test_probs.npy --test-csv out/test.csv --split-csv out/split.csv \
+    python -m pipeline.submission --probs out/calibration/test_probs.npy --test-csv out/test.csv --split-csv out/split.csv \
         --sample data/dogbreeds/sample_submission.csv --out out/submission.csv --params '{"clip": 0.0}'
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import cli
-from pipeline.data import natural_key, read_split, read_test_table
+from pipeline.data import natural_key, read_labeled_table, read_test_table
 from pipeline.io import write_csv
 
 
@@ -46,7 +46,7 @@ def make_submission(probs: np.ndarray, test_ids: list[str], classes: list[str], 
             raise SubmissionError(f"positive_class {positive_class!r} is not one of the classes {classes}")
         return pd.DataFrame({"id": frame["id"], "label": frame[positive_class].clip(clip, 1 - clip)})
     columns = list(sample.columns[1:]) if sample is not None else sorted(classes)
-    values = frame[columns].to_numpy().clip(clip, 1 - clip)
+    values = frame[columns].to_numpy(dtype=np.float64).clip(clip, 1 - clip)  # float32 rows sum to 1 only to ~1e-7
     values = values / values.sum(axis=1, keepdims=True)
     return pd.concat([frame[["id"]], pd.DataFrame(values, columns=columns)], axis=1)
 
@@ -82,7 +82,7 @@ def check_written(path: str | Path, submission: pd.DataFrame) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.stage_parser(__doc__)
-    parser.add_argument("--probs", required=True, help="test probabilities from the TTA stage")
+    parser.add_argument("--probs", required=True, help="test probabilities from the calibrate stage")
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--sample", help="sample_submission.csv, when the competition ships one")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("submission", params)
-    _, _, classes = read_split(args.split_csv)
+    _, classes = read_labeled_table(args.split_csv)
     test_ids = read_test_table(args.test_csv)["id"].tolist()
     try:
         submission = make_submission(np.load(args.probs), test_ids, classes, _read_sample(args.sample),

@@ -1,6 +1,8 @@
 """Stage 6 - test-time augmentation: one plain pass plus `n_aug` passes with the training augmentations,
-on the validation set (for metrics) and the test set (for the submission). As fastai 0.7's `learn.TTA()`,
-passes are stacked log-probabilities (n_aug+1, N, C) and the prediction is the mean of their probabilities.
+on the validation set (for metrics) and the test set (for the submission). As fastai 0.7's `learn.TTA()`, the
+prediction is the mean of the passes' probabilities (`valid_probs.npy`, `test_probs.npy`). The plain pass and the
+augmented passes' mean are also kept apart (`*_passes.npy`, see `pipeline.passes`) for the calibrate stage.
+With several checkpoints (a snapshot ensemble: the ends of the last SGDR cycles), each pass is averaged over them.
 
     python -m pipeline.tta --split-csv out/split.csv --test-csv out/test.csv --cache-dir out/resized/340 \
         --checkpoint out/finetune/2_299/model.pt --out-dir out/tta --metrics out/metrics.json --params '{...}'
@@ -15,7 +17,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 from tqdm import tqdm
 
-from pipeline import cli, plots, runtime
+from pipeline import cli, passes, plots, runtime
 from pipeline.data import read_split, read_test_table
 from pipeline.io import remove_stale_temporaries, save_npy, write_json
 from pipeline.loaders import ImageDataset, make_loader
@@ -51,10 +53,6 @@ def tta_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, devi
     return np.stack(passes)
 
 
-def mean_probs(log_probs: np.ndarray) -> np.ndarray:
-    return np.exp(log_probs).mean(axis=0)
-
-
 def class_prior(train: pd.DataFrame, n_classes: int) -> np.ndarray:
     return np.bincount(train["y"], minlength=n_classes) / len(train)
 
@@ -69,14 +67,14 @@ def with_prior_for_unusable(probs: np.ndarray, usable: np.ndarray, prior: np.nda
     return full
 
 
-def valid_metrics(log_probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+def valid_metrics(valid_passes: np.ndarray, y: np.ndarray, n_aug: int, n_classes: int) -> dict:
     labels = list(range(n_classes))
-    plain, averaged = np.exp(log_probs[0]), mean_probs(log_probs)
+    plain, averaged = valid_passes[passes.PLAIN], passes.tta_mean(valid_passes, n_aug)
     return {"valid_accuracy": float(accuracy_score(y, averaged.argmax(1))),
             "valid_logloss": float(log_loss(y, averaged, labels=labels)),
             "valid_accuracy_no_tta": float(accuracy_score(y, plain.argmax(1))),
             "valid_logloss_no_tta": float(log_loss(y, plain, labels=labels)),
-            "n_aug": int(log_probs.shape[0] - 1), "n_valid": int(len(y))}
+            "n_aug": n_aug, "n_valid": int(len(y))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--cache-dir", required=True)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="model.pt of the last stage; several = a snapshot ensemble, the final weights last")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
@@ -93,25 +92,42 @@ def main(argv: list[str] | None = None) -> None:
     device, amp = runtime.start(params, args.threads)
     train, valid, classes = read_split(args.split_csv)
     test = read_test_table(args.test_csv)
-    try:
-        model, meta = restore_model(args.checkpoint, params["arch"], classes)
-    except WeightsError as error:
-        cli.fail(str(error))
-    model = model.to(device).to(memory_format=torch.channels_last)
-    params = {**params, "size": meta["size"]}
+    usable = test["usable"].to_numpy()
+    n_aug, y = params.get("n_aug", 4), valid["y"].to_numpy()
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
-    valid_log_probs = tta_log_probs(model, valid, args.cache_dir, params, device, amp, "valid")
-    usable = test["usable"].to_numpy()
-    test_log_probs = tta_log_probs(model, test[usable], args.cache_dir, params, device, amp, "test")
-    save_npy(mean_probs(valid_log_probs), out_dir / "valid_probs.npy")
-    save_npy(with_prior_for_unusable(mean_probs(test_log_probs), usable, class_prior(train, len(classes)),
-                                     test.loc[~usable, "path"].tolist()), out_dir / "test_probs.npy")
-    metrics = {**valid_metrics(valid_log_probs, valid["y"].to_numpy(), len(classes)), "size": meta["size"],
-               "classes": classes}
-    matrix = confusion_matrix(valid["y"], mean_probs(valid_log_probs).argmax(1), labels=range(len(classes)))
+    valid_by_model, test_by_model, per_checkpoint = [], [], []
+    for checkpoint in args.checkpoint:
+        try:
+            model, meta = restore_model(checkpoint, params["arch"], classes)
+        except WeightsError as error:
+            cli.fail(str(error))
+        model = model.to(device).to(memory_format=torch.channels_last)
+        sized = {**params, "size": meta["size"]}
+        valid_by_model.append(passes.from_log_probs(tta_log_probs(model, valid, args.cache_dir, sized, device, amp,
+                                                                  "valid")))
+        test_by_model.append(passes.from_log_probs(tta_log_probs(model, test[usable], args.cache_dir, sized, device,
+                                                                 amp, "test")))
+        per_checkpoint.append({"checkpoint": Path(checkpoint).name,
+                               **valid_metrics(valid_by_model[-1], y, n_aug, len(classes))})
+    valid_passes, test_usable = passes.average(valid_by_model), passes.average(test_by_model)
+    prior = class_prior(train, len(classes))
+    unusable = test.loc[~usable, "path"].tolist()
+    test_passes = np.stack([with_prior_for_unusable(test_usable[index], usable, prior, unusable if index == 0 else [])
+                            for index in range(2)])
+    save_npy(valid_passes.astype(np.float32), out_dir / "valid_passes.npy")
+    save_npy(test_passes.astype(np.float32), out_dir / "test_passes.npy")
+    save_npy(passes.tta_mean(valid_passes, n_aug), out_dir / "valid_probs.npy")
+    save_npy(passes.tta_mean(test_passes, n_aug), out_dir / "test_probs.npy")
+    metrics = {**valid_metrics(valid_passes, y, n_aug, len(classes)), "size": meta["size"], "classes": classes}
+    if len(per_checkpoint) > 1:
+        metrics["snapshots"] = per_checkpoint
+        print("snapshot ensemble: " + "; ".join(f"{row['checkpoint']} log loss {row['valid_logloss']:.4f}"
+                                                for row in per_checkpoint)
+              + f" -> {metrics['valid_logloss']:.4f} averaged", flush=True)
+    matrix = confusion_matrix(y, passes.tta_mean(valid_passes, n_aug).argmax(1), labels=range(len(classes)))
     plots.confusion_matrix(matrix, classes, out_dir / "confusion_matrix.png",
-                           f"valid, TTA ({metrics['n_aug']} aug): accuracy {metrics['valid_accuracy']:.3f}")
+                           f"valid, TTA ({n_aug} aug): accuracy {metrics['valid_accuracy']:.3f}")
     write_json(metrics, args.metrics)
     print(f"valid accuracy {metrics['valid_accuracy_no_tta']:.4f} -> {metrics['valid_accuracy']:.4f} with TTA; "
           f"log loss {metrics['valid_logloss_no_tta']:.4f} -> {metrics['valid_logloss']:.4f}", flush=True)

@@ -85,7 +85,56 @@ MODEL = config["model"]
 HEAD = config["head"]
 FINETUNE = config["finetune"]
 RESIZED = out(f"resized/{config['images']['shorter_side']}")
-ACTIVATIONS = out(f"activations/{HEAD['size']}")
+
+
+def kfold_folds():
+    """The folds a K-fold recipe runs (`split.folds`), checked before anything is planned; [] for a single split."""
+    split = config["split"]
+    if "folds" not in split:
+        return []
+    if split["method"] != "stratified_kfold" or LAYOUT != "csv":
+        raise WorkflowError(
+            "split.folds needs split.method: stratified_kfold and the csv data layout (fastai's split and the "
+            f"folder layout's valid/ are one fixed validation set); this recipe has method {split['method']!r}, "
+            f"layout {LAYOUT!r}"
+        )
+    n_folds = split["n_folds"]
+    folds = list(range(n_folds)) if split["folds"] == "all" else sorted(split["folds"])
+    if out_of_range := [fold for fold in folds if fold >= n_folds]:
+        raise WorkflowError(f"split.folds {out_of_range} out of range: n_folds is {n_folds} (folds 0..{n_folds - 1})")
+    return folds
+
+
+FOLDS = kfold_folds()
+KFOLD = bool(FOLDS)
+# Where one model's chain (split, activations, head, fine-tune sizes, TTA) lives: out_dir for a single split,
+# out_dir/folds/<k> for each fold of a K-fold run, so every fold folder holds what a single-split run holds.
+MODEL_DIR = out("folds/{fold}") if KFOLD else OUT
+
+
+wildcard_constraints:
+    fold=r"\d+",
+
+
+def model_out(path):
+    return f"{MODEL_DIR}/{path}"
+
+
+def for_every_fold(path):
+    """A per-model path for each fold of a K-fold run, or the single split's one."""
+    return expand(path, fold=FOLDS) if KFOLD else [path]
+
+
+ACTIVATIONS = model_out(f"activations/{HEAD['size']}")
+
+
+def split_params():
+    """The split stage's slice: a K-fold run assigns every fold at once, so the folds it runs (and the single-split
+    `fold`) stay out of it and adding a fold leaves the split, and every other fold, alone."""
+    split = config["split"]
+    if not KFOLD:
+        return split
+    return {"method": split["method"], "n_folds": split["n_folds"], "seed": split["seed"], "assign_folds": True}
 
 
 def finetune_names():
@@ -96,12 +145,56 @@ def finetune_names():
 def previous_checkpoint(name):
     names = finetune_names()
     position = names.index(name)
-    return out("head/model.pt") if position == 0 else out(f"finetune/{names[position - 1]}/model.pt")
+    return model_out("head/model.pt") if position == 0 else model_out(f"finetune/{names[position - 1]}/model.pt")
 
 
 def final_checkpoint():
     names = finetune_names()
-    return out(f"finetune/{names[-1]}/model.pt") if names else out("head/model.pt")
+    return model_out(f"finetune/{names[-1]}/model.pt") if names else model_out("head/model.pt")
+
+
+def snapshot_cycles(step):
+    """The SGDR cycles of a size's last fit whose end weights are kept besides the final ones (1-based; the last
+    cycle's weights are model.pt itself)."""
+    last_fit, k = step["fits"][-1], step.get("snapshots", 1)
+    if k > 1 and (not last_fit.get("cycle_len") or k > last_fit["n_cycle"]):
+        raise WorkflowError(
+            f"finetune size {step['size']}: snapshots: {k} needs a last fit with cycle_len and at least {k} cycles "
+            f"(n_cycle); it has {last_fit}"
+        )
+    return list(range(last_fit["n_cycle"] - k + 1, last_fit["n_cycle"]))
+
+
+for _step in FINETUNE:
+    snapshot_cycles(_step)  # a bad `snapshots` stops the run here, before anything is planned
+
+
+def snapshot_folder(name):
+    return model_out(f"finetune/{name}/snapshots")
+
+
+def snapshot_files(name, wildcards):
+    """The kept snapshots of one fine-tune size (in its fold), earliest first: the stage's --snapshots paths."""
+    folder = snapshot_folder(name).format(**wildcards)
+    return [f"{folder}/cycle_{cycle}.pt" for cycle in snapshot_cycles(FINETUNE[finetune_names().index(name)])]
+
+
+def snapshot_flag(wildcards):
+    files = snapshot_files(wildcards.name, wildcards)
+    return " ".join(["--snapshots", *map(shlex.quote, files)]) if files else ""
+
+
+def tta_snapshots():
+    """The last size's snapshots folder, an input of TTA ([] without fine-tuning)."""
+    names = finetune_names()
+    return [snapshot_folder(names[-1])] if names else []
+
+
+def tta_checkpoints(wildcards):
+    """The checkpoints TTA averages: the last size's kept snapshots, then its final weights."""
+    names = finetune_names()
+    snapshots = snapshot_files(names[-1], wildcards) if names else []
+    return snapshots + [final_checkpoint().format(**wildcards)]
 
 
 def finetune_params(wildcards):

@@ -4,7 +4,7 @@
 rule precompute:
     """Pooled backbone activations of un-augmented train / valid / test at the first training size."""
     input:
-        split=out("split.csv"),
+        split=model_out("split.csv"),
         test=out("test.csv"),
         cache=RESIZED,
         code=code("precompute"),
@@ -20,9 +20,9 @@ rule precompute:
     resources:
         gpu=GPU_JOBS,
     log:
-        out("logs/precompute.log"),
+        model_out("logs/precompute.log"),
     benchmark:
-        out("benchmarks/precompute.tsv")
+        model_out("benchmarks/precompute.tsv")
     shell:
         "{STAGE_ENV} {PYTHON} -m pipeline.precompute --split-csv {input.split:q} --test-csv {input.test:q} "
         "--cache-dir {input.cache:q} --out-dir {params.out_dir:q} --threads {threads} --params {params.p:q} "
@@ -32,16 +32,16 @@ rule precompute:
 rule train_head:
     """lr_find and fits on the activations, then fits with augmentation through the frozen body."""
     input:
-        split=out("split.csv"),
+        split=model_out("split.csv"),
         activations=multiext(f"{ACTIVATIONS}/", "train.npy", "valid.npy", "manifest.json"),
         cache=RESIZED,
         code=code("train_head"),
     output:
-        model=out("head/model.pt"),
-        log=out("head/log.csv"),
-        lr_schedule=report(out("head/lr_schedule.png"), category="Training"),
-        curves=report(out("head/curves.png"), category="Training"),
-        lr_find=[report(out("head/lr_find.png"), category="Training"), out("head/lr_find.csv")]
+        model=model_out("head/model.pt"),
+        log=model_out("head/log.csv"),
+        lr_schedule=report(model_out("head/lr_schedule.png"), category="Training"),
+        curves=report(model_out("head/curves.png"), category="Training"),
+        lr_find=[report(model_out("head/lr_find.png"), category="Training"), model_out("head/lr_find.csv")]
         if HEAD["lr_find"]
         else [],
     params:
@@ -52,9 +52,9 @@ rule train_head:
     resources:
         gpu=GPU_JOBS,
     log:
-        out("logs/train_head.log"),
+        model_out("logs/train_head.log"),
     benchmark:
-        out("benchmarks/train_head.tsv")
+        model_out("benchmarks/train_head.tsv")
     shell:
         "{STAGE_ENV} {PYTHON} -m pipeline.train_head --split-csv {input.split:q} "
         "--activations {params.activations:q} --cache-dir {input.cache:q} --out-dir {params.out_dir:q} "

@@ -2,30 +2,33 @@
 
 
 rule finetune:
-    """SGDR fits at one size, optionally unfrozen with differential learning rates."""
+    """SGDR fits at one size, optionally unfrozen with differential learning rates; with `snapshots: k`, the
+    weights at the ends of the last k SGDR cycles (the snapshot ensemble TTA averages)."""
     input:
-        split=out("split.csv"),
+        split=model_out("split.csv"),
         cache=RESIZED,
         checkpoint=lambda wildcards: previous_checkpoint(wildcards.name),
         code=code("finetune"),
     output:
-        model=out("finetune/{name}/model.pt"),
-        log=out("finetune/{name}/log.csv"),
-        lr_schedule=report(out("finetune/{name}/lr_schedule.png"), category="Training"),
-        curves=report(out("finetune/{name}/curves.png"), category="Training"),
+        model=model_out("finetune/{name}/model.pt"),
+        log=model_out("finetune/{name}/log.csv"),
+        lr_schedule=report(model_out("finetune/{name}/lr_schedule.png"), category="Training"),
+        curves=report(model_out("finetune/{name}/curves.png"), category="Training"),
+        snapshots=directory(snapshot_folder("{name}")),
     wildcard_constraints:
         name=r"\d+_\d+",
     params:
         p=finetune_params,
         out_dir=lambda wildcards, output: Path(output.model).parent,
+        snapshots=snapshot_flag,
     threads: MAX_THREADS
     resources:
         gpu=GPU_JOBS,
     log:
-        out("logs/finetune_{name}.log"),
+        model_out("logs/finetune_{name}.log"),
     benchmark:
-        out("benchmarks/finetune_{name}.tsv")
+        model_out("benchmarks/finetune_{name}.tsv")
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.finetune --split-csv {input.split:q} --cache-dir {input.cache:q} "
-        "--checkpoint {input.checkpoint:q} --out-dir {params.out_dir:q} --threads {threads} "
-        "--params {params.p:q} 2>&1 | tee {log:q}"
+        "mkdir -p {output.snapshots:q} && {STAGE_ENV} {PYTHON} -m pipeline.finetune --split-csv {input.split:q} "
+        "--cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} --out-dir {params.out_dir:q} --threads {threads} "
+        "{params.snapshots} --params {params.p:q} 2>&1 | tee {log:q}"

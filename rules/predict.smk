@@ -1,39 +1,118 @@
-# Stages 6-7: test-time augmentation and the submission.
+# Stages 6-7: test-time augmentation (per model), out-of-fold predictions and the fold ensemble (K-fold runs),
+# calibration for log loss, and the submission.
 
 
 rule tta:
-    """A plain pass plus n_aug augmented passes on valid (metrics) and test (probabilities)."""
+    """A plain pass plus n_aug augmented passes on valid (metrics) and test (probabilities), averaged over the
+    last size's snapshots when it keeps any."""
     input:
-        split=out("split.csv"),
+        split=model_out("split.csv"),
         test=out("test.csv"),
         cache=RESIZED,
         checkpoint=final_checkpoint(),
+        snapshots=tta_snapshots(),
         code=code("tta"),
     output:
-        valid=out("tta/valid_probs.npy"),
-        test=ensure(out("tta/test_probs.npy"), non_empty=True),
-        confusion=report(out("tta/confusion_matrix.png"), category="Results"),
-        metrics=out("metrics.json"),
+        valid=model_out("tta/valid_probs.npy"),
+        test=ensure(model_out("tta/test_probs.npy"), non_empty=True),
+        valid_passes=model_out("tta/valid_passes.npy"),
+        test_passes=model_out("tta/test_passes.npy"),
+        confusion=report(model_out("tta/confusion_matrix.png"), category="Results"),
+        metrics=model_out("metrics.json"),
     params:
         p=as_params(arch=MODEL["arch"], **config["tta"], **TRANSFORMS, **LOADER, **RUNTIME),
+        checkpoints=lambda wildcards: " ".join(map(shlex.quote, tta_checkpoints(wildcards))),
         out_dir=lambda wildcards, output: Path(output.test).parent,
     threads: MAX_THREADS
     resources:
         gpu=GPU_JOBS,
     log:
-        out("logs/tta.log"),
+        model_out("logs/tta.log"),
     benchmark:
-        out("benchmarks/tta.tsv")
+        model_out("benchmarks/tta.tsv")
     shell:
         "{STAGE_ENV} {PYTHON} -m pipeline.tta --split-csv {input.split:q} --test-csv {input.test:q} "
-        "--cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} --out-dir {params.out_dir:q} "
+        "--cache-dir {input.cache:q} --checkpoint {params.checkpoints} --out-dir {params.out_dir:q} "
         "--metrics {output.metrics:q} --threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
+
+
+if KFOLD:
+
+    rule oof:
+        """Out-of-fold predictions (each labelled image predicted by the fold model that never saw it), per-fold
+        scores, and the fold ensemble's test probabilities."""
+        input:
+            split=out("split.csv"),
+            fold_splits=for_every_fold(model_out("split.csv")),
+            valid_passes=for_every_fold(model_out("tta/valid_passes.npy")),
+            test_passes=for_every_fold(model_out("tta/test_passes.npy")),
+            metrics=for_every_fold(model_out("metrics.json")),
+            code=code("oof"),
+        output:
+            oof=out("oof.csv"),
+            valid_passes=out("oof/valid_passes.npy"),
+            test_passes=out("oof/test_passes.npy"),
+            metrics=out("oof/cv_metrics.json"),
+            folds_plot=report(out("plots/cv_folds.png"), category="Results"),
+            confusion=report(out("plots/oof_confusion_matrix.png"), category="Results"),
+        params:
+            p=as_params(folds=FOLDS, n_aug=config["tta"]["n_aug"], **config["ensemble"]),
+            fold_dirs=" ".join(shlex.quote(str(Path(path).parent)) for path in for_every_fold(model_out("metrics.json"))),
+            out_dir=lambda wildcards, output: Path(output.valid_passes).parent,
+            plots_dir=lambda wildcards, output: Path(output.folds_plot).parent,
+        log:
+            out("logs/oof.log"),
+        shell:
+            "{STAGE_ENV} {PYTHON} -m pipeline.oof --split-csv {input.split:q} --fold-dirs {params.fold_dirs} "
+            "--oof-csv {output.oof:q} --out-dir {params.out_dir:q} --plots-dir {params.plots_dir:q} --params {params.p:q} "
+            "2>&1 | tee {log:q}"
+
+
+def calibration_inputs():
+    """Out-of-sample predictions to calibrate on, and the test predictions to apply it to."""
+    if KFOLD:
+        return {"rows": out("oof.csv"), "valid_passes": rules.oof.output.valid_passes,
+                "test_passes": rules.oof.output.test_passes, "cv_metrics": rules.oof.output.metrics}
+    return {"rows": out("split.csv"), "valid_passes": rules.tta.output.valid_passes,
+            "test_passes": rules.tta.output.test_passes}
+
+
+rule calibrate:
+    """Fits the plain-pass weight and a temperature for log loss on out-of-sample predictions (the OOF predictions,
+    or the validation set cross-fitted), keeps them only where they help out of sample, applies them to the test
+    predictions. In a K-fold run it also writes cv_metrics.json and metrics.json (out-of-fold figures)."""
+    input:
+        **calibration_inputs(),
+        split=out("split.csv"),
+        code=code("calibrate"),
+    output:
+        report=out("calibration/calibration.json"),
+        valid=out("calibration/valid_probs.npy"),
+        test=ensure(out("calibration/test_probs.npy"), non_empty=True),
+        plot=report(out("calibration/reliability.png"), category="Results"),
+        cv_metrics=[out("cv_metrics.json"), out("metrics.json")] if KFOLD else [],
+    params:
+        p=as_params(n_aug=config["tta"]["n_aug"], seed=config["seed"], **config["calibration"]),
+        out_dir=lambda wildcards, output: Path(output.report).parent,
+        cv_reports=lambda wildcards, input, output: (
+            f"--cv-metrics-in {shlex.quote(input.cv_metrics)} --cv-metrics {shlex.quote(output.cv_metrics[0])} "
+            f"--metrics {shlex.quote(output.cv_metrics[1])}"
+        )
+        if KFOLD
+        else "",
+    threads: 2  # two parameters fitted on (N, C) arrays: more threads only contend
+    log:
+        out("logs/calibrate.log"),
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.calibrate --split-csv {input.split:q} --valid-rows {input.rows:q} "
+        "--valid-passes {input.valid_passes:q} --test-passes {input.test_passes:q} --out-dir {params.out_dir:q} "
+        "{params.cv_reports} --threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
 
 
 rule submission:
     """The Kaggle CSV, checked against sample_submission.csv (same ids, same columns) before it is kept."""
     input:
-        probs=rules.tta.output.test,
+        probs=rules.calibrate.output.test,
         test=out("test.csv"),
         split=out("split.csv"),
         sample=sample_submission(),

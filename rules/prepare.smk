@@ -22,7 +22,8 @@ if DEMO:
 
 
 rule split:
-    """labels -> split.csv (fastai get_cv_idxs, stratified K-fold, or the valid/ folder), test.csv, class counts."""
+    """labels -> split.csv (fastai get_cv_idxs, stratified K-fold, or the valid/ folder), test.csv, class counts.
+    In a K-fold run split.csv assigns every labelled image its validation fold (column `fold`)."""
     input:
         **data_inputs(),
         bad_images=out("stats/bad_images.csv"),
@@ -32,13 +33,29 @@ rule split:
         test=out("test.csv"),
         counts=out("class_counts.csv"),
     params:
-        p=as_params(**DATA_LAYOUT, **config["split"]),
+        p=as_params(**DATA_LAYOUT, **split_params()),
     log:
         out("logs/split.log"),
     shell:
         "{STAGE_ENV} {PYTHON} -m pipeline.split --data-dir {DATA:q} --bad-images {input.bad_images:q} "
         "--split-csv {output.split:q} "
         "--test-csv {output.test:q} --class-counts {output.counts:q} --params {params.p:q} 2>&1 | tee {log:q}"
+
+
+if KFOLD:
+
+    rule fold_split:
+        """One fold's split.csv: the images of fold k are its validation set, the other folds its training set."""
+        input:
+            split=out("split.csv"),
+            code=code("folds"),
+        output:
+            model_out("split.csv"),
+        log:
+            model_out("logs/fold_split.log"),
+        shell:
+            "{STAGE_ENV} {PYTHON} -m pipeline.folds --split-csv {input.split:q} --fold {wildcards.fold} "
+            "--out {output:q} 2>&1 | tee {log:q}"
 
 
 rule image_stats:

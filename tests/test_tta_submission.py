@@ -7,7 +7,8 @@ from pipeline.data import read_labels_csv
 from pipeline.model import build_classifier
 from pipeline.resize import resize_cache
 from pipeline.submission import SubmissionError, make_submission
-from pipeline.tta import mean_probs, tta_log_probs, valid_metrics
+from pipeline import passes
+from pipeline.tta import tta_log_probs, valid_metrics
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +34,32 @@ def test_metrics_report_with_and_without_tta():
     y = np.array([0, 1, 1])
     plain = np.log(np.array([[0.6, 0.4], [0.6, 0.4], [0.2, 0.8]]))
     augmented = np.log(np.array([[0.8, 0.2], [0.2, 0.8], [0.2, 0.8]]))
-    metrics = valid_metrics(np.stack([plain, augmented]), y, 2)
+    kept = passes.from_log_probs(np.stack([plain, augmented]))
+    metrics = valid_metrics(kept, y, n_aug=1, n_classes=2)
     assert metrics["valid_accuracy_no_tta"] == pytest.approx(2 / 3)
     assert metrics["valid_accuracy"] == pytest.approx(1.0)  # mean of probabilities: [[.7,.3],[.4,.6],[.2,.8]]
     assert metrics["valid_logloss"] < metrics["valid_logloss_no_tta"]
-    np.testing.assert_allclose(mean_probs(np.stack([plain, augmented]))[1], [0.4, 0.6])
+    np.testing.assert_allclose(passes.tta_mean(kept, n_aug=1)[1], [0.4, 0.6])
+
+
+def test_passes_keep_the_plain_pass_apart_and_their_weighted_mean_is_fastais():
+    rng = np.random.default_rng(0)
+    log_probs = np.log(rng.dirichlet(np.ones(4), size=(5, 7)))  # 1 plain + 4 augmented passes, 7 images
+    kept = passes.from_log_probs(log_probs)
+    np.testing.assert_allclose(kept[passes.PLAIN], np.exp(log_probs[0]))
+    np.testing.assert_allclose(passes.tta_mean(kept, n_aug=4), np.exp(log_probs).mean(axis=0))
+    without_aug = passes.from_log_probs(log_probs[:1])
+    np.testing.assert_allclose(without_aug[passes.AUGMENTED], without_aug[passes.PLAIN])
+
+
+def test_a_geometric_ensemble_is_renormalised_and_punishes_a_dissenting_member():
+    confident = np.array([[0.98, 0.01, 0.01]])
+    dissenting = np.array([[0.01, 0.98, 0.01]])
+    arithmetic = passes.average([confident, dissenting])
+    geometric = passes.average([confident, dissenting], "geometric")
+    np.testing.assert_allclose(geometric.sum(axis=1), 1.0)
+    np.testing.assert_allclose(arithmetic, [[0.495, 0.495, 0.01]])
+    assert geometric[0, 2] > arithmetic[0, 2]  # the class neither member rules out gains relative weight
 
 
 CLASSES = ["beagle", "pug", "akita"]  # deliberately not sorted

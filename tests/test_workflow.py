@@ -49,6 +49,17 @@ def test_csv_layout_writes_the_output_contract(csv_run):
     assert len(log) == 15 and list(log.columns[:6]) == ["phase", "fit", "epoch", "train_loss", "valid_loss", "accuracy"]
 
 
+def test_calibration_never_hurts_and_the_final_tta_log_loss_is_no_worse_than_none(csv_run):
+    _, work = csv_run
+    calibration = json.loads((work / "out" / "calibration" / "calibration.json").read_text())
+    assert calibration["method"] == "cross-fitted over 5 random parts of the validation set"
+    assert calibration["logloss_calibrated"] <= calibration["logloss_tta"]
+    assert calibration["logloss_calibrated"] <= calibration["logloss_no_tta"]
+    metrics = json.loads((work / "out" / "metrics.json").read_text())
+    assert calibration["logloss_tta"] == pytest.approx(metrics["valid_logloss"])
+    assert calibration["logloss_no_tta"] == pytest.approx(metrics["valid_logloss_no_tta"])
+
+
 def test_csv_submission_covers_every_test_id_once_and_beats_uniform(csv_run):
     _, work = csv_run
     submission = pd.read_csv(work / "out" / "submission.csv", dtype={"id": str})
@@ -69,19 +80,21 @@ def test_nothing_reruns_when_nothing_changed(csv_run):
     assert "Nothing to be done" in result.stdout and planned_jobs(result.stdout) == {}, result.stdout[-2000:]
 
 
-FROM_THE_CACHE = {"precompute", "train_head", "finetune", "tta", "submission"}
+FROM_THE_CACHE = {"precompute", "train_head", "finetune", "tta", "calibrate", "submission"}
 
 
 @pytest.mark.parametrize("override, expected", [
-    ({"tta": {"n_aug": 3}}, {"tta", "submission"}),
+    ({"tta": {"n_aug": 3}}, {"tta", "calibrate", "submission"}),
+    ({"calibration": {"enabled": False}}, {"calibrate", "submission"}),
     ({"submission": {"clip": 0.01}}, {"submission"}),
-    ({"head": {"precomputed": [{"lr": 2.0e-2, "n_cycle": 2}]}}, {"train_head", "finetune", "tta", "submission"}),
-    ({"head": {"lr_find": False}}, {"train_head", "finetune", "tta", "submission"}),
+    ({"head": {"precomputed": [{"lr": 2.0e-2, "n_cycle": 2}]}}, {"train_head", "finetune", "tta", "calibrate",
+                                                                  "submission"}),
+    ({"head": {"lr_find": False}}, {"train_head", "finetune", "tta", "calibrate", "submission"}),
     ({"images": {"shorter_side": 48}}, {"resize", "augmentation_preview"} | FROM_THE_CACHE),
     ({"split": {"method": "fastai", "seed": 7}}, {"split"} | FROM_THE_CACHE),
     ({"split": {"method": "stratified_kfold", "n_folds": 3}}, {"split"} | FROM_THE_CACHE),
     ({"split": {"method": "fastai", "fold": 1}}, {"split"} | FROM_THE_CACHE),
-], ids=["tta.n_aug", "submission.clip", "head.precomputed", "head.lr_find", "images.shorter_side", "split.seed",
+], ids=["tta.n_aug", "calibration.enabled", "submission.clip", "head.precomputed", "head.lr_find", "images.shorter_side", "split.seed",
         "split.method", "split.fold"])
 def test_a_parameter_change_reruns_that_stage_and_what_depends_on_it(csv_run, tmp_path, override, expected):
     workflow, work = csv_run
@@ -96,12 +109,12 @@ def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path
     recipe["finetune"][1]["fits"][0]["n_cycle"] = 2
     override = write_override(tmp_path / "ft.yaml", finetune=recipe["finetune"])
     jobs = planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override]).stdout)
-    assert jobs == {"finetune": 1, "tta": 1, "submission": 1, "all": 1}
+    assert jobs == {"finetune": 1, "tta": 1, "calibrate": 1, "submission": 1, "all": 1}
 
 
 @pytest.mark.parametrize("module, expected", [
     ("submission.py", {"submission"}),
-    ("tta.py", {"tta", "submission"}),
+    ("tta.py", {"tta", "calibrate", "submission"}),
     # shared modules: exactly the stages that import them (directly or not), and what depends on those
     ("transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
     ("data.py", {"image_stats", "resize", "split", "augmentation_preview"} | FROM_THE_CACHE),
@@ -146,16 +159,19 @@ def test_a_bad_recipe_stops_before_anything_runs_naming_the_key(tmp_path, overri
     assert f"On instance{path}" in output
 
 
-@pytest.mark.parametrize("recipe, finetune_jobs", [("dogbreeds.yaml", 1), ("dogscats.yaml", 1)])
-def test_lesson_recipes_plan_the_whole_chain_without_the_demo_builder(tmp_path, csv_data, folder_data, recipe,
-                                                                      finetune_jobs):
-    data = csv_data if recipe == "dogbreeds.yaml" else folder_data
-    result = snakemake(REPO, tmp_path, "-n", "--config", f"data_dir={data}", configfiles=[REPO / "config" / recipe])
+@pytest.mark.parametrize("recipes, jobs_per_model", [(["dogbreeds.yaml"], 1), (["dogscats.yaml"], 1),
+                                                     (["dogbreeds.yaml", "dogbreeds_kfold.yaml"], 5)])
+def test_lesson_recipes_plan_the_whole_chain_without_the_demo_builder(tmp_path, csv_data, folder_data, recipes,
+                                                                      jobs_per_model):
+    data = folder_data if recipes[0] == "dogscats.yaml" else csv_data
+    result = snakemake(REPO, tmp_path, "-n", "--config", f"data_dir={data}",
+                       configfiles=[REPO / "config" / recipe for recipe in recipes])
     jobs = planned_jobs(result.stdout)
     assert "demo_data" not in jobs, "the demo recipe's keys leaked into a lesson recipe"
+    kfold = {"fold_split", "oof"} if jobs_per_model > 1 else set()
     assert set(jobs) == {"split", "image_stats", "resize", "augmentation_preview", "precompute", "train_head",
-                         "finetune", "tta", "submission", "all"}, result.stdout[-2000:] + result.stderr[-2000:]
-    assert jobs["finetune"] == finetune_jobs
+                         "finetune", "tta", "calibrate", "submission", "all"} | kfold, result.stdout[-2000:] + result.stderr[-2000:]
+    assert jobs["finetune"] == jobs["precompute"] == jobs["tta"] == jobs_per_model
 
 
 def test_a_lesson_recipe_without_its_data_names_the_missing_files(tmp_path):

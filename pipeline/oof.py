@@ -1,0 +1,108 @@
+"""K-fold runs - out-of-fold predictions and the fold ensemble.
+
+Every labelled image of the folds run is predicted (with TTA as configured) by the one fold model that never saw
+it: `oof.csv` holds id, label, fold, then one probability column per class (sorted, as the submission's columns
+without a sample). Its log loss is the honest cross-validation score. The test prediction is the fold models'
+average (arithmetic, or geometric with `average: geometric`), pass by pass, so the calibrate stage can still weigh
+the plain pass against the augmented ones. Also writes the per-fold scores (`cv_metrics.json`, before calibration),
+a plot of them and the OOF confusion matrix.
+
+    python -m pipeline.oof --split-csv out/split.csv --fold-dirs out/folds/0 out/folds/1 out/folds/2 \
+        --oof-csv out/oof.csv --out-dir out/oof --plots-dir out/plots --params '{"folds": [0, 1, 2], "n_aug": 4}'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
+
+from pipeline import cli, passes, plots
+from pipeline.data import read_labeled_table, read_split
+from pipeline.io import read_json, save_npy, write_csv, write_json
+
+FOLD_SCORES = ["valid_logloss", "valid_accuracy", "valid_logloss_no_tta", "valid_accuracy_no_tta"]
+
+
+def out_of_fold(assignment: pd.DataFrame, fold_dirs: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of the folds run, in split.csv's order, and their (2, N, C) passes from their own fold's model."""
+    rows, fold_passes = [], []
+    for fold_dir in fold_dirs:
+        _, valid, _ = read_split(fold_dir / "split.csv")
+        valid_passes = np.load(fold_dir / "tta" / "valid_passes.npy")
+        if valid_passes.shape[1] != len(valid):
+            raise ValueError(f"{fold_dir}: {valid_passes.shape[1]} TTA rows for {len(valid)} validation images")
+        rows.append(valid[["id", "label", "fold"]])
+        fold_passes.append(valid_passes)
+    predicted = pd.concat(rows, ignore_index=True)
+    if predicted["id"].duplicated().any():
+        raise ValueError(f"images predicted by two folds: {predicted['id'][predicted['id'].duplicated()].tolist()[:5]}")
+    position = pd.Series(np.arange(len(predicted)), index=predicted["id"])
+    order = position.reindex(assignment["id"]).dropna().astype(int).to_numpy()
+    return predicted.iloc[order].reset_index(drop=True), np.concatenate(fold_passes, axis=1)[:, order]
+
+
+def scores(y: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float, float]:
+    return float(log_loss(y, probs, labels=list(range(n_classes)))), float(accuracy_score(y, probs.argmax(1)))
+
+
+def cv_metrics(rows: pd.DataFrame, oof_passes: np.ndarray, fold_metrics: list[dict], classes: list[str],
+               params: dict) -> dict:
+    n_aug = params.get("n_aug", 4)
+    y = rows["label"].map({name: index for index, name in enumerate(classes)}).to_numpy()
+    oof_logloss, oof_accuracy = scores(y, passes.tta_mean(oof_passes, n_aug), len(classes))
+    no_tta_logloss, no_tta_accuracy = scores(y, oof_passes[passes.PLAIN], len(classes))
+    folds = [{"fold": fold, "n_valid": metrics["n_valid"], **{key: metrics[key] for key in FOLD_SCORES}}
+             for fold, metrics in zip(params["folds"], fold_metrics)]
+    spread = {f"fold_{key}_{stat}": float(getattr(np, stat)([fold[key] for fold in folds]))
+              for key in ("valid_logloss", "valid_accuracy") for stat in ("mean", "std")}
+    return {"oof_logloss": oof_logloss, "oof_accuracy": oof_accuracy, "oof_logloss_no_tta": no_tta_logloss,
+            "oof_accuracy_no_tta": no_tta_accuracy, "n_oof": len(rows), "n_folds": len(folds),
+            "folds": folds, **spread, "n_aug": n_aug, "ensemble_average": params.get("average", "arithmetic"),
+            "classes": classes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--split-csv", required=True, help="the K-fold run's fold assignment")
+    parser.add_argument("--fold-dirs", required=True, nargs="+", help="out_dir/folds/<k> of each fold, in order")
+    parser.add_argument("--oof-csv", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--plots-dir", required=True)
+    args = parser.parse_args(argv)
+    params = args.params
+    started = cli.announce("oof", params)
+    assignment, classes = read_labeled_table(args.split_csv)
+    fold_dirs = [Path(folder) for folder in args.fold_dirs]
+    try:
+        rows, oof_passes = out_of_fold(assignment, fold_dirs)
+    except ValueError as error:
+        cli.fail(str(error))
+    fold_metrics = [read_json(folder / "metrics.json") for folder in fold_dirs]
+    test_passes = passes.average([np.load(folder / "tta" / "test_passes.npy") for folder in fold_dirs],
+                                 params.get("average", "arithmetic"))
+    metrics = cv_metrics(rows, oof_passes, fold_metrics, classes, params)
+    oof_probs = passes.tta_mean(oof_passes, metrics["n_aug"])
+    write_csv(pd.concat([rows, pd.DataFrame(oof_probs, columns=classes)], axis=1), args.oof_csv,
+              float_format="%.10g")
+    out_dir, plots_dir = Path(args.out_dir), Path(args.plots_dir)
+    save_npy(oof_passes.astype(np.float32), out_dir / "valid_passes.npy")
+    save_npy(test_passes.astype(np.float32), out_dir / "test_passes.npy")
+    write_json(metrics, out_dir / "cv_metrics.json")
+    plots.fold_scores(metrics, plots_dir / "cv_folds.png")
+    y = rows["label"].map({name: index for index, name in enumerate(classes)})
+    plots.confusion_matrix(confusion_matrix(y, oof_probs.argmax(1), labels=range(len(classes))), classes,
+                           plots_dir / "oof_confusion_matrix.png",
+                           f"out-of-fold, TTA: accuracy {metrics['oof_accuracy']:.3f} ({len(rows)} images)")
+    for fold in metrics["folds"]:
+        print(f"fold {fold['fold']}: valid log loss {fold['valid_logloss']:.4f}, "
+              f"accuracy {fold['valid_accuracy']:.4f} ({fold['n_valid']} images)", flush=True)
+    print(f"out-of-fold ({len(rows)} images): log loss {metrics['oof_logloss']:.4f}, accuracy "
+          f"{metrics['oof_accuracy']:.4f}; folds {metrics['fold_valid_logloss_mean']:.4f} "
+          f"± {metrics['fold_valid_logloss_std']:.4f}", flush=True)
+    cli.finish("oof", started)
+
+
+if __name__ == "__main__":
+    main()

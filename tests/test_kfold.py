@@ -1,0 +1,167 @@
+"""K-fold cross-validation end to end: one real 3-fold run on the demo builder's data (each fold's chain with a
+snapshot ensemble, out-of-fold predictions, the fold ensemble, calibration, the submission), then its rerun
+contract with dry runs, and the recipes that must stop before anything runs."""
+import contextlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import log_loss
+
+from conftest import CONFIGS, REPO, planned_jobs, snakemake, write_override
+
+pytestmark = pytest.mark.workflow
+
+RECIPE = CONFIGS / "kfold_csv.yaml"
+FOLDS = [0, 1, 2]
+FOLD_CHAIN = {"fold_split", "precompute", "train_head", "finetune", "tta"}
+
+
+@pytest.fixture(scope="module")
+def kfold_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("kfold_run")
+    result = snakemake(REPO, work, configfiles=[RECIPE])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def hidden_test_logloss(probs: np.ndarray, test_ids: list[str], solution: pd.DataFrame, classes: list[str]) -> float:
+    """Log loss on the demo's hidden test labels of probabilities in test.csv row order."""
+    frame = pd.DataFrame(probs, columns=classes).assign(id=test_ids)
+    merged = solution.merge(frame, on="id", validate="one_to_one")
+    return log_loss(merged["label"].map(classes.index), merged[classes].to_numpy(), labels=range(len(classes)))
+
+
+def test_every_labelled_image_is_predicted_once_by_the_fold_model_that_never_saw_it(kfold_run):
+    out = kfold_run / "out"
+    assignment = pd.read_csv(out / "split.csv", dtype={"id": str})
+    oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
+    assert oof["id"].tolist() == assignment["id"].tolist()  # each labelled id once, in labels.csv order
+    assert (oof["fold"] == assignment["fold"]).all() and (oof["label"] == assignment["label"]).all()
+    for fold in FOLDS:
+        fold_split = pd.read_csv(out / "folds" / str(fold) / "split.csv", dtype={"id": str}).set_index("id")
+        predicted_here = oof.loc[oof["fold"] == fold, "id"]
+        assert fold_split.loc[predicted_here, "is_valid"].all()  # never among that model's training images
+        assert fold_split["is_valid"].sum() == len(predicted_here)
+    classes = sorted(assignment["label"].unique())
+    assert list(oof.columns) == ["id", "label", "fold", *classes]
+    np.testing.assert_allclose(oof[classes].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_oof_scores_are_a_recomputation_of_oof_csv_and_metrics_json_keeps_its_keys(kfold_run):
+    out = kfold_run / "out"
+    oof, cv = pd.read_csv(out / "oof.csv", dtype={"id": str}), read(out / "cv_metrics.json")
+    classes = cv["classes"]
+    y = oof["label"].map(classes.index)
+    assert cv["oof_logloss"] == pytest.approx(log_loss(y, oof[classes].to_numpy(), labels=range(3)), abs=1e-6)
+    assert cv["oof_accuracy"] == pytest.approx((oof[classes].to_numpy().argmax(1) == y).mean())
+    fold_metrics = [read(out / "folds" / str(fold) / "metrics.json") for fold in FOLDS]
+    assert [row["valid_logloss"] for row in cv["folds"]] == [m["valid_logloss"] for m in fold_metrics]
+    assert cv["fold_valid_logloss_mean"] == pytest.approx(np.mean([m["valid_logloss"] for m in fold_metrics]))
+    assert cv["fold_valid_logloss_std"] == pytest.approx(np.std([m["valid_logloss"] for m in fold_metrics]))
+    metrics = read(out / "metrics.json")
+    assert metrics["valid_logloss"] == cv["oof_logloss"] and metrics["valid_accuracy"] == cv["oof_accuracy"]
+    assert (out / "plots" / "cv_folds.png").stat().st_size > 0
+
+
+def test_each_fold_folder_holds_what_a_single_split_run_holds_and_shared_stages_ran_once(kfold_run):
+    out = kfold_run / "out"
+    n_test = len(pd.read_csv(out / "test.csv"))
+    for fold in FOLDS:
+        folder = out / "folds" / str(fold)
+        for name in ("split.csv", "metrics.json", "head/model.pt", "finetune/1_32/model.pt", "tta/confusion_matrix.png"):
+            assert (folder / name).is_file(), (fold, name)
+        assert np.load(folder / "tta" / "test_probs.npy").shape == (n_test, 3)
+        # snapshots: 3 keeps the ends of cycles 1 and 2 besides the final weights, and TTA averaged all three
+        snapshots = folder / "finetune" / "1_32" / "snapshots"
+        assert sorted(path.name for path in snapshots.glob("*.pt")) == ["cycle_1.pt", "cycle_2.pt"]
+        assert [row["checkpoint"] for row in read(folder / "metrics.json")["snapshots"]] == ["cycle_1.pt",
+                                                                                             "cycle_2.pt", "model.pt"]
+    assert not list(out.glob("folds/*/resized")) and list(out.glob("resized/*"))  # one shared resize cache
+
+
+def test_calibration_never_hurts_and_final_tta_is_no_worse_than_none(kfold_run):
+    out = kfold_run / "out"
+    calibration, cv = read(out / "calibration" / "calibration.json"), read(out / "cv_metrics.json")
+    assert calibration["logloss_calibrated"] <= calibration["logloss_tta"]
+    assert calibration["logloss_calibrated"] <= calibration["logloss_no_tta"]
+    assert cv["calibrated"]["oof_logloss"] == calibration["logloss_calibrated"] <= cv["oof_logloss"]
+    assert calibration["logloss_tta"] == pytest.approx(cv["oof_logloss"])
+
+
+def test_the_fold_ensemble_submission_beats_the_mean_single_fold_on_hidden_labels(kfold_run):
+    out, data = kfold_run / "out", kfold_run / "data"
+    solution = pd.read_csv(data / "solution.csv", dtype={"id": str})
+    test_ids = pd.read_csv(out / "test.csv", dtype={"id": str})["id"].tolist()
+    classes = read(out / "cv_metrics.json")["classes"]
+    single = [hidden_test_logloss(np.load(out / "folds" / str(fold) / "tta" / "test_probs.npy"), test_ids, solution,
+                                  classes) for fold in FOLDS]
+    submission = pd.read_csv(out / "submission.csv", dtype={"id": str})
+    ensemble = hidden_test_logloss(submission[classes].to_numpy(), submission["id"].tolist(), solution, classes)
+    assert ensemble < np.mean(single), (ensemble, single)
+    assert ensemble < math.log(3)
+
+
+@contextlib.contextmanager
+def moved_aside(folder):
+    """A fold's outputs out of the way for a dry run, put back (with their mtimes) afterwards."""
+    aside = folder.with_name(folder.name + ".aside")
+    folder.rename(aside)
+    try:
+        yield
+    finally:
+        aside.rename(folder)
+
+
+def dry_run(work, tmp_path, **override) -> dict[str, int]:
+    configfiles = [RECIPE, write_override(tmp_path / "override.yaml", **override)] if override else [RECIPE]
+    result = snakemake(REPO, work, "-n", configfiles=configfiles)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return {rule: count for rule, count in planned_jobs(result.stdout).items() if rule != "all"}
+
+
+def test_nothing_reruns_and_calibration_changes_rerun_only_calibrate_and_submission(kfold_run, tmp_path):
+    assert dry_run(kfold_run, tmp_path) == {}
+    assert dry_run(kfold_run, tmp_path, calibration={"enabled": False}) == {"calibrate": 1, "submission": 1}
+    assert dry_run(kfold_run, tmp_path, ensemble={"average": "geometric"}) == {"oof": 1, "calibrate": 1,
+                                                                                "submission": 1}
+
+
+def test_adding_a_fold_runs_that_folds_chain_and_the_cross_fold_stages_only(kfold_run, tmp_path):
+    with moved_aside(kfold_run / "out" / "folds" / "2"):  # as if the run had had folds: [0, 1]
+        jobs = dry_run(kfold_run, tmp_path)
+    assert jobs == {**{rule: 1 for rule in FOLD_CHAIN}, "oof": 1, "calibrate": 1, "submission": 1}
+    assert dry_run(kfold_run, tmp_path, split={"folds": [0, 1]}) == {"oof": 1, "calibrate": 1, "submission": 1}
+
+
+def test_editing_a_fit_of_the_last_size_reruns_that_size_onwards_in_every_fold(kfold_run, tmp_path):
+    finetune = yaml.safe_load(RECIPE.read_text())["finetune"]
+    finetune[-1]["fits"][0]["lr"] = 2.0e-2
+    jobs = dry_run(kfold_run, tmp_path, finetune=finetune)
+    assert jobs == {"finetune": 3, "tta": 3, "oof": 1, "calibrate": 1, "submission": 1}
+
+
+@pytest.mark.parametrize("split, finetune, message", [
+    ({"method": "fastai", "folds": "all"}, None, "split.folds needs split.method: stratified_kfold"),
+    ({"method": "stratified_kfold", "n_folds": 3, "folds": [0, 3]}, None, "split.folds [3] out of range"),
+    ({"method": "stratified_kfold", "n_folds": 3, "folds": [0, 0]}, None, "On instance['split']['folds']"),
+    (None, 4, "snapshots: 4 needs a last fit with cycle_len and at least 4 cycles"),
+], ids=["folds with fastai's split", "fold out of range", "fold twice", "more snapshots than cycles"])
+def test_a_bad_kfold_or_snapshot_recipe_stops_before_anything_runs(tmp_path, split, finetune, message):
+    override = {"split": split} if split else {}
+    if finetune:
+        steps = yaml.safe_load(RECIPE.read_text())["finetune"]
+        steps[-1]["snapshots"] = finetune
+        override["finetune"] = steps
+    bad = write_override(tmp_path / "bad.yaml", **override)
+    result = snakemake(REPO, tmp_path, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", bad])
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
