@@ -122,11 +122,13 @@ def fold_scores(cv: dict, path) -> None:
     """Each fold's validation log loss and accuracy (with and without TTA), their mean, and the out-of-fold figure."""
     folds = pd.DataFrame(cv["folds"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for axis, metric, oof_key in ((axes[0], "valid_logloss", "oof_logloss"), (axes[1], "valid_accuracy", "oof_accuracy")):
+    panels = ((axes[0], "valid_logloss", "oof_logloss"), (axes[1], "valid_accuracy", "oof_accuracy"))
+    for axis, metric, oof_key in panels:
         positions = np.arange(len(folds))
         axis.bar(positions - 0.2, folds[f"{metric}_no_tta"], width=0.4, label="no TTA", color="tab:gray")
         axis.bar(positions + 0.2, folds[metric], width=0.4, label="TTA", color="tab:blue")
-        axis.axhline(folds[metric].mean(), color="tab:blue", linestyle=":", label=f"mean of folds {folds[metric].mean():.3f}")
+        axis.axhline(folds[metric].mean(), color="tab:blue", linestyle=":",
+                     label=f"mean of folds {folds[metric].mean():.3f}")
         axis.axhline(cv[oof_key], color="tab:red", linestyle="--", label=f"out-of-fold {cv[oof_key]:.3f}")
         axis.set_xticks(positions, [f"fold {fold}" for fold in folds["fold"]])
         axis.set_ylabel(metric.replace("valid_", "validation "))

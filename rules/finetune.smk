@@ -30,5 +30,5 @@ rule finetune:
         model_out("benchmarks/finetune_{name}.tsv")
     shell:
         "mkdir -p {output.snapshots:q} && {STAGE_ENV} {PYTHON} -m pipeline.finetune --split-csv {input.split:q} "
-        "--cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} --out-dir {params.out_dir:q} --threads {threads} "
-        "{params.snapshots} --params {params.p:q} 2>&1 | tee {log:q}"
+        "--cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} --out-dir {params.out_dir:q} "
+        "--threads {threads} {params.snapshots} --params {params.p:q} 2>&1 | tee {log:q}"

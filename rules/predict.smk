@@ -57,15 +57,15 @@ if KFOLD:
             confusion=report(out("plots/oof_confusion_matrix.png"), category="Results"),
         params:
             p=as_params(folds=FOLDS, n_aug=config["tta"]["n_aug"], **config["ensemble"]),
-            fold_dirs=" ".join(shlex.quote(str(Path(path).parent)) for path in for_every_fold(model_out("metrics.json"))),
+            fold_dirs=" ".join(map(shlex.quote, for_every_fold(MODEL_DIR))),
             out_dir=lambda wildcards, output: Path(output.valid_passes).parent,
             plots_dir=lambda wildcards, output: Path(output.folds_plot).parent,
         log:
             out("logs/oof.log"),
         shell:
             "{STAGE_ENV} {PYTHON} -m pipeline.oof --split-csv {input.split:q} --fold-dirs {params.fold_dirs} "
-            "--oof-csv {output.oof:q} --out-dir {params.out_dir:q} --plots-dir {params.plots_dir:q} --params {params.p:q} "
-            "2>&1 | tee {log:q}"
+            "--oof-csv {output.oof:q} --out-dir {params.out_dir:q} --plots-dir {params.plots_dir:q} "
+            "--params {params.p:q} 2>&1 | tee {log:q}"
 
 
 def calibration_inputs():
