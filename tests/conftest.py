@@ -13,9 +13,10 @@ from typing import Iterator, NamedTuple
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from pipeline import demo, demo_folder
-from pipeline.fit import EpochLog, ResumePoint, run_fits
+from pipeline.fit import EpochLog, ResumePoint, TensorBatches, run_fits
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -114,6 +115,16 @@ class InterruptedInEpoch:
             if self.epochs_started - 1 == self.epoch and index == 1:
                 raise Interrupted
             yield batch
+
+
+def tiny_problem(n=64, batch_size=16):
+    """A linearly separable 2-class problem on 8 features, a linear model for it, and its train / valid batches."""
+    torch.manual_seed(0)
+    x = torch.randn(n, 8)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(8, 2), nn.LogSoftmax(dim=1))
+    return model, TensorBatches(x, y, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)), \
+        TensorBatches(x, y, batch_size)
 
 
 def train_resumably(model, train, valid, fits: list[dict], resume_path: Path, key: str, seed: int = 42):

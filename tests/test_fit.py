@@ -5,21 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import Interrupted, InterruptedInEpoch, same_state, train_resumably
+from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem, train_resumably
 from pipeline import fit as fit_module
 from pipeline.fit import EpochLog, FitSpec, TensorBatches, fit, lr_find, make_optimizer
 from pipeline.model import build_classifier
 
 CPU = torch.device("cpu")
-
-
-def tiny_problem(n=64, batch_size=16):
-    torch.manual_seed(0)
-    x = torch.randn(n, 8)
-    y = (x[:, 0] > 0).long()
-    model = nn.Sequential(nn.Linear(8, 2), nn.LogSoftmax(dim=1))
-    return model, TensorBatches(x, y, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)), \
-        TensorBatches(x, y, batch_size)
 
 
 def test_epoch_counts_follow_cycle_len_and_cycle_mult():

@@ -76,7 +76,8 @@ def test_each_fold_folder_holds_what_a_single_split_run_holds_and_shared_stages_
     n_test = len(pd.read_csv(out / "test.csv"))
     for fold in FOLDS:
         folder = out / "folds" / str(fold)
-        for name in ("split.csv", "metrics.json", "head/model.pt", "finetune/1_32/model.pt", "tta/confusion_matrix.png"):
+        for name in ("split.csv", "metrics.json", "head/model.pt", "finetune/1_32/model.pt",
+                     "tta/confusion_matrix.png"):
             assert (folder / name).is_file(), (fold, name)
         assert np.load(folder / "tta" / "test_probs.npy").shape == (n_test, 3)
         # snapshots: 3 keeps the ends of cycles 1 and 2 besides the final weights, and TTA averaged all three

@@ -6,26 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from conftest import Interrupted, InterruptedInEpoch, same_state
+from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem
 from pipeline import demo, finetune, resize, split
 from pipeline.data import read_split
-from pipeline.fit import EpochLog, ResumePoint, TensorBatches, run_fits
+from pipeline.fit import EpochLog, ResumePoint, run_fits
 from pipeline.model import build_seeded_classifier, checkpoint_meta, restore_model, save_checkpoint
 
 CPU = torch.device("cpu")
 # Cycles of 1, 2 and 4 epochs in the last fit: they end after its epochs 0, 2 and 6.
 FITS = [{"lr": 0.1, "n_cycle": 2, "cycle_len": 1}, {"lr": 0.1, "n_cycle": 3, "cycle_len": 1, "cycle_mult": 2}]
-
-
-def tiny_problem(n=64, batch_size=16):
-    torch.manual_seed(0)
-    x = torch.randn(n, 8)
-    y = (x[:, 0] > 0).long()
-    model = nn.Sequential(nn.Linear(8, 2), nn.LogSoftmax(dim=1))
-    return model, TensorBatches(x, y, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)), \
-        TensorBatches(x, y, batch_size)
 
 
 def train_keeping_snapshots(fits, resume_path=None, fail_at_cycle=None):
