@@ -1,6 +1,10 @@
 """Image datasets over the resize cache, and the DataLoaders every torch stage uses."""
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +33,19 @@ class ImageDataset(Dataset):
         return (self.transform(image) if self.transform else image), int(self.labels[index])
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the stage process dies. A worker orphaned by a killed stage (OOM killer,
+    SIGKILL) can block for ever flushing its result queue, holding the job's log pipe open, so Snakemake would wait
+    for the killed job for ever; the resize pool's forked workers exit by themselves (pipeline/parallel.py)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the request took effect
+            os._exit(1)
+
+
 def _seed_worker(worker_id: int) -> None:
+    _die_with_parent()
     # torch seeds each worker's torch RNG from the loader's generator; NumPy needs the same.
     np.random.seed(torch.initial_seed() % 2**32)
 

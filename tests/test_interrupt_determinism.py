@@ -67,7 +67,9 @@ def kill_stage_when(process, module, ready, timeout=600):
     while time.monotonic() < deadline:
         for child in psutil.Process(process.pid).children(recursive=True):
             try:
-                if child.cmdline()[1:3] == ["-m", f"pipeline.{module}"] and ready():  # python, not its shell
+                # the stage's own python (not its shell, nor one of its forked workers, which share its command line)
+                stage = ["-m", f"pipeline.{module}"]
+                if child.cmdline()[1:3] == stage and child.parent().cmdline()[1:3] != stage and ready():
                     os.kill(child.pid, signal.SIGKILL)
                     return child.pid
             except psutil.NoSuchProcess:

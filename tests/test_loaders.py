@@ -1,12 +1,19 @@
 """Real image loaders with and without worker processes: the same weights every run, and a run interrupted
 mid-epoch that resumes from its resume point ends with exactly the weights of an uninterrupted one."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 from PIL import Image
 
-from conftest import Interrupted, InterruptedInEpoch, same_state, train_resumably
+from conftest import REPO, Interrupted, InterruptedInEpoch, same_state, train_resumably
 from pipeline.loaders import image_loaders
 from pipeline.model import build_classifier
 
@@ -51,3 +58,37 @@ def test_two_runs_give_identical_weights_and_a_resumed_run_matches_them(image_sp
     assert (tmp_path / "c.pt").exists()
     assert same_state(first, train(image_split, workers, tmp_path / "c.pt"))
 
+
+
+WORKER_SCRIPT = r'''
+import sys, time, torch
+from pipeline import loaders
+if sys.argv[1] == "unprotected":
+    loaders._die_with_parent = lambda: None
+class Endless(torch.utils.data.Dataset):
+    def __len__(self): return 10**6
+    def __getitem__(self, i): return torch.zeros(100_000)  # fills the result queue fast
+batches = iter(loaders.make_loader(Endless(), 64, False, 2, 0, torch.device("cpu")))
+next(batches)
+print("ready", flush=True)
+time.sleep(120)
+'''
+
+
+def surviving_workers(mode: str) -> list:
+    stage = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, mode], stdout=subprocess.PIPE, text=True,
+                             cwd=REPO)
+    stage.stdout.readline()
+    workers = psutil.Process(stage.pid).children()
+    os.kill(stage.pid, signal.SIGKILL)  # as the OOM killer would: the stage process alone
+    stage.wait()
+    time.sleep(2)
+    alive = [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    for worker in alive:
+        worker.kill()
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_loader_workers_die_with_a_killed_stage_so_snakemake_never_waits_on_its_log_pipe():
+    assert surviving_workers("protected") == []
