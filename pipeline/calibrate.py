@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import KFold
 
 from pipeline import cli, plots, runtime
-from pipeline.data import read_labeled_table
+from pipeline.data import class_indices, read_labeled_table
 from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_json
 
 FLOOR = 1e-12  # a pass can give a class exactly 0; its log must stay finite
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     enabled = params.get("enabled", True)
     if enabled and len(np.unique(groups)) < 2:
         cli.fail(f"{args.valid_rows}: cross-fitting needs at least 2 groups of rows; set calibration.enabled: false")
-    y = rows["label"].map({name: index for index, name in enumerate(classes)}).to_numpy()
+    y = class_indices(rows["label"], classes).to_numpy()
     report, probs = calibrate(valid_passes, y, groups, params.get("n_aug", 4), enabled)
     report["method"] = method if enabled else "not fitted (calibration disabled): fastai's TTA mean"
     out_dir = Path(args.out_dir)

@@ -149,10 +149,15 @@ def read_labeled_table(split_csv: str | Path) -> tuple[pd.DataFrame, list[str]]:
     return split, sorted(split["label"].unique())
 
 
+def class_indices(labels: pd.Series, classes: list[str]) -> pd.Series:
+    """Each label's position in the sorted class list: the integer targets every stage scores against."""
+    return labels.map({name: index for index, name in enumerate(classes)})
+
+
 def read_split(split_csv: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(train rows, valid rows, sorted classes) with an integer `y` column."""
     split, classes = read_labeled_table(split_csv)
-    split["y"] = split["label"].map({name: index for index, name in enumerate(classes)})
+    split["y"] = class_indices(split["label"], classes)
     return split[~split["is_valid"]].reset_index(drop=True), split[split["is_valid"]].reset_index(drop=True), classes
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 
 from pipeline import cli, passes, plots
-from pipeline.data import read_labeled_table, read_split
+from pipeline.data import class_indices, read_labeled_table, read_split
 from pipeline.io import read_json, save_npy, write_csv, write_json
 
 FOLD_SCORES = ["valid_logloss", "valid_accuracy", "valid_logloss_no_tta", "valid_accuracy_no_tta"]
@@ -47,10 +47,9 @@ def scores(y: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float, flo
     return float(log_loss(y, probs, labels=list(range(n_classes)))), float(accuracy_score(y, probs.argmax(1)))
 
 
-def cv_metrics(rows: pd.DataFrame, oof_passes: np.ndarray, fold_metrics: list[dict], classes: list[str],
+def cv_metrics(y: np.ndarray, oof_passes: np.ndarray, fold_metrics: list[dict], classes: list[str],
                params: dict) -> dict:
     n_aug = params.get("n_aug", 4)
-    y = rows["label"].map({name: index for index, name in enumerate(classes)}).to_numpy()
     oof_logloss, oof_accuracy = scores(y, passes.tta_mean(oof_passes, n_aug), len(classes))
     no_tta_logloss, no_tta_accuracy = scores(y, oof_passes[passes.PLAIN], len(classes))
     folds = [{"fold": fold, "n_valid": metrics["n_valid"], **{key: metrics[key] for key in FOLD_SCORES}}
@@ -58,7 +57,7 @@ def cv_metrics(rows: pd.DataFrame, oof_passes: np.ndarray, fold_metrics: list[di
     spread = {f"fold_{key}_{stat}": float(getattr(np, stat)([fold[key] for fold in folds]))
               for key in ("valid_logloss", "valid_accuracy") for stat in ("mean", "std")}
     return {"oof_logloss": oof_logloss, "oof_accuracy": oof_accuracy, "oof_logloss_no_tta": no_tta_logloss,
-            "oof_accuracy_no_tta": no_tta_accuracy, "n_oof": len(rows), "n_folds": len(folds),
+            "oof_accuracy_no_tta": no_tta_accuracy, "n_oof": len(y), "n_folds": len(folds),
             "folds": folds, **spread, "n_aug": n_aug, "ensemble_average": params.get("average", "arithmetic"),
             "classes": classes}
 
@@ -82,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     fold_metrics = [read_json(folder / "metrics.json") for folder in fold_dirs]
     test_passes = passes.average([np.load(folder / "tta" / "test_passes.npy") for folder in fold_dirs],
                                  params.get("average", "arithmetic"))
-    metrics = cv_metrics(rows, oof_passes, fold_metrics, classes, params)
+    y = class_indices(rows["label"], classes).to_numpy()
+    metrics = cv_metrics(y, oof_passes, fold_metrics, classes, params)
     oof_probs = passes.tta_mean(oof_passes, metrics["n_aug"])
     write_csv(pd.concat([rows, pd.DataFrame(oof_probs, columns=classes)], axis=1), args.oof_csv,
               float_format="%.10g")
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     save_npy(test_passes.astype(np.float32), out_dir / "test_passes.npy")
     write_json(metrics, out_dir / "cv_metrics.json")
     plots.fold_scores(metrics, plots_dir / "cv_folds.png")
-    y = rows["label"].map({name: index for index, name in enumerate(classes)})
     plots.confusion_matrix(confusion_matrix(y, oof_probs.argmax(1), labels=range(len(classes))), classes,
                            plots_dir / "oof_confusion_matrix.png",
                            f"out-of-fold, TTA: accuracy {metrics['oof_accuracy']:.3f} ({len(rows)} images)")
