@@ -17,8 +17,10 @@ def stage_parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def announce(stage: str, params: dict) -> float:
-    """Print what runs with which parameters, so every log starts with what produced it."""
-    print(f"[{stage}] {time.strftime('%Y-%m-%d %H:%M:%S')} params={json.dumps(params, sort_keys=True)}", flush=True)
+    """Print what runs with which parameters, so every log starts with what produced it (once under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[{stage}] {time.strftime('%Y-%m-%d %H:%M:%S')} params={json.dumps(params, sort_keys=True)}",
+              flush=True)
     return time.perf_counter()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import cli, plots, runtime
+from pipeline import cli, distributed, plots, runtime
 from pipeline.data import read_split
 from pipeline.fit import EpochLog, FitSpec, ResumePoint, run_fits
 from pipeline.io import atomic_path, params_digest, remove_stale_temporaries
@@ -75,31 +75,35 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device)
     model.unfreeze() if unfreeze else model.freeze()
     out_dir = Path(args.out_dir)
-    remove_stale_temporaries(out_dir)
+    main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
+    if main_rank:
+        remove_stale_temporaries(out_dir)
     log = EpochLog(out_dir / "log.csv")
     # The snapshot count is part of the key: a rerun asking for more must not resume past cycles it never staged.
     resume_key = params_digest({**params, "n_snapshots": len(cycles)}, args.checkpoint)
     resume = ResumePoint(out_dir / "resume.pt", resume_key, model, log)
-    staging = snapshot_staging(out_dir, resume_key)
+    staging = snapshot_staging(out_dir, resume_key) if main_rank else None
     meta = checkpoint_meta(params, classes, "finetune", model)
 
     def stage_snapshot(cycle: int) -> None:
-        if cycle in cycles:
+        if cycle in cycles and main_rank:
             save_checkpoint(model, staging / f"cycle_{cycle}.pt", {**meta, "snapshot_cycle": cycle})
 
     train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
-    schedules = run_fits(model, train_loader, valid_loader, params["fits"], f"size {params['size']}", device, log,
-                         params.get("warmup", True), amp, params.get("seed", 42), resume,
-                         on_cycle_end=stage_snapshot)
-    plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
-    plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
-    for cycle, path in zip(cycles, args.snapshots):
-        # Copied, not moved: a job killed before it finishes loses these outputs, and its rerun needs them staged.
-        with atomic_path(path) as tmp:
-            shutil.copyfile(staging / f"cycle_{cycle}.pt", tmp)
-    save_checkpoint(model, out_dir / "model.pt", meta)
+    schedules = run_fits(distributed.wrap(model, device), train_loader, valid_loader, params["fits"],
+                         f"size {params['size']}", device, log, params.get("warmup", True), amp,
+                         params.get("seed", 42), resume, on_cycle_end=stage_snapshot)
+    if main_rank:
+        plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
+        plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
+        for cycle, path in zip(cycles, args.snapshots):
+            # Copied, not moved: a job killed before it finishes loses these outputs; its rerun needs them staged.
+            with atomic_path(path) as tmp:
+                shutil.copyfile(staging / f"cycle_{cycle}.pt", tmp)
+        save_checkpoint(model, out_dir / "model.pt", meta)
+        shutil.rmtree(staging, ignore_errors=True)
     resume.finish()
-    shutil.rmtree(staging, ignore_errors=True)
+    distributed.finish()
     cli.finish("finetune", started)
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm  # not tqdm.auto: its bar calls iter() on a DataLoader at creation, starting a
 # second set of loader workers each epoch and drawing from the loader's generator
 
+from pipeline import distributed
 from pipeline.io import atomic_path
 
 EMA_BETA = 0.98
@@ -123,7 +124,7 @@ class EpochLog:
             print(f"{'phase':<12}{'fit':>4}{'epoch':>6}{'trn_loss':>10}{'val_loss':>10}{'accuracy':>10}{'time':>8}")
         print(f"{row['phase']:<12}{row['fit']:>4}{row['epoch']:>6}{row['train_loss']:>10.4f}"
               f"{row['valid_loss']:>10.4f}{row['accuracy']:>10.4f}{row['seconds']:>7.1f}s", flush=True)
-        if self.path:
+        if self.path and distributed.is_main():
             with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
                 writer.writeheader()
@@ -147,7 +148,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: bool = False) -> tuple[float, float]:
-    """(mean NLL, accuracy) over `batches` in eval mode."""
+    """(mean NLL, accuracy) over `batches` in eval mode; under torchrun, over every rank's share of them."""
+    model = distributed.unwrap(model)
+    distributed.sync_buffers(model)
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -157,12 +160,14 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: boo
             total_loss += F.nll_loss(log_probs, y, reduction="sum").item()
             correct += (log_probs.argmax(1) == y).sum().item()
             count += len(y)
+    total_loss, correct, count = distributed.sum_over_ranks(total_loss, correct, count)
     return total_loss / count, correct / count
 
 
 def seed_epoch(seed: int, phase: str, fit_index: int, epoch: int, batches) -> None:
     """Reseed every generator an epoch draws from, so that epoch is the same whether or not the run resumed."""
     epoch_seed = int(hashlib.sha256(f"{seed}/{phase}/{fit_index}/{epoch}".encode()).hexdigest()[:8], 16)
+    epoch_seed = distributed.seed_sampler(batches, epoch_seed)
     random.seed(epoch_seed)
     np.random.seed(epoch_seed)
     torch.manual_seed(epoch_seed)
@@ -205,8 +210,9 @@ class ResumePoint:
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
                  "ema": ema, "iteration": iteration, "lr_history": lr_history, "histories": self.histories,
                  "log_rows": self.log.rows}
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+        if distributed.is_main():
+            with atomic_path(self.path) as tmp:
+                torch.save(state, tmp)
         self.saved = None  # from here on this run is ahead of anything on disk
 
     def fit_done(self, lr_history: list) -> list:
@@ -214,7 +220,8 @@ class ResumePoint:
         return lr_history
 
     def finish(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if distributed.is_main():
+            self.path.unlink(missing_ok=True)
 
 
 def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: torch.device, log: EpochLog,
@@ -224,8 +231,9 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
     """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`).
 
     `on_cycle_end(cycle)` is called with the 1-based number of each SGDR cycle once its last epoch is validated.
+    `model` may be wrapped in DistributedDataParallel (pipeline.distributed): it trains through the wrapper.
     """
-    optimizer = make_optimizer(model, spec.lr)
+    optimizer = make_optimizer(distributed.unwrap(model), spec.lr)
     n_batches = len(train_batches)
     scheduler = None
     warmup_iters = 0
@@ -253,7 +261,8 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
         started = time.perf_counter()
         seed_epoch(seed, phase, fit_index, epoch, train_batches)
         model.train()
-        for x, y in tqdm(train_batches, desc=f"{phase} fit {fit_index} epoch {epoch}", leave=False, disable=None):
+        for x, y in tqdm(train_batches, desc=f"{phase} fit {fit_index} epoch {epoch}", leave=False,
+                         disable=None if distributed.is_main() else True):
             if iteration < warmup_iters:
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base / 100

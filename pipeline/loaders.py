@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline import distributed
 from pipeline.data import load_rgb
 from pipeline.transforms import train_transform, valid_transform
 
@@ -51,22 +52,24 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, sampler=None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     # Workers are not persistent: each epoch's workers are seeded afresh from the generator, which the training
     # loop reseeds per epoch, so an epoch's augmentations do not depend on the epochs before it (exact resume).
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
-                      prefetch_factor=4 if num_workers > 0 else None)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, generator=generator, worker_init_fn=_seed_worker,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
 
 
 def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Path, params: dict,
                   device: torch.device) -> tuple[DataLoader, DataLoader]:
-    """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`."""
+    """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`; under
+    torchrun, this rank's share of each (pipeline.distributed)."""
     size, seed = params["size"], params.get("seed", 42)
     augment = train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on"))
     train_set = ImageDataset(cache_dir, train["path"], train["y"], augment)
     valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size))
-    workers, batch_size = params.get("num_workers", 0), params.get("batch_size", 64)
-    return (make_loader(train_set, batch_size, True, workers, seed, device),
-            make_loader(valid_set, batch_size, False, workers, seed, device))
+    workers = params.get("num_workers", 0)
+    batch_size = distributed.per_rank_batch_size(params.get("batch_size", 64))
+    return (make_loader(train_set, batch_size, True, workers, seed, device, distributed.train_sampler(train_set)),
+            make_loader(distributed.shard(valid_set), batch_size, False, workers, seed, device))

@@ -7,19 +7,32 @@ import random
 import numpy as np
 import torch
 
+from pipeline import distributed, gpus
+
 
 def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
-    """Pin CPU threads, seed every generator, pick the device; deterministic kernels on CPU."""
-    torch.set_num_threads(max(1, threads))
+    """Pin CPU threads, seed every generator, pick the device; deterministic kernels on CPU.
+
+    Under torchrun each rank takes its share of `threads` and its own GPU (see pipeline.gpus)."""
+    world_size = distributed.launched_world_size()
+    torch.set_num_threads(max(1, threads // world_size))
     seed_everything(seed)
     chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
+    if chosen.type == "cuda" and chosen.index is None:
+        count = torch.cuda.device_count()
+        if world_size > count:
+            raise SystemExit(f"error: {world_size} processes need {world_size} GPUs; {count} visible")
+        chosen = torch.device("cuda", gpus.pick(count, distributed.local_rank()))
     if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
         # Speed over bit-exactness on GPU: cuDNN autotuning picks kernels per run (see README, Determinism).
         torch.backends.cudnn.benchmark = True
     else:
         torch.use_deterministic_algorithms(True)
-    print(f"device {chosen}, {torch.get_num_threads()} CPU threads, seed {seed}", flush=True)
+    distributed.start(chosen)
+    rank = f", rank {distributed.rank()} of {world_size}" if world_size > 1 else ""
+    print(f"device {chosen}, {torch.get_num_threads()} CPU threads, seed {seed}{rank}", flush=True)
     return chosen
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import cli, plots, runtime
+from pipeline import cli, distributed, plots, runtime
 from pipeline.data import read_split
 from pipeline.fit import EpochLog, ResumePoint, TensorBatches, lr_find, run_fits
 from pipeline.io import file_digest, params_digest, read_json, remove_stale_temporaries, write_csv
@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     device, amp = runtime.start(params, args.threads)
     warmup = params.get("warmup", True)
     out_dir, activations = Path(args.out_dir), Path(args.activations)
-    remove_stale_temporaries(out_dir)
+    main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
+    if main_rank:
+        remove_stale_temporaries(out_dir)
     train, valid, classes = read_split(args.split_csv)
     manifest = read_json(activations / "manifest.json")
     check_activations(manifest, params, classes, args.split_csv)
@@ -70,20 +72,24 @@ def main(argv: list[str] | None = None) -> None:
         runtime.seed_everything(seed)
         train_acts.generator.manual_seed(seed)
         found = lr_find(model.head, train_acts, device, amp=amp)
-        write_csv(pd.DataFrame({k: found[k] for k in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")
-        plots.lr_finder(found, out_dir / "lr_find.png")
+        if main_rank:
+            write_csv(pd.DataFrame({k: found[k] for k in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")
+            plots.lr_finder(found, out_dir / "lr_find.png")
         print(f"lr_find: {len(found['lr'])} steps, suggested lr {found['suggested_lr']:.3g}", flush=True)
+    # On the activations every rank (if several) fits the same head alike: seconds of work, not worth splitting.
     schedules = run_fits(model.head, train_acts, valid_acts, params["precomputed"], "precomputed", device, log,
                          warmup, amp, seed, resume)
     if params.get("augmented"):
         model.freeze()
         train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
-        run_fits(model, train_loader, valid_loader, params["augmented"], "augmented", device, log, warmup, amp, seed,
-                 resume, schedules)
-    plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
-    plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
-    save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "head", model))
+        run_fits(distributed.wrap(model, device), train_loader, valid_loader, params["augmented"], "augmented",
+                 device, log, warmup, amp, seed, resume, schedules)
+    if main_rank:
+        plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
+        plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
+        save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "head", model))
     resume.finish()
+    distributed.finish()
     cli.finish("train_head", started)
 
 

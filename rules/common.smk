@@ -25,7 +25,17 @@ DEMO_BUILT = f"{DATA}/{BUILT_MARKER}"
 # on PATH or an activated environment. Kept out of params on purpose: a moved venv must not rerun anything.
 PYTHON = shlex.quote(sys.executable)
 STAGE_ENV = f"PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}"
+DEVICES = config["devices"]
+if DEVICES > 1 and config["device"].startswith("cuda:"):
+    raise WorkflowError(f"devices: {DEVICES} needs device auto or cuda (each process claims its own GPU), not "
+                        f"{config['device']!r}")
+# The GPUs a torch job holds, for Snakemake's --resources gpu=N and Slurm's --gpus: none on CPU, one per process.
 GPU_JOBS = 0 if config["device"] == "cpu" else 1
+TRAINING_GPUS = GPU_JOBS * DEVICES
+# The training stages (train_head, finetune) run data-parallel under torchrun with `devices` > 1.
+TRAINING_LAUNCH = (
+    PYTHON if DEVICES == 1 else f"{PYTHON} -m torch.distributed.run --standalone --nproc-per-node {DEVICES}"
+)
 # Parallel stages ask for many threads and Snakemake caps them at --cores (workflow.cores would make
 # `snakemake --report` demand --cores too).
 MAX_THREADS = 256
@@ -79,6 +89,8 @@ DATA_FINGERPRINT = fingerprint()
 DATA_LAYOUT = {"layout": LAYOUT, "suffix": config["data"]["suffix"]}
 # Slices of the recipe shared by the torch stages.
 RUNTIME = {"seed": config["seed"], "device": config["device"], "amp": config["amp"]}
+# Data-parallel training draws other batches and augmentations: part of the training stages' slice when used.
+TRAINING_RUNTIME = {**RUNTIME, "devices": DEVICES} if DEVICES > 1 else RUNTIME
 LOADER = config["loader"]
 TRANSFORMS = config["transforms"]
 MODEL = config["model"]
@@ -199,4 +211,4 @@ def tta_checkpoints(wildcards):
 
 def finetune_params(wildcards):
     step = FINETUNE[finetune_names().index(wildcards.name)]
-    return as_params(arch=MODEL["arch"], **step, **TRANSFORMS, **LOADER, **RUNTIME, **config["train"])
+    return as_params(arch=MODEL["arch"], **step, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"])

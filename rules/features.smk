@@ -45,17 +45,17 @@ rule train_head:
         if HEAD["lr_find"]
         else [],
     params:
-        p=as_params(**MODEL, **HEAD, **TRANSFORMS, **LOADER, **RUNTIME, **config["train"]),
+        p=as_params(**MODEL, **HEAD, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"]),
         activations=lambda wildcards, input: Path(input.activations[0]).parent,
         out_dir=lambda wildcards, output: Path(output.model).parent,
     threads: MAX_THREADS
     resources:
-        gpu=GPU_JOBS,
+        gpu=TRAINING_GPUS,
     log:
         model_out("logs/train_head.log"),
     benchmark:
         model_out("benchmarks/train_head.tsv")
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.train_head --split-csv {input.split:q} "
+        "{STAGE_ENV} {TRAINING_LAUNCH} -m pipeline.train_head --split-csv {input.split:q} "
         "--activations {params.activations:q} --cache-dir {input.cache:q} --out-dir {params.out_dir:q} "
         "--threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"

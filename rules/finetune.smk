@@ -23,12 +23,12 @@ rule finetune:
         snapshots=snapshot_flag,
     threads: MAX_THREADS
     resources:
-        gpu=GPU_JOBS,
+        gpu=TRAINING_GPUS,
     log:
         model_out("logs/finetune_{name}.log"),
     benchmark:
         model_out("benchmarks/finetune_{name}.tsv")
     shell:
-        "mkdir -p {output.snapshots:q} && {STAGE_ENV} {PYTHON} -m pipeline.finetune --split-csv {input.split:q} "
-        "--cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} --out-dir {params.out_dir:q} "
-        "--threads {threads} {params.snapshots} --params {params.p:q} 2>&1 | tee {log:q}"
+        "mkdir -p {output.snapshots:q} && {STAGE_ENV} {TRAINING_LAUNCH} -m pipeline.finetune "
+        "--split-csv {input.split:q} --cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} "
+        "--out-dir {params.out_dir:q} --threads {threads} {params.snapshots} --params {params.p:q} 2>&1 | tee {log:q}"

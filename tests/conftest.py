@@ -105,6 +105,7 @@ class InterruptedInEpoch:
     def __init__(self, batches, epoch: int):
         self.batches, self.epoch, self.epochs_started = batches, epoch, 0
         self.generator = batches.generator
+        self.sampler = getattr(batches, "sampler", None)  # a DistributedSampler is reseeded per epoch too
 
     def __len__(self):
         return len(self.batches)
@@ -157,6 +158,16 @@ def micro_run(tmp_path_factory) -> ReferenceRun:
     result = snakemake(REPO, root / "work", configfiles=[recipe])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return ReferenceRun(root / "work" / "out", root / "work", recipe, data, data_checksums)
+
+
+@pytest.fixture(scope="session")
+def kfold_run(tmp_path_factory) -> Path:
+    """A real 3-fold run of the K-fold test recipe (its working directory): the K-fold tests read it, and the Slurm
+    test compares its own run with it."""
+    work = tmp_path_factory.mktemp("kfold_run")
+    result = snakemake(REPO, work, configfiles=[CONFIGS / "kfold_csv.yaml"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
 
 
 def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = ()) -> subprocess.CompletedProcess:
