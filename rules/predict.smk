@@ -38,6 +38,9 @@ rule tta:
 
 if KFOLD:
 
+    localrules:
+        oof,
+
     rule oof:
         """Out-of-fold predictions (each labelled image predicted by the fold model that never saw it), per-fold
         scores, and the fold ensemble's test probabilities."""
@@ -75,6 +78,12 @@ def calibration_inputs():
                 "test_passes": rules.oof.output.test_passes, "cv_metrics": rules.oof.output.metrics}
     return {"rows": out("split.csv"), "valid_passes": rules.tta.output.valid_passes,
             "test_passes": rules.tta.output.test_passes}
+
+
+# Seconds of work each, on arrays already computed: on a cluster they run where Snakemake runs.
+localrules:
+    calibrate,
+    submission,
 
 
 rule calibrate:

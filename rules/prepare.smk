@@ -2,6 +2,9 @@
 
 if DEMO:
 
+    localrules:
+        demo_data,
+
     rule demo_data:
         """Builds the embedded demo data set from scikit-learn's digits, into a folder the builder creates (or finds
         empty) and marks as its own; it refuses any other folder. Its one output is the completion mark."""
@@ -19,6 +22,12 @@ if DEMO:
             "--n-labeled {config[demo][n_labeled]} --n-test {config[demo][n_test]} "
             "--seed {config[demo][seed]} --large-fraction {config[demo][large_fraction]} {params.classes} "
             "2>&1 | tee {log:q}"
+
+
+# Seconds of work each: on a cluster they run where Snakemake runs rather than wait in the queue.
+localrules:
+    split,
+    augmentation_preview,
 
 
 rule split:
@@ -43,6 +52,9 @@ rule split:
 
 
 if KFOLD:
+
+    localrules:
+        fold_split,
 
     rule fold_split:
         """One fold's split.csv: the images of fold k are its validation set, the other folds its training set."""

@@ -20,14 +20,6 @@ FOLDS = [0, 1, 2]
 FOLD_CHAIN = {"fold_split", "precompute", "train_head", "finetune", "tta"}
 
 
-@pytest.fixture(scope="module")
-def kfold_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("kfold_run")
-    result = snakemake(REPO, work, configfiles=[RECIPE])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return work
-
-
 def read(path):
     return json.loads(path.read_text())
 

@@ -1,0 +1,94 @@
+"""The shipped Slurm profile on a real one-node cluster (tests/cluster/slurm_up.sh starts it): one fold of the
+K-fold test recipe through `snakemake --profile profiles/slurm`, every compute stage a Slurm job via `sbatch`, and
+its outputs equal to the local K-fold run's.
+
+Where Slurm cannot be installed or started the tests skip, saying why; with LESSON2_REQUIRE_SLURM=1 (set by
+.ci/run) they fail instead, so CI always runs them.
+"""
+import json
+import os
+import re
+import subprocess
+
+import pandas as pd
+import pytest
+
+from conftest import CONFIGS, REPO, snakemake, write_override
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+
+SLURM_UP = REPO / "tests" / "cluster" / "slurm_up.sh"
+# The stages that do the work run as Slurm jobs; the seconds-long ones are localrules (see rules/*.smk).
+CLUSTER_RULES = {"image_stats", "resize", "precompute", "train_head", "finetune", "tta"}
+LOCAL_RULES = {"demo_data", "split", "augmentation_preview", "fold_split", "oof", "calibrate", "submission"}
+
+
+@pytest.fixture(scope="module")
+def slurm_conf():
+    """SLURM_CONF of a running one-node cluster; started here (and stopped afterwards) unless already up."""
+    was_up = subprocess.run(["bash", SLURM_UP, "status"], capture_output=True).returncode == 0
+    started = subprocess.run(["bash", SLURM_UP, "start"], capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        reason = f"no Slurm cluster on this machine: {started.stderr.strip()[-600:]}"
+        if os.environ.get("LESSON2_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    conf = started.stdout.strip().splitlines()[-1].removeprefix("SLURM_CONF=")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf  # for the plugin's sbatch / squeue, and for scontrol below
+    yield conf
+    os.environ.pop("SLURM_CONF") if previous is None else os.environ.update(SLURM_CONF=previous)
+    if not was_up:
+        subprocess.run(["bash", SLURM_UP, "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_conf, tmp_path_factory):
+    """Fold 0 of the K-fold test recipe through the shipped profile, with the documented override for nodes with
+    fewer CPUs than the profile asks for (--max-threads), job logs kept, and status checks from the first second."""
+    work = tmp_path_factory.mktemp("slurm_run")
+    one_fold = write_override(work.parent / "one_fold.yaml", split={"folds": [0]})
+    result = snakemake(REPO, work, "--profile", str(REPO / "profiles" / "slurm"), "--max-threads", "2",
+                       "--slurm-keep-successful-logs", "--slurm-logdir", str(work / "slurm_logs"),
+                       "--slurm-init-seconds-before-status-checks", "1",
+                       configfiles=[CONFIGS / "kfold_csv.yaml", one_fold])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return work
+
+
+def slurm_jobs(work) -> dict[str, dict]:
+    """rule -> Slurm's record of its job, for the jobs this run submitted (their ids name the plugin's log files)."""
+    jobs = {}
+    for log in sorted((work / "slurm_logs").rglob("*.log")):
+        record = subprocess.run(["scontrol", "show", "job", "--oneliner", log.stem], capture_output=True,
+                                text=True, check=True).stdout
+        fields = dict(re.findall(r"(\w+)=(\S*)", record))
+        jobs[log.relative_to(work / "slurm_logs").parts[0].removeprefix("rule_")] = fields
+    return jobs
+
+
+def test_every_compute_stage_ran_as_a_slurm_job_and_none_asked_for_a_gpu(slurm_run):
+    jobs = slurm_jobs(slurm_run)
+    assert set(jobs) == CLUSTER_RULES, "the torch and image stages go through sbatch; localrules stay local"
+    for rule, job in jobs.items():
+        assert job["JobState"] == "COMPLETED", (rule, job["JobState"])
+        assert job["Partition"] == "main"  # the cluster's default partition: the profile names none
+        # The recipe's device is cpu: no job asks for a GPU (Slurm has none to give here, so one would never run).
+        assert "gpu" not in job.get("TresPerJob", "") + job.get("TresPerNode", "") + job.get("TRES", "")
+    assert jobs["finetune"]["Comment"].startswith("rule_finetune")
+    assert int(jobs["train_head"]["NumCPUs"]) == 2  # --max-threads 2 capped the profile's 8 threads
+
+
+def test_outputs_equal_the_local_runs(slurm_run, kfold_run):
+    """Same recipe and data, same split; fold 0's model trained by the same CPU code with the same threads and
+    seeds, so its metrics equal the local run's to 1e-6 (deterministic kernels; the slack is for printing)."""
+    here, local = slurm_run / "out", kfold_run / "out"
+    for name in ("split.csv", "test.csv", "folds/0/split.csv"):
+        assert (here / name).read_bytes() == (local / name).read_bytes(), name
+    cluster_metrics = json.loads((here / "folds/0/metrics.json").read_text())
+    local_metrics = json.loads((local / "folds/0/metrics.json").read_text())
+    for key in ("valid_logloss", "valid_accuracy", "valid_logloss_no_tta", "valid_accuracy_no_tta"):
+        assert cluster_metrics[key] == pytest.approx(local_metrics[key], abs=1e-6), key
+    submission, local_submission = pd.read_csv(here / "submission.csv"), pd.read_csv(local / "submission.csv")
+    assert submission["id"].tolist() == local_submission["id"].tolist()
+    assert list(submission.columns) == list(local_submission.columns)
