@@ -29,6 +29,9 @@ DEVICES = config["devices"]
 if DEVICES > 1 and config["device"].startswith("cuda:"):
     raise WorkflowError(f"devices: {DEVICES} needs device auto or cuda (each process claims its own GPU), not "
                         f"{config['device']!r}")
+if config["loader"]["batch_size"] % DEVICES:
+    raise WorkflowError(f"loader.batch_size {config['loader']['batch_size']} does not split evenly over devices: "
+                        f"{DEVICES} (each process loads batch_size / devices images)")
 # The GPUs a torch job holds, for Snakemake's --resources gpu=N and Slurm's --gpus: none on CPU, one per process.
 GPU_JOBS = 0 if config["device"] == "cpu" else 1
 TRAINING_GPUS = GPU_JOBS * DEVICES
