@@ -131,6 +131,12 @@ stop_daemon() {
 
 stop() {
     stop_daemon slurmd "$DIR/slurmd.pid"
+    # Our configless slurmd's config cache, also one a killed run left: left behind, every Slurm client here (and
+    # so every `snakemake`, whose Slurm plugin runs `scontrol show config` as it starts) waits 9 s for a controller
+    # that is gone.
+    if grep -qsx "ClusterName=lesson2" /run/slurm/conf/slurm.conf && ! running slurmd; then
+        rm -rf /run/slurm/conf
+    fi
     stop_daemon slurmctld "$DIR/slurmctld.pid"
     stop_daemon munged /run/munge/munged.pid
     log "stopped what this script started"
