@@ -170,12 +170,21 @@ def kfold_run(tmp_path_factory) -> Path:
     return work
 
 
-def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = ()) -> subprocess.CompletedProcess:
+def snakemake_command(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = ()) -> list[str]:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow / "Snakefile"),
                "--directory", str(workdir), "--cores", "2", *args]
-    if configfiles:
-        command += ["--configfile", *map(str, configfiles)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+    return command + ["--configfile", *map(str, configfiles)] if configfiles else command
+
+
+def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(snakemake_command(workflow, workdir, *args, configfiles=configfiles), capture_output=True,
+                          text=True, timeout=900)
+
+
+def pytest_collection_modifyitems(items):
+    """The Slurm tests first: their cluster run, mostly waiting between job-status polls, runs while the local
+    K-fold run they compare it with computes (see tests/test_slurm.py)."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
 
 
 def planned_jobs(dry_run_output: str) -> dict[str, int]:

@@ -147,6 +147,7 @@ def test_data_parallel_head_matches_one_process_and_its_loss_falls(ddp_run, micr
     assert np.isfinite(metrics["valid_logloss"])
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("override, message", [
     ({"device": "cuda:1", "devices": 2}, "devices: 2 needs device auto or cuda"),
     ({"devices": 3}, "loader.batch_size 16 does not split evenly over devices: 3"),

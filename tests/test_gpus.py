@@ -127,6 +127,7 @@ def planned_resources(dry_run_output: str) -> dict[str, dict[str, str]]:
     return planned
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("device, devices, training, other", [("cpu", 1, "0", "0"), ("auto", 1, "1", "1"),
                                                               ("cuda", 2, "2", "1")])
 def test_torch_jobs_ask_for_one_gpu_per_process_only_on_a_gpu_and_cpu_jobs_for_none(tmp_path, device, devices,
