@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
+from pipeline import cli
+
 
 def launched_world_size() -> int:
     """How many processes torchrun started for this stage (1 without torchrun)."""
@@ -75,7 +77,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def per_rank_batch_size(batch_size: int) -> int:
     n = world_size()
     if batch_size % n:
-        raise SystemExit(f"error: batch_size {batch_size} does not split evenly over {n} processes (devices)")
+        cli.fail(f"batch_size {batch_size} does not split evenly over {n} processes (devices)")
     return batch_size // n
 
 

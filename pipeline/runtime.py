@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from pipeline import distributed, gpus
+from pipeline import cli, distributed, gpus
 
 
 def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
@@ -22,7 +22,7 @@ def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
     if chosen.type == "cuda" and chosen.index is None:
         count = torch.cuda.device_count()
         if world_size > count:
-            raise SystemExit(f"error: {world_size} processes need {world_size} GPUs; {count} visible")
+            cli.fail(f"{world_size} processes need {world_size} GPUs; {count} visible")
         chosen = torch.device("cuda", gpus.pick(count, distributed.local_rank()))
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)

@@ -5,6 +5,7 @@ killed mid-epoch resumes to the very weights of an uninterrupted one, and the re
 Then the workflow: the micro reference run again with `devices: 2`, whose training stages run under torchrun.
 """
 import json
+import os
 import shutil
 import socket
 
@@ -33,7 +34,6 @@ def free_port() -> int:
 
 def train_as_rank(rank: int, port: int, folder: str, interrupt_in_epoch) -> None:
     """One torchrun-style rank: the environment torchrun sets, then the stages' own setup and fit loop."""
-    import os
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     device = runtime.setup(threads=WORLD, seed=42, device="cpu")

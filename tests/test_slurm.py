@@ -34,10 +34,9 @@ def slurm_conf():
             pytest.fail(reason)
         pytest.skip(reason)
     conf = started.stdout.strip().splitlines()[-1].removeprefix("SLURM_CONF=")
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf  # for the plugin's sbatch / squeue, and for scontrol below
-    yield conf
-    os.environ.pop("SLURM_CONF") if previous is None else os.environ.update(SLURM_CONF=previous)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", conf)  # for the plugin's sbatch / squeue, and for scontrol below
+        yield conf
     if not was_up:
         subprocess.run(["bash", SLURM_UP, "stop"], capture_output=True, timeout=120)
 
