@@ -14,6 +14,9 @@ if not workflow.overwrite_configfiles:
 validate(config, "config/schema.yaml")
 
 
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/prepare.smk"
 include: "rules/features.smk"
@@ -29,4 +32,7 @@ rule all:
         out("plots/augmentations.png"),
         for_every_fold(model_out("tta/confusion_matrix.png")),
         [out("oof.csv"), out("cv_metrics.json")] if KFOLD else [],
+        rules.interpret.output,
+        rules.report_tables.output,
+        [plot for name in lr_find_names() for plot in for_every_fold(model_out(f"finetune/{name}/lr_find.png"))],
     default_target: True

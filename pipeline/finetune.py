@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     if main_rank:
         plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
         plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
+        plots.batch_losses(log.batch_losses, out_dir / "batch_loss.png")
         for cycle, path in zip(cycles, args.snapshots):
             # Copied, not moved: a job killed before it finishes loses these outputs; its rerun needs them staged.
             with atomic_path(path) as tmp:

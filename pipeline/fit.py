@@ -110,13 +110,16 @@ def make_optimizer(model: nn.Module, lr) -> torch.optim.SGD:
 
 
 class EpochLog:
-    """Prints `epoch train_loss valid_loss accuracy` per epoch and keeps every row in a CSV (rewritten atomically)."""
+    """Prints `epoch train_loss valid_loss accuracy` per epoch and keeps every row in a CSV (rewritten atomically).
+
+    Also keeps every training batch's loss (`batch_losses`: phase, fit, loss), for 0.7's `sched.plot_loss`."""
 
     COLUMNS = ["phase", "fit", "epoch", "train_loss", "valid_loss", "accuracy", "lr", "seconds"]
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
         self.rows: list[dict] = []
+        self.batch_losses: list[tuple[str, int, float]] = []
 
     def add(self, **row) -> None:
         self.rows.append(row)
@@ -196,6 +199,7 @@ class ResumePoint:
                 self.saved = state
                 self.histories = list(state["histories"])
                 log.rows = list(state["log_rows"])
+                log.batch_losses = [tuple(row) for row in state.get("batch_losses", [])]
                 print(f"resuming after epoch {state['epoch']} of fit {state['fit']} from {self.path}", flush=True)
             else:
                 print(f"ignoring {self.path}: it was saved by a run with other parameters or inputs", flush=True)
@@ -209,7 +213,7 @@ class ResumePoint:
         state = {"key": self.key, "fit": fit, "epoch": epoch, "epochs": epochs, "model": self.model.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
                  "ema": ema, "iteration": iteration, "lr_history": lr_history, "histories": self.histories,
-                 "log_rows": self.log.rows}
+                 "log_rows": self.log.rows, "batch_losses": self.log.batch_losses}
         if distributed.is_main():
             with atomic_path(self.path) as tmp:
                 torch.save(state, tmp)
@@ -267,6 +271,7 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base / 100
             loss = train_step(model, optimizer, x, y, device, amp)
+            log.batch_losses.append((phase, fit_index, loss))
             lr_history.append([group["lr"] for group in optimizer.param_groups])
             if scheduler:
                 scheduler.step()
@@ -302,29 +307,37 @@ def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], p
 
 
 def lr_find(model: nn.Module, train_batches, device: torch.device, start_lr: float = 1e-5, end_lr: float = 10.0,
-            amp: bool = False) -> dict:
+            amp: bool = False, lr=None) -> dict:
     """fastai 0.7 `lr_find`: lr grows exponentially from start_lr to end_lr over at most one epoch, stopping once
-    the EMA-smoothed loss exceeds 4x the best; the model's weights and buffers are restored afterwards."""
+    the EMA-smoothed loss exceeds 4x the best; the model's weights and buffers are restored afterwards.
+
+    With a differential `lr` (one value per layer group, as the fits give it), every group's lr moves together,
+    keeping the ratios of `lr`: the last group's sweeps start_lr -> end_lr, and it is the one recorded (0.7's
+    `lr_find(lrs / 1000)` on an unfrozen model did the same)."""
     saved_state = copy.deepcopy(model.state_dict())
     n_steps = max(len(train_batches), 2)
-    optimizer = make_optimizer(model, start_lr)
+    lrs_per_group = list(lr) if isinstance(lr, (list, tuple)) else None
+    optimizer = make_optimizer(model, [start_lr * value / lrs_per_group[-1] for value in lrs_per_group]
+                               if lrs_per_group else start_lr)
+    start_lrs = [group["lr"] for group in optimizer.param_groups]
     factor = (end_lr / start_lr) ** (1 / (n_steps - 1))
     lrs, losses, smoothed = [], [], []
     ema, best = 0.0, math.inf
     model.train()
     for step, (x, y) in enumerate(train_batches):
-        lr = start_lr * factor ** step
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group, group_start in zip(optimizer.param_groups, start_lrs):
+            group["lr"] = group_start * factor ** step
         loss = train_step(model, optimizer, x, y, device, amp)
         ema = EMA_BETA * ema + (1 - EMA_BETA) * loss
         smooth = ema / (1 - EMA_BETA ** (step + 1))
-        lrs.append(lr), losses.append(loss), smoothed.append(smooth)
+        lrs.append(optimizer.param_groups[-1]["lr"]), losses.append(loss), smoothed.append(smooth)
         if not math.isfinite(smooth) or smooth > 4 * best:
             break
         best = min(best, smooth)
     model.load_state_dict(saved_state)
-    return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggest_lr(lrs, smoothed)}
+    group_ratios = [group_start / start_lrs[-1] for group_start in start_lrs]
+    return {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggest_lr(lrs, smoothed),
+            "group_ratios": group_ratios}
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:

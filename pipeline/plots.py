@@ -34,7 +34,10 @@ def lr_finder(result: dict, path) -> None:
     axis.set_xscale("log")
     # The smoothed loss stops at 4x its best: a last exploding batch loss must not squash the curve.
     axis.set_ylim(min(result["loss"]) * 0.9, max(result["smoothed_loss"]) * 1.1)
-    axis.set_xlabel("learning rate")
+    ratios = result.get("group_ratios", [1.0])
+    axis.set_xlabel("learning rate" if len(ratios) == 1 else
+                    "learning rate of the last layer group (the groups' lrs: " +
+                    " : ".join(f"{ratio:.2g}" for ratio in ratios) + ")")
     axis.set_ylabel("loss")
     axis.legend()
     save_figure(fig, path)
@@ -68,6 +71,50 @@ def image_grid(images: list[np.ndarray], path, title: str, columns: int = 3) -> 
     save_figure(fig, path)
 
 
+def titled_images(images: list[np.ndarray], titles: list[str], path, title: str, columns: int = 3) -> None:
+    """HxWx3 images in [0, 1], each with its own title (fastai's `plot_top_losses`)."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, image_title in zip(axes.flat, images, titles):
+        axis.imshow(np.clip(image, 0, 1))
+        axis.set_title(image_title, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def class_extremes(grid: dict[str, dict[str, list[tuple[np.ndarray, str]]]], row_titles: list[str], per_group: int,
+                   path, title: str) -> None:
+    """Fastai 0.7 lesson 1's most correct / most incorrect / most uncertain images, one row per class:
+    {class: {group: [(image, caption), ...]}}, `per_group` columns for each group; an empty slot says so."""
+    groups = list(next(iter(grid.values())).keys()) if grid else []
+    fig, axes = plt.subplots(max(1, len(grid)), max(1, len(groups) * per_group),
+                             figsize=(1.7 * len(groups) * per_group + 1, 2.0 * len(grid) + 0.8), squeeze=False)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(False)
+    for row, (label, by_group) in enumerate(grid.items()):
+        axes[row, 0].set_ylabel(row_titles[row], fontsize=8, rotation=0, ha="right", va="center")
+        for number, group in enumerate(groups):
+            for slot in range(per_group):
+                axis = axes[row, number * per_group + slot]
+                if row == 0 and slot == 0:
+                    axis.set_title(group, fontsize=9, loc="left", fontweight="bold")
+                if slot < len(by_group[group]):
+                    image, caption = by_group[group][slot]
+                    axis.imshow(np.clip(image, 0, 1))
+                    axis.set_xlabel(caption, fontsize=7)
+                elif slot == 0:
+                    axis.text(0.5, 0.5, "none", ha="center", va="center", fontsize=8, color="grey",
+                              transform=axis.transAxes)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def training_curves(log: pd.DataFrame, path) -> None:
     """Train and valid loss, and accuracy, per epoch across every fit of a stage."""
     fig, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -80,6 +127,26 @@ def training_curves(log: pd.DataFrame, path) -> None:
     acc_axis.plot(x, log["accuracy"], marker="o", color="tab:green")
     acc_axis.set_xlabel("epoch")
     acc_axis.set_ylabel("valid accuracy")
+    save_figure(fig, path)
+
+
+def batch_losses(losses: list[tuple[str, int, float]], path, beta: float = 0.98) -> None:
+    """fastai 0.7's `sched.plot_loss()`: every training batch's loss and its bias-corrected EMA, over the iterations of
+    every fit of a stage, each fit shaded apart."""
+    table = pd.DataFrame(losses, columns=["phase", "fit", "loss"])
+    fig, axis = plt.subplots(figsize=(10, 3.5))
+    axis.plot(table.index, table["loss"], alpha=0.3, linewidth=0.8, label="batch loss")
+    smoothed = table["loss"].ewm(alpha=1 - beta, adjust=True).mean()  # adjust=True: 0.7's bias correction
+    axis.plot(table.index, smoothed, color="tab:blue", label=f"smoothed (EMA {beta})")
+    starts = table.index[(table[["phase", "fit"]] != table[["phase", "fit"]].shift()).any(axis=1)].tolist()
+    for number, (start, end) in enumerate(zip(starts, starts[1:] + [len(table)])):
+        if number % 2:
+            axis.axvspan(start, end, color="grey", alpha=0.08, linewidth=0)
+        axis.text(start, 1.0, f" {table['phase'][start]} {table['fit'][start]}", transform=axis.get_xaxis_transform(),
+                  fontsize=7, va="top")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("NLL loss")
+    axis.legend(fontsize=8, loc="upper right")
     save_figure(fig, path)
 
 

@@ -4,7 +4,8 @@ augmentation through the frozen body (fastai 0.7: `precompute=True` fits, then `
     python -m pipeline.train_head --split-csv out/split.csv --activations out/activations/224 \
         --cache-dir out/resized/340 --out-dir out/head --params '{...}'
 
-Writes model.pt (weights + metadata), log.csv (one row per epoch), lr_find.csv/.png, lr_schedule.png, curves.png.
+Writes model.pt (weights + metadata), log.csv (one row per epoch), lr_find.csv/.png, lr_schedule.png, curves.png,
+batch_loss.png (every batch's loss).
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     if main_rank:
         plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
         plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
+        plots.batch_losses(log.batch_losses, out_dir / "batch_loss.png")
         save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "head", model))
     resume.finish()
     distributed.finish()

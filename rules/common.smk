@@ -100,6 +100,9 @@ MODEL = config["model"]
 HEAD = config["head"]
 FINETUNE = config["finetune"]
 RESIZED = out(f"resized/{config['images']['shorter_side']}")
+# How the cache resized the images: the training stages keep it in each checkpoint, for pipeline.predict.
+RESIZE_RULE = {key: config["images"][key] for key in ("shorter_side", "jpeg_quality", "jpeg_draft")}
+FINAL_SIZE = FINETUNE[-1]["size"] if FINETUNE else HEAD["size"]
 
 
 def kfold_folds():
@@ -212,6 +215,34 @@ def tta_checkpoints(wildcards):
     return snapshots + [final_checkpoint().format(**wildcards)]
 
 
+def finetune_step(name):
+    return FINETUNE[finetune_names().index(name)]
+
+
 def finetune_params(wildcards):
-    step = FINETUNE[finetune_names().index(wildcards.name)]
-    return as_params(arch=MODEL["arch"], **step, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"])
+    """A size's slice, less `lr_find`: that is the lr_find rule's job, and must not rerun the fits."""
+    step = {key: value for key, value in finetune_step(wildcards.name).items() if key != "lr_find"}
+    return as_params(arch=MODEL["arch"], **step, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"],
+                     images=RESIZE_RULE)
+
+
+def lr_find_names():
+    """The fine-tune sizes that run lr_find before their fits."""
+    return [name for name, step in zip(finetune_names(), FINETUNE) if step["lr_find"]]
+
+
+def lr_find_params(wildcards):
+    step = finetune_step(wildcards.name)
+    return as_params(arch=MODEL["arch"], size=step["size"], unfreeze=step["unfreeze"], lr=step["fits"][0]["lr"],
+                     **TRANSFORMS, **LOADER, **RUNTIME)
+
+
+def caption(name):
+    """A report caption (rules/report/<name>.rst)."""
+    return f"report/{name}.rst"
+
+
+def training_report(path, name, stage):
+    """A training figure in the report: category Training, one subcategory per stage (and fold)."""
+    subcategory = f"fold {{fold}}, {stage}" if KFOLD else stage
+    return report(path, caption=caption(name), category="2. Training", subcategory=subcategory)

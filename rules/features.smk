@@ -39,13 +39,14 @@ rule train_head:
     output:
         model=model_out("head/model.pt"),
         log=model_out("head/log.csv"),
-        lr_schedule=report(model_out("head/lr_schedule.png"), category="Training"),
-        curves=report(model_out("head/curves.png"), category="Training"),
-        lr_find=[report(model_out("head/lr_find.png"), category="Training"), model_out("head/lr_find.csv")]
+        lr_schedule=training_report(model_out("head/lr_schedule.png"), "lr_schedule", "head"),
+        curves=training_report(model_out("head/curves.png"), "curves", "head"),
+        batch_loss=training_report(model_out("head/batch_loss.png"), "batch_loss", "head"),
+        lr_find=[training_report(model_out("head/lr_find.png"), "lr_find", "head"), model_out("head/lr_find.csv")]
         if HEAD["lr_find"]
         else [],
     params:
-        p=as_params(**MODEL, **HEAD, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"]),
+        p=as_params(**MODEL, **HEAD, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"], images=RESIZE_RULE),
         activations=lambda wildcards, input: Path(input.activations[0]).parent,
         out_dir=lambda wildcards, output: Path(output.model).parent,
     threads: MAX_THREADS

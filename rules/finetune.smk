@@ -12,8 +12,9 @@ rule finetune:
     output:
         model=model_out("finetune/{name}/model.pt"),
         log=model_out("finetune/{name}/log.csv"),
-        lr_schedule=report(model_out("finetune/{name}/lr_schedule.png"), category="Training"),
-        curves=report(model_out("finetune/{name}/curves.png"), category="Training"),
+        lr_schedule=training_report(model_out("finetune/{name}/lr_schedule.png"), "lr_schedule", "size {name} (fine-tune)"),
+        curves=training_report(model_out("finetune/{name}/curves.png"), "curves", "size {name} (fine-tune)"),
+        batch_loss=training_report(model_out("finetune/{name}/batch_loss.png"), "batch_loss", "size {name} (fine-tune)"),
         snapshots=directory(snapshot_folder("{name}")),
     wildcard_constraints:
         name=r"\d+_\d+",
@@ -32,3 +33,34 @@ rule finetune:
         "mkdir -p {output.snapshots:q} && {STAGE_ENV} {TRAINING_LAUNCH} -m pipeline.finetune "
         "--split-csv {input.split:q} --cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} "
         "--out-dir {params.out_dir:q} --threads {threads} {params.snapshots} --params {params.p:q} 2>&1 | tee {log:q}"
+
+
+if lr_find_names():
+
+    rule lr_find:
+        """The lesson's "unfreeze, lr_find again": lr_find on the weights a fine-tune size starts from, frozen or
+        unfrozen as it trains, its layer groups' lrs moving together; a job apart from the size's fits."""
+        input:
+            split=model_out("split.csv"),
+            cache=RESIZED,
+            checkpoint=lambda wildcards: previous_checkpoint(wildcards.name),
+            code=code("lr_find"),
+        output:
+            plot=training_report(model_out("finetune/{name}/lr_find.png"), "lr_find", "size {name} (fine-tune)"),
+            table=model_out("finetune/{name}/lr_find.csv"),
+        wildcard_constraints:
+            name="|".join(lr_find_names()),
+        params:
+            p=lr_find_params,
+            out_dir=lambda wildcards, output: Path(output.plot).parent,
+        threads: MAX_THREADS
+        resources:
+            gpu=GPU_JOBS,
+        log:
+            model_out("logs/lr_find_{name}.log"),
+        benchmark:
+            model_out("benchmarks/lr_find_{name}.tsv")
+        shell:
+            "{STAGE_ENV} {PYTHON} -m pipeline.lr_find --split-csv {input.split:q} --cache-dir {input.cache:q} "
+            "--checkpoint {input.checkpoint:q} --out-dir {params.out_dir:q} --threads {threads} --params {params.p:q} "
+            "2>&1 | tee {log:q}"

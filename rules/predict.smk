@@ -17,8 +17,10 @@ rule tta:
         test=ensure(model_out("tta/test_probs.npy"), non_empty=True),
         valid_passes=model_out("tta/valid_passes.npy"),
         test_passes=model_out("tta/test_passes.npy"),
-        confusion=report(model_out("tta/confusion_matrix.png"), category="Results"),
-        metrics=model_out("metrics.json"),
+        confusion=report(model_out("tta/confusion_matrix.png"), caption=caption("confusion_matrix"), category="3. Results",
+                         subcategory="fold {fold}" if KFOLD else "validation"),
+        metrics=report(model_out("metrics.json"), caption=caption("metrics"), category="3. Results",
+                       subcategory="fold {fold}" if KFOLD else "validation"),
     params:
         p=as_params(arch=MODEL["arch"], **config["tta"], **TRANSFORMS, **LOADER, **RUNTIME),
         checkpoints=lambda wildcards: " ".join(map(shlex.quote, tta_checkpoints(wildcards))),
@@ -56,8 +58,10 @@ if KFOLD:
             valid_passes=out("oof/valid_passes.npy"),
             test_passes=out("oof/test_passes.npy"),
             metrics=out("oof/cv_metrics.json"),
-            folds_plot=report(out("plots/cv_folds.png"), category="Results"),
-            confusion=report(out("plots/oof_confusion_matrix.png"), category="Results"),
+            folds_plot=report(out("plots/cv_folds.png"), caption=caption("cv_folds"), category="3. Results",
+                              subcategory="out of fold"),
+            confusion=report(out("plots/oof_confusion_matrix.png"), caption=caption("oof_confusion_matrix"),
+                             category="3. Results", subcategory="out of fold"),
         params:
             p=as_params(folds=FOLDS, n_aug=config["tta"]["n_aug"], **config["ensemble"]),
             fold_dirs=" ".join(map(shlex.quote, for_every_fold(MODEL_DIR))),
@@ -80,9 +84,17 @@ def calibration_inputs():
             "test_passes": rules.tta.output.test_passes}
 
 
+def interpretation(name):
+    """An interpret output, in the report's Results under "interpretation"."""
+    return report(out(f"interpret/{name}"), caption=caption(Path(name).stem), category="3. Results",
+                  subcategory="interpretation (out of fold)" if KFOLD else "interpretation")
+
+
 # Seconds of work each, on arrays already computed: on a cluster they run where Snakemake runs.
 localrules:
     calibrate,
+    interpret,
+    report_tables,
     submission,
 
 
@@ -98,8 +110,12 @@ rule calibrate:
         report=out("calibration/calibration.json"),
         valid=out("calibration/valid_probs.npy"),
         test=ensure(out("calibration/test_probs.npy"), non_empty=True),
-        plot=report(out("calibration/reliability.png"), category="Results"),
-        cv_metrics=[out("cv_metrics.json"), out("metrics.json")] if KFOLD else [],
+        plot=report(out("calibration/reliability.png"), caption=caption("reliability"), category="3. Results",
+                    subcategory="calibration"),
+        cv_metrics=[report(out("cv_metrics.json"), caption=caption("cv_metrics"), category="3. Results",
+                           subcategory="out of fold"), out("metrics.json")]
+        if KFOLD
+        else [],
     params:
         p=as_params(n_aug=config["tta"]["n_aug"], seed=config["seed"], **config["calibration"]),
         out_dir=lambda wildcards, output: Path(output.report).parent,
@@ -116,6 +132,54 @@ rule calibrate:
         "{STAGE_ENV} {PYTHON} -m pipeline.calibrate --split-csv {input.split:q} --valid-rows {input.rows:q} "
         "--valid-passes {input.valid_passes:q} --test-passes {input.test_passes:q} --out-dir {params.out_dir:q} "
         "{params.cv_reports} --threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
+
+
+rule interpret:
+    """Looks back at the pictures: the validation images with the highest loss, lesson 1's most correct / incorrect /
+    uncertain per class, the most confused pairs and a per-class table, over the probabilities the submission's
+    calibration chose (a K-fold run's out-of-fold predictions). Reads predictions only: it never reruns training."""
+    input:
+        split=out("split.csv"),
+        rows=calibration_inputs()["rows"],
+        probs=rules.calibrate.output.valid,
+        cache=RESIZED,
+        code=code("interpret"),
+    output:
+        top_losses=interpretation("top_losses.png"),
+        by_class=interpretation("by_class.png"),
+        most_confused=interpretation("most_confused.csv"),
+        per_class=interpretation("per_class.csv"),
+    params:
+        p=as_params(size=FINAL_SIZE, **config["interpret"]),
+        out_dir=lambda wildcards, output: Path(output.per_class).parent,
+    log:
+        out("logs/interpret.log"),
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.interpret --split-csv {input.split:q} --valid-rows {input.rows:q} "
+        "--valid-probs {input.probs:q} --cache-dir {input.cache:q} --out-dir {params.out_dir:q} "
+        "--params {params.p:q} 2>&1 | tee {log:q}"
+
+
+rule report_tables:
+    """The scores and the interpret tables as one HTML page, for `snakemake --report` (which shows HTML inline)."""
+    input:
+        metrics=out("metrics.json"),
+        calibration=rules.calibrate.output.report,
+        per_class=rules.interpret.output.per_class,
+        most_confused=rules.interpret.output.most_confused,
+        class_counts=out("class_counts.csv"),
+        cv_metrics=out("cv_metrics.json") if KFOLD else [],
+        code=code("tables"),
+    output:
+        report(out("report/tables.html"), caption=caption("tables"), category="3. Results", subcategory="tables"),
+    params:
+        cv_metrics=lambda wildcards, input: f"--cv-metrics {shlex.quote(input.cv_metrics)}" if KFOLD else "",
+    log:
+        out("logs/report_tables.log"),
+    shell:
+        "{STAGE_ENV} {PYTHON} -m pipeline.tables --metrics {input.metrics:q} --calibration {input.calibration:q} "
+        "--per-class {input.per_class:q} --most-confused {input.most_confused:q} "
+        "--class-counts {input.class_counts:q} {params.cv_metrics} --out {output:q} 2>&1 | tee {log:q}"
 
 
 rule submission:

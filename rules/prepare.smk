@@ -40,7 +40,7 @@ rule split:
     output:
         split=out("split.csv"),
         test=out("test.csv"),
-        counts=out("class_counts.csv"),
+        counts=report(out("class_counts.csv"), caption=caption("class_counts"), category="1. Data"),
     params:
         p=as_params(**DATA_LAYOUT, **split_params()),
     log:
@@ -78,8 +78,8 @@ rule image_stats:
     output:
         sizes=out("stats/sizes.csv"),
         summary=out("stats/summary.json"),
-        plot_all=report(out("plots/sizes_all.png"), category="Data"),
-        plot_small=report(out("plots/sizes_under_1000.png"), category="Data"),
+        plot_all=report(out("plots/sizes_all.png"), caption=caption("sizes"), category="1. Data"),
+        plot_small=report(out("plots/sizes_under_1000.png"), caption=caption("sizes"), category="1. Data"),
         bad_images=out("stats/bad_images.csv"),
     params:
         p=as_params(
@@ -133,7 +133,7 @@ rule augmentation_preview:
         cache=RESIZED,
         code=code("preview"),
     output:
-        report(out("plots/augmentations.png"), category="Data"),
+        report(out("plots/augmentations.png"), caption=caption("augmentations"), category="1. Data"),
     params:
         p=as_params(size=HEAD["size"], seed=config["seed"], **TRANSFORMS),
     log:

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pandas as pd
@@ -7,7 +8,7 @@ from torch import nn
 
 from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem, train_resumably
 from pipeline import fit as fit_module
-from pipeline.fit import EpochLog, FitSpec, TensorBatches, fit, lr_find, make_optimizer
+from pipeline.fit import EpochLog, FitSpec, ResumePoint, TensorBatches, fit, lr_find, make_optimizer, run_fits
 from pipeline.model import build_classifier
 
 CPU = torch.device("cpu")
@@ -78,6 +79,56 @@ def test_lr_find_restores_weights_and_stops_when_the_loss_explodes():
     assert ratios == pytest.approx([(10 / 1e-5) ** (1 / 99)] * len(ratios))
     assert len(result["lr"]) <= 100
     assert result["lr"][0] <= result["suggested_lr"] <= result["lr"][-1]
+
+
+def recorded_group_lrs(monkeypatch) -> list[list[float]]:
+    """Every training step's per-group learning rates, as the optimiser had them for that step."""
+    seen, real_step = [], fit_module.train_step
+
+    def recording(model, optimizer, *args, **kwargs):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        return real_step(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_step", recording)
+    return seen
+
+
+def test_lr_find_after_unfreezing_moves_the_groups_together_and_restores_every_weight(monkeypatch):
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", "none", n_classes=3, ps=(0.1, 0.1))
+    model.unfreeze()
+    batches = TensorBatches(torch.randn(48, 3, 32, 32), torch.randint(0, 3, (48,)), 8, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+    before = copy.deepcopy(model.state_dict())
+    seen = recorded_group_lrs(monkeypatch)
+    result = lr_find(model, batches, CPU, lr=[1e-4, 1e-3, 1e-2])
+    assert same_state(before, model.state_dict())  # weights and BatchNorm statistics, bit for bit
+    assert seen[0] == pytest.approx([1e-7, 1e-6, 1e-5])  # the last group starts at start_lr, in the fit's ratios
+    assert all([lr / lrs[-1] for lr in lrs] == pytest.approx([0.01, 0.1, 1]) for lrs in seen)
+    assert result["lr"] == pytest.approx([lrs[-1] for lrs in seen])  # the plot's x-axis: the last group's lr
+    assert result["group_ratios"] == pytest.approx([0.01, 0.1, 1])
+    seen.clear()
+    model.freeze()
+    lr_find(model, batches, CPU, lr=[1e-4, 1e-3, 1e-2])
+    assert seen[0] == pytest.approx([1e-5])  # frozen: the head alone sweeps
+
+
+def test_every_batch_loss_is_kept_and_a_resumed_run_keeps_the_same(tmp_path):
+    fits = [{"lr": 0.05, "n_cycle": 2}, {"lr": 0.05, "n_cycle": 1, "cycle_len": 1}]
+    model, train, valid = tiny_problem()  # 4 batches per epoch
+    clean = EpochLog(None)
+    run_fits(model, train, valid, fits, "t", CPU, clean)
+    assert [(phase, fit_index) for phase, fit_index, _ in clean.batch_losses] == [("t", 0)] * 8 + [("t", 1)] * 4
+    model, train, valid = tiny_problem()
+    killed = EpochLog(None)
+    with pytest.raises(Interrupted):  # in the second epoch of the first fit
+        run_fits(model, InterruptedInEpoch(train, 1), valid, fits, "t", CPU, killed,
+                 resume=ResumePoint(tmp_path / "resume.pt", "k", model, killed))
+    model, train, valid = tiny_problem()
+    resumed = EpochLog(None)
+    run_fits(model, train, valid, fits, "t", CPU, resumed,
+             resume=ResumePoint(tmp_path / "resume.pt", "k", model, resumed))
+    assert resumed.batch_losses == clean.batch_losses
 
 
 def test_lr_find_stops_at_the_first_smoothed_loss_over_four_times_the_best(monkeypatch):

@@ -80,6 +80,18 @@ def test_each_fold_folder_holds_what_a_single_split_run_holds_and_shared_stages_
     assert not list(out.glob("folds/*/resized")) and list(out.glob("resized/*"))  # one shared resize cache
 
 
+def test_interpretation_covers_every_out_of_fold_prediction(kfold_run):
+    out = kfold_run / "out"
+    oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
+    per_class = pd.read_csv(out / "interpret" / "per_class.csv").set_index("label")
+    assert per_class["n"].to_dict() == oof["label"].value_counts().to_dict()
+    calibrated = np.load(out / "calibration" / "valid_probs.npy")  # in oof.csv's order
+    classes = read(out / "cv_metrics.json")["classes"]
+    wrong = (np.array(classes)[calibrated.argmax(1)] != oof["label"]).sum()
+    assert pd.read_csv(out / "interpret" / "most_confused.csv")["count"].sum() == wrong
+    assert (out / "interpret" / "top_losses.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_calibration_never_hurts_and_final_tta_is_no_worse_than_none(kfold_run):
     out = kfold_run / "out"
     calibration, cv = read(out / "calibration" / "calibration.json"), read(out / "cv_metrics.json")
@@ -120,25 +132,28 @@ def dry_run(work, tmp_path, **override) -> dict[str, int]:
     return {rule: count for rule, count in planned_jobs(result.stdout).items() if rule != "all"}
 
 
-def test_nothing_reruns_and_calibration_changes_rerun_only_calibrate_and_submission(kfold_run, tmp_path):
+AFTER_CALIBRATE = {"interpret": 1, "report_tables": 1, "submission": 1}
+CROSS_FOLD = {"oof": 1, "calibrate": 1, **AFTER_CALIBRATE}
+
+
+def test_nothing_reruns_and_calibration_changes_rerun_only_calibrate_and_what_reads_it(kfold_run, tmp_path):
     assert dry_run(kfold_run, tmp_path) == {}
-    assert dry_run(kfold_run, tmp_path, calibration={"enabled": False}) == {"calibrate": 1, "submission": 1}
-    assert dry_run(kfold_run, tmp_path, ensemble={"average": "geometric"}) == {"oof": 1, "calibrate": 1,
-                                                                                "submission": 1}
+    assert dry_run(kfold_run, tmp_path, calibration={"enabled": False}) == {"calibrate": 1, **AFTER_CALIBRATE}
+    assert dry_run(kfold_run, tmp_path, ensemble={"average": "geometric"}) == CROSS_FOLD
 
 
 def test_adding_a_fold_runs_that_folds_chain_and_the_cross_fold_stages_only(kfold_run, tmp_path):
     with moved_aside(kfold_run / "out" / "folds" / "2"):  # as if the run had had folds: [0, 1]
         jobs = dry_run(kfold_run, tmp_path)
-    assert jobs == {**{rule: 1 for rule in FOLD_CHAIN}, "oof": 1, "calibrate": 1, "submission": 1}
-    assert dry_run(kfold_run, tmp_path, split={"folds": [0, 1]}) == {"oof": 1, "calibrate": 1, "submission": 1}
+    assert jobs == {**{rule: 1 for rule in FOLD_CHAIN}, **CROSS_FOLD}
+    assert dry_run(kfold_run, tmp_path, split={"folds": [0, 1]}) == CROSS_FOLD
 
 
 def test_editing_a_fit_of_the_last_size_reruns_that_size_onwards_in_every_fold(kfold_run, tmp_path):
     finetune = yaml.safe_load(RECIPE.read_text())["finetune"]
     finetune[-1]["fits"][0]["lr"] = 2.0e-2
     jobs = dry_run(kfold_run, tmp_path, finetune=finetune)
-    assert jobs == {"finetune": 3, "tta": 3, "oof": 1, "calibrate": 1, "submission": 1}
+    assert jobs == {"finetune": 3, "tta": 3, **CROSS_FOLD}
 
 
 @pytest.mark.parametrize("split, finetune, message", [

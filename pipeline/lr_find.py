@@ -1,0 +1,55 @@
+"""Stage 5a - lr_find again before a fine-tune size's fits (the lesson's "unfreeze, lr_find again").
+
+Restores the checkpoint that size starts from, freezes or unfreezes it as the size does, and runs fastai 0.7's
+lr_find on its augmented training images. With a differential lr in the size's first fit (one value per layer
+group), every group's lr sweeps together in the fit's ratios, as 0.7's `lr_find(lrs / 1000)` did; the plot's
+x-axis is the last group's lr. Its own job, reading the checkpoint and writing only the plot: the size's fits never
+see it, so turning it on or off never reruns them.
+
+    python -m pipeline.lr_find --split-csv out/split.csv --cache-dir out/resized/340 --checkpoint out/head/model.pt \
+        --out-dir out/finetune/1_224 --params '{"size": 224, "unfreeze": true, "lr": [1e-4, 1e-3, 1e-2], ...}'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import cli, plots, runtime
+from pipeline.data import read_split
+from pipeline.fit import lr_find
+from pipeline.io import write_csv
+from pipeline.loaders import image_loaders
+from pipeline.model import WeightsError, restore_model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--split-csv", required=True)
+    parser.add_argument("--cache-dir", required=True, help="the resize cache")
+    parser.add_argument("--checkpoint", required=True, help="model.pt the fine-tune size starts from")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    params = args.params
+    started = cli.announce("lr_find", params)
+    device, amp = runtime.start(params, args.threads)
+    train, valid, classes = read_split(args.split_csv)
+    try:
+        model, _ = restore_model(args.checkpoint, params["arch"], classes)
+    except WeightsError as error:
+        cli.fail(str(error))
+    model = model.to(device)
+    model.unfreeze() if params.get("unfreeze", False) else model.freeze()
+    train_loader, _ = image_loaders(train, valid, args.cache_dir, params, device)
+    found = lr_find(model, train_loader, device, amp=amp, lr=params["lr"])
+    out_dir = Path(args.out_dir)
+    write_csv(pd.DataFrame({key: found[key] for key in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")
+    plots.lr_finder(found, out_dir / "lr_find.png")
+    ratios = ", ".join(f"{ratio:.3g}" for ratio in found["group_ratios"])
+    print(f"lr_find at {params['size']}px: {len(found['lr'])} steps, suggested lr {found['suggested_lr']:.3g} "
+          f"for the last layer group (groups move together, in the ratios {ratios})", flush=True)
+    cli.finish("lr_find", started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The report's tables: the run's scores and the interpret stage's tables on one HTML page, which
+`snakemake --report` shows inline (it offers CSV and JSON files only as downloads).
+
+    python -m pipeline.tables --metrics out/metrics.json --calibration out/calibration/calibration.json \
+        --per-class out/interpret/per_class.csv --most-confused out/interpret/most_confused.csv \
+        --class-counts out/class_counts.csv [--cv-metrics out/cv_metrics.json] --out out/report/tables.html
+"""
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+
+from pipeline import cli
+from pipeline.io import atomic_path, read_json
+
+STYLE = """body{font-family:system-ui,sans-serif;font-size:14px;margin:1em;color:#1e293b}
+table{border-collapse:collapse;margin:0 0 1.5em}th,td{padding:3px 10px;border-bottom:1px solid #e2e8f0;text-align:right}
+th:first-child,td:first-child{text-align:left}thead th{background:#f1f5f9}h2{font-size:16px;margin:1em 0 .4em}"""
+
+SCORES = ["logloss", "accuracy"]
+
+
+def scores_table(metrics: dict, calibration: dict) -> pd.DataFrame:
+    """Log loss and accuracy without TTA, with fastai's TTA mean, and calibrated (what the submission uses)."""
+    return pd.DataFrame({
+        "no TTA": [metrics["valid_logloss_no_tta"], metrics["valid_accuracy_no_tta"]],
+        f"TTA ({metrics['n_aug']} augmented passes)": [metrics["valid_logloss"], metrics["valid_accuracy"]],
+        f"calibrated ({calibration['chosen']})": [calibration["logloss_calibrated"],
+                                                  calibration["accuracy_calibrated"]],
+    }, index=["log loss", "accuracy"])
+
+
+def folds_table(cv: dict) -> pd.DataFrame:
+    folds = pd.DataFrame(cv["folds"]).set_index("fold")
+    return folds[["valid_logloss", "valid_accuracy", "valid_logloss_no_tta", "valid_accuracy_no_tta"]]
+
+
+def section(title: str, table: pd.DataFrame, note: str = "", index: bool = True) -> str:
+    body = table.to_html(float_format=lambda value: f"{value:.4f}", index=index, border=0)
+    return f"<h2>{html.escape(title)}</h2>" + (f"<p>{html.escape(note)}</p>" if note else "") + body
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--calibration", required=True)
+    parser.add_argument("--per-class", required=True)
+    parser.add_argument("--most-confused", required=True)
+    parser.add_argument("--class-counts", required=True)
+    parser.add_argument("--cv-metrics", help="a K-fold run's cv_metrics.json")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    metrics, calibration = read_json(args.metrics), read_json(args.calibration)
+    where = "out of fold" if args.cv_metrics else "validation set"
+    parts = [section(f"Scores ({where}, {calibration['n_rows']} images)", scores_table(metrics, calibration),
+                     f"calibration: {calibration['method']}")]
+    if args.cv_metrics:
+        parts.append(section("Per fold (validation)", folds_table(read_json(args.cv_metrics))))
+    parts += [section("Per class, worst log loss first", pd.read_csv(args.per_class), index=False),
+              section("Most confused (actual, predicted)", pd.read_csv(args.most_confused), index=False),
+              section("Images per class", pd.read_csv(args.class_counts), index=False)]
+    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{STYLE}</style></head><body>" \
+           + "".join(parts) + "</body></html>\n"
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(page)
+    print(f"{len(parts)} tables -> {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
