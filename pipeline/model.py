@@ -169,10 +169,13 @@ def build_seeded_classifier(params: dict, n_classes: int) -> Classifier:
 
 
 def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classifier) -> dict:
-    """Plain data only (loads with weights_only=True); params_hash ties the weights to the recipe that made them."""
+    """Plain data only (loads with weights_only=True); params_hash ties the weights to the recipe that made them.
+    `images` says how the images reached the model (resize rule, augmentations), for `pipeline.predict`."""
+    images = {**params.get("images", {}), "augmentation": params.get("augmentation", "side_on"),
+              "max_zoom": params.get("max_zoom", 1.1)}
     return {"classes": classes, "arch": params["arch"], "size": params["size"], "stage": stage,
             "ps": params.get("ps", [0.25, 0.5]), "xtra_fc": params.get("xtra_fc", [512]),
-            "n_features": model.n_features,
+            "n_features": model.n_features, "images": images,
             "params_hash": params_digest(params)}
 
 

@@ -1,0 +1,125 @@
+"""Try a trained model on your own images (fastai 0.7's `learn.predict_array`, for files): the top classes of each.
+
+    python -m pipeline.predict --checkpoint outputs/demo/finetune/2_48/model.pt photo.jpg more_photos/ \
+        [--top-k 5] [--tta 4] [--csv predictions.csv]
+
+Each image goes the way the test images went in the pipeline: the resize rule (shorter side, JPEG re-encoding) into a
+private cache, then the validation transform at the checkpoint's size; with `--tta N`, also N passes with the
+training augmentations, averaged as the TTA stage averages them. How the run resized and augmented its images is
+read from the checkpoint (the options below override it, and are needed only for checkpoints that predate it).
+A folder is searched for image files (by suffix), recursively. A file that cannot be read as an image is reported
+and skipped; the others are still predicted, and the exit status is 1.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline import cli, passes, runtime
+from pipeline.data import IMAGE_SUFFIXES, natural_key
+from pipeline.io import write_csv
+from pipeline.model import WeightsError, load_checkpoint, restore_model
+from pipeline.resize import resize_one
+from pipeline.tta import tta_log_probs
+
+
+def image_files(arguments: list[str]) -> list[Path]:
+    """Files as given, and every image file under each folder given, in natural order."""
+    files = []
+    for argument in map(Path, arguments):
+        if argument.is_dir():
+            found = (path for path in argument.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+            files.extend(sorted(found, key=lambda path: natural_key(str(path))))
+        else:
+            files.append(argument)
+    return files
+
+
+def resize_into(cache: Path, files: list[Path], images: dict) -> tuple[list[str], dict[Path, str]]:
+    """Each readable file resized into `cache` as the resize stage would; (cache paths, {unreadable file: error})."""
+    cached, errors = [], {}
+    for index, source in enumerate(tqdm(files, desc="resize", disable=None, leave=False)):
+        suffix = source.suffix.lower() if source.suffix.lower() in Image.registered_extensions() else ".png"
+        name = f"{index}{suffix}"
+        try:
+            resize_one(source, cache / name, images["shorter_side"], images.get("jpeg_quality", 90),
+                       images.get("jpeg_draft", True))
+        except Exception as error:  # any unreadable file: reported, the batch goes on
+            errors[source] = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            continue
+        cached.append(name)
+    return cached, errors
+
+
+def image_settings(meta: dict, args) -> dict:
+    """How the run that made the checkpoint resized and augmented its images, with the command line's overrides."""
+    images = dict(meta.get("images", {}))
+    overrides = {"shorter_side": args.shorter_side, "jpeg_quality": args.jpeg_quality,
+                 "augmentation": args.augmentation, "max_zoom": args.max_zoom}
+    images.update({key: value for key, value in overrides.items() if value is not None})
+    if "shorter_side" not in images:
+        cli.fail(f"{args.checkpoint} does not say how its images were resized (made before predict existed): "
+                 "pass --shorter-side (the recipe's images.shorter_side)")
+    return images
+
+
+def print_top(path: Path, probs: np.ndarray, classes: list[str], k: int) -> None:
+    best = np.argsort(-probs)[:k]
+    print(f"{path}: " + ", ".join(f"{classes[i]} {probs[i]:.3f}" for i in best), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--checkpoint", required=True, help="a model.pt the pipeline wrote")
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--tta", type=int, default=0, metavar="N", help="augmented passes besides the plain one")
+    parser.add_argument("--csv", help="write path plus one probability column per class here")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shorter-side", type=int, help="override the checkpoint's resize rule")
+    parser.add_argument("--jpeg-quality", type=int, help="override the checkpoint's resize cache JPEG quality")
+    parser.add_argument("--augmentation", choices=["side_on", "top_down", "basic", "none"], help="override, for --tta")
+    parser.add_argument("--max-zoom", type=float, help="override, for --tta")
+    args = parser.parse_args(argv)
+    try:
+        _, meta = load_checkpoint(args.checkpoint, {})
+        model, meta = restore_model(args.checkpoint, meta.get("arch"), meta.get("classes"))
+    except (OSError, WeightsError, KeyError) as error:
+        cli.fail(f"cannot load {args.checkpoint}: {error}")
+    images = image_settings(meta, args)
+    device, amp = runtime.start({"device": args.device}, args.threads)
+    model = model.to(device).eval()
+    classes = meta["classes"]
+    files = image_files(args.images)
+    if not files:
+        cli.fail(f"no image files in {' '.join(args.images)}")
+    with tempfile.TemporaryDirectory(prefix="lesson2-predict-") as cache:
+        cached, errors = resize_into(Path(cache), files, images)
+        readable = [path for path in files if path not in errors]
+        params = {"size": meta["size"], "n_aug": args.tta, "batch_size": args.batch_size, "num_workers": 0,
+                  "max_zoom": images.get("max_zoom", 1.1), "augmentation": images.get("augmentation", "side_on")}
+        probs = np.empty((0, len(classes)))
+        if cached:
+            log_probs = tta_log_probs(model, pd.DataFrame({"path": cached}), cache, params, device, amp, "images")
+            probs = passes.tta_mean(passes.from_log_probs(log_probs), args.tta)
+    for path, row in zip(readable, probs):
+        print_top(path, row, classes, args.top_k)
+    if args.csv:
+        write_csv(pd.DataFrame(probs, columns=classes).assign(path=list(map(str, readable)))[["path", *classes]],
+                  args.csv)
+        print(f"{len(readable)} rows -> {args.csv}", flush=True)
+    for path, error in errors.items():
+        print(f"error: {path}: cannot read as an image: {error}", file=sys.stderr, flush=True)
+    if errors:
+        cli.fail(f"{len(errors)} of {len(files)} files could not be read; the other {len(readable)} were predicted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`python -m pipeline.predict` on raw images, against the pipeline's own predictions for the same images."""
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import predict
+
+pytestmark = pytest.mark.workflow  # reads the reference run's checkpoint and predictions
+
+
+def run_predict(micro_run, *args: str) -> None:
+    predict.main(["--checkpoint", str(micro_run.out / "finetune" / "1_32" / "model.pt"), "--threads", "2", *args])
+
+
+def test_raw_test_images_get_the_tta_stages_plain_pass_probabilities(micro_run, tmp_path, capsys):
+    run_predict(micro_run, str(micro_run.data / "test"), "--top-k", "2", "--csv", str(tmp_path / "p.csv"))
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    test = pd.read_csv(micro_run.out / "test.csv", dtype={"id": str})
+    plain = np.load(micro_run.out / "tta" / "test_passes.npy")[0]  # same checkpoint, no augmentation
+    assert list(predicted.columns) == ["path", "one", "two", "zero"]
+    by_path = dict(zip((micro_run.data / test["path"]).astype(str), plain))
+    assert sorted(predicted["path"]) == sorted(by_path)
+    np.testing.assert_allclose(predicted.iloc[:, 1:].to_numpy(), np.stack([by_path[p] for p in predicted["path"]]),
+                               atol=1e-5)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(micro_run.data))]
+    assert len(printed) == len(test) and all(line.count(", ") == 1 for line in printed)  # the top 2 classes each
+
+
+def test_an_unreadable_file_is_reported_and_the_others_are_still_predicted(micro_run, tmp_path, capsys):
+    (tmp_path / "notes.jpg").write_text("not an image")
+    good = sorted((micro_run.data / "test").glob("*.jpg"))[:2]
+    with pytest.raises(SystemExit) as stopped:
+        run_predict(micro_run, str(good[0]), str(tmp_path / "notes.jpg"), str(tmp_path / "missing.png"),
+                    str(good[1]), "--csv", str(tmp_path / "p.csv"))
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'notes.jpg'}: cannot read as an image" in err and f"{tmp_path / 'missing.png'}" in err
+    assert "2 of 4 files could not be read" in err
+    assert pd.read_csv(tmp_path / "p.csv")["path"].tolist() == [str(good[0]), str(good[1])]
+
+
+def test_tta_averages_augmented_passes_into_probabilities(micro_run, tmp_path):
+    image = sorted((micro_run.data / "test").glob("*.jpg"))[:3]
+    run_predict(micro_run, *map(str, image), "--csv", str(tmp_path / "plain.csv"))
+    run_predict(micro_run, *map(str, image), "--tta", "3", "--csv", str(tmp_path / "tta.csv"))
+    plain, tta = (pd.read_csv(tmp_path / name).iloc[:, 1:].to_numpy() for name in ("plain.csv", "tta.csv"))
+    np.testing.assert_allclose(tta.sum(axis=1), 1, atol=1e-6)
+    assert not np.allclose(plain, tta)
+
+
+def test_a_checkpoint_that_does_not_say_how_it_resized_needs_the_shorter_side(micro_run, tmp_path, capsys):
+    checkpoint = torch.load(micro_run.out / "finetune" / "1_32" / "model.pt", weights_only=True)
+    del checkpoint["meta"]["images"]
+    torch.save(checkpoint, tmp_path / "old.pt")
+    image = str(sorted((micro_run.data / "test").glob("*.jpg"))[0])
+    with pytest.raises(SystemExit):
+        predict.main(["--checkpoint", str(tmp_path / "old.pt"), image])
+    assert "pass --shorter-side" in capsys.readouterr().err
+    predict.main(["--checkpoint", str(tmp_path / "old.pt"), image, "--shorter-side", "40", "--top-k", "1"])
+    assert re.fullmatch(rf"{re.escape(image)}: (zero|one|two) [01]\.\d{{3}}", capsys.readouterr().out.splitlines()[-1])
