@@ -1,6 +1,7 @@
 """The real workflow, end to end, on tiny recipes for both layouts; then the rerun contract with dry runs."""
 import json
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 import yaml
 from sklearn.metrics import log_loss
 
+import report_browser
 from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, restored_afterwards, snakemake, write_override
 
 pytestmark = pytest.mark.workflow
@@ -41,8 +43,9 @@ def test_csv_layout_writes_the_output_contract(csv_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"valid_accuracy", "valid_logloss", "valid_accuracy_no_tta", "valid_logloss_no_tta"} <= set(metrics)
     for plot in ["plots/sizes_all.png", "plots/sizes_under_1000.png", "plots/augmentations.png", "head/lr_find.png",
-                 "head/lr_schedule.png", "finetune/1_32/lr_schedule.png", "finetune/2_40/curves.png",
-                 "tta/confusion_matrix.png"]:
+                 "head/lr_schedule.png", "head/batch_loss.png", "finetune/1_32/lr_schedule.png",
+                 "finetune/1_32/lr_find.png", "finetune/2_40/curves.png", "finetune/2_40/batch_loss.png",
+                 "tta/confusion_matrix.png", "interpret/top_losses.png", "interpret/by_class.png"]:
         assert (out / plot).read_bytes()[:4] == b"\x89PNG", plot
     assert np.load(out / "activations" / "32" / "train.npy", mmap_mode="r").shape == ((~split["is_valid"]).sum(), 1024)
     log = pd.read_csv(out / "finetune" / "1_32" / "log.csv")
@@ -74,6 +77,68 @@ def test_csv_submission_covers_every_test_id_once_and_beats_uniform(csv_run):
     assert accuracy > 0.5
 
 
+def test_interpretation_agrees_with_the_probabilities_the_submission_was_calibrated_with(csv_run):
+    _, work = csv_run
+    out = work / "out"
+    split = pd.read_csv(out / "split.csv", dtype={"id": str})
+    valid = split[split["is_valid"]]
+    classes = sorted(split["label"].unique())
+    probs = np.load(out / "calibration" / "valid_probs.npy")
+    y = valid["label"].map(classes.index).to_numpy()
+    per_class = pd.read_csv(out / "interpret" / "per_class.csv").set_index("label")
+    for index, label in enumerate(classes):
+        mine = y == index
+        assert per_class.at[label, "n"] == mine.sum()
+        assert per_class.at[label, "accuracy"] == pytest.approx((probs[mine].argmax(1) == index).mean())
+        assert per_class.at[label, "log_loss"] == pytest.approx(-np.log(probs[mine, index]).mean())
+    assert per_class["log_loss"].is_monotonic_decreasing
+    confused = pd.read_csv(out / "interpret" / "most_confused.csv")
+    pairs = pd.crosstab(valid["label"].to_numpy(), np.array(classes)[probs.argmax(1)])
+    assert confused["count"].is_monotonic_decreasing
+    assert {(row.actual, row.predicted): row.count for row in confused.itertuples()} == {
+        (actual, predicted): count for (actual, predicted), count in pairs.stack().items()
+        if count and actual != predicted}
+
+
+@pytest.fixture(scope="module")
+def report_page(csv_run, tmp_path_factory):
+    """`snakemake --report` of the tiny run, as a browser shows it."""
+    workflow, work = csv_run
+    page = tmp_path_factory.mktemp("report") / "report.html"
+    result = snakemake(workflow, work, "--report", str(page), configfiles=[CONFIGS / "tiny_csv.yaml"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    if report_browser.chromium() is None:
+        if os.environ.get("LESSON2_REQUIRE_BROWSER"):
+            pytest.fail("Chromium could not be installed for the report check")
+        pytest.skip("no Chromium to look at the report with (apt-get install chromium)")
+    return page
+
+
+@pytest.mark.parametrize("clicks, seen", [
+    (["1. Data"], ["out/plots/augmentations.png", "out/plots/sizes_all.png", "out/class_counts.csv"]),
+    (["2. Training", "size 1_32 (fine-tune)"], ["out/finetune/1_32/lr_find.png", "out/finetune/1_32/batch_loss.png",
+                                                "out/finetune/1_32/lr_schedule.png", "out/finetune/1_32/curves.png"]),
+    (["2. Training", "head"], ["out/head/lr_find.png", "out/head/batch_loss.png"]),
+    (["3. Results", "interpretation"], ["out/interpret/top_losses.png", "out/interpret/most_confused.csv",
+                                        "out/interpret/per_class.csv", "out/interpret/by_class.png"]),
+    (["3. Results", "validation"], ["out/tta/confusion_matrix.png", "out/metrics.json"]),
+], ids=["data", "fine-tune", "head", "interpretation", "validation"])
+def test_the_report_shows_every_figure_under_its_category_in_a_browser(report_page, clicks, seen):
+    dom = report_browser.render(report_page, clicks)
+    assert 'data-tour="done"' in dom
+    assert all(f">{name}<" in dom for name in seen), [name for name in seen if f">{name}<" not in dom]
+
+
+def test_the_reports_figures_and_tables_open_in_a_browser(report_page, tmp_path):
+    shot = tmp_path / "top_losses.png"
+    dom = report_browser.render(report_page, ["3. Results", "interpretation", "view:out/interpret/top_losses.png"],
+                                shot)
+    assert 'data-tour="done"' in dom and '<img' in dom.split("top_losses.png", 1)[1]
+    assert shot.read_bytes()[:4] == b"\x89PNG"
+    dom = report_browser.render(report_page, ["3. Results", "tables", "view:out/report/tables.html"])
+    assert 'data-tour="done"' in dom and "<iframe" in dom
+
+
 def test_nothing_reruns_when_nothing_changed(csv_run):
     workflow, work = csv_run
     result = snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml"])
@@ -81,22 +146,25 @@ def test_nothing_reruns_when_nothing_changed(csv_run):
     assert "Nothing to be done" in result.stdout and planned_jobs(result.stdout) == {}, result.stdout[-2000:]
 
 
-FROM_THE_CACHE = {"precompute", "train_head", "finetune", "tta", "calibrate", "submission"}
+AFTER_CALIBRATE = {"interpret", "report_tables", "submission"}
+AFTER_TTA = {"tta", "calibrate"} | AFTER_CALIBRATE
+AFTER_THE_HEAD = {"train_head", "lr_find", "finetune"} | AFTER_TTA
+FROM_THE_CACHE = {"precompute"} | AFTER_THE_HEAD
 
 
 @pytest.mark.parametrize("override, expected", [
-    ({"tta": {"n_aug": 3}}, {"tta", "calibrate", "submission"}),
-    ({"calibration": {"enabled": False}}, {"calibrate", "submission"}),
+    ({"tta": {"n_aug": 3}}, AFTER_TTA),
+    ({"calibration": {"enabled": False}}, {"calibrate"} | AFTER_CALIBRATE),
     ({"submission": {"clip": 0.01}}, {"submission"}),
-    ({"head": {"precomputed": [{"lr": 2.0e-2, "n_cycle": 2}]}}, {"train_head", "finetune", "tta", "calibrate",
-                                                                  "submission"}),
-    ({"head": {"lr_find": False}}, {"train_head", "finetune", "tta", "calibrate", "submission"}),
+    ({"interpret": {"top_losses": 4, "classes": 2}}, {"interpret", "report_tables"}),
+    ({"head": {"precomputed": [{"lr": 2.0e-2, "n_cycle": 2}]}}, AFTER_THE_HEAD),
+    ({"head": {"lr_find": False}}, AFTER_THE_HEAD),
     ({"images": {"shorter_side": 48}}, {"resize", "augmentation_preview"} | FROM_THE_CACHE),
     ({"split": {"method": "fastai", "seed": 7}}, {"split"} | FROM_THE_CACHE),
     ({"split": {"method": "stratified_kfold", "n_folds": 3}}, {"split"} | FROM_THE_CACHE),
     ({"split": {"method": "fastai", "fold": 1}}, {"split"} | FROM_THE_CACHE),
-], ids=["tta.n_aug", "calibration.enabled", "submission.clip", "head.precomputed", "head.lr_find", "images.shorter_side", "split.seed",
-        "split.method", "split.fold"])
+], ids=["tta.n_aug", "calibration.enabled", "submission.clip", "interpret", "head.precomputed", "head.lr_find",
+        "images.shorter_side", "split.seed", "split.method", "split.fold"])
 def test_a_parameter_change_reruns_that_stage_and_what_depends_on_it(csv_run, tmp_path, override, expected):
     workflow, work = csv_run
     override_file = write_override(tmp_path / "override.yaml", **override)
@@ -110,12 +178,26 @@ def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path
     recipe["finetune"][1]["fits"][0]["n_cycle"] = 2
     override = write_override(tmp_path / "ft.yaml", finetune=recipe["finetune"])
     jobs = planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override]).stdout)
-    assert jobs == {"finetune": 1, "tta": 1, "calibrate": 1, "submission": 1, "all": 1}
+    assert jobs == {"finetune": 1, "tta": 1, "calibrate": 1, "interpret": 1, "report_tables": 1, "submission": 1,
+                    "all": 1}
+
+
+@pytest.mark.parametrize("size, lr_find, expected", [
+    (1, False, {}),                           # its plot stays; nothing to run
+    (2, True, {"lr_find": 1, "all": 1}),      # the sweep alone: the size's fits do not rerun
+], ids=["off", "on"])
+def test_turning_a_sizes_lr_find_on_or_off_never_reruns_its_fits(csv_run, tmp_path, size, lr_find, expected):
+    workflow, work = csv_run
+    recipe = yaml.safe_load((CONFIGS / "tiny_csv.yaml").read_text())
+    recipe["finetune"][size - 1]["lr_find"] = lr_find
+    override = write_override(tmp_path / "ft.yaml", finetune=recipe["finetune"])
+    assert planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override]).stdout) \
+        == expected
 
 
 @pytest.mark.parametrize("module, expected", [
     ("submission.py", {"submission"}),
-    ("tta.py", {"tta", "calibrate", "submission"}),
+    ("tta.py", AFTER_TTA),
     # shared modules: exactly the stages that import them (directly or not), and what depends on those
     ("transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
     ("data.py", {"image_stats", "resize", "split", "augmentation_preview"} | FROM_THE_CACHE),
@@ -171,7 +253,7 @@ def test_lesson_recipes_plan_the_whole_chain_without_the_demo_builder(tmp_path, 
     assert "demo_data" not in jobs, "the demo recipe's keys leaked into a lesson recipe"
     kfold = {"fold_split", "oof"} if jobs_per_model > 1 else set()
     chain = {"split", "image_stats", "resize", "augmentation_preview", "precompute", "train_head", "finetune", "tta",
-             "calibrate", "submission", "all"}
+             "calibrate", "interpret", "report_tables", "submission", "all"}
     assert set(jobs) == chain | kfold, result.stdout[-2000:] + result.stderr[-2000:]
     assert jobs["finetune"] == jobs["precompute"] == jobs["tta"] == jobs_per_model
 
