@@ -138,8 +138,9 @@ def test_torch_jobs_ask_for_one_gpu_per_process_only_on_a_gpu_and_cpu_jobs_for_n
     resources = planned_resources(result.stdout)
     assert {rule: resources[rule].get("gpu") for rule in ("train_head", "finetune")} == \
         {"train_head": training, "finetune": training}
-    assert {rule: resources[rule].get("gpu") for rule in ("precompute", "tta")} == {"precompute": other, "tta": other}
-    for rule in ("split", "image_stats", "resize", "calibrate", "submission"):
+    assert {rule: resources[rule].get("gpu") for rule in ("precompute", "lr_find", "tta")} == \
+        {"precompute": other, "lr_find": other, "tta": other}
+    for rule in ("split", "image_stats", "resize", "calibrate", "interpret", "report_tables", "submission"):
         assert resources[rule].get("gpu", "0") == "0", rule  # CPU stages never hold a GPU
     launches = "-m torch.distributed.run --standalone --nproc-per-node 2 -m pipeline.train_head"
     assert (launches in result.stdout) == (devices == 2)

@@ -20,7 +20,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 SLURM_UP = REPO / "tests" / "cluster" / "slurm_up.sh"
 # The stages that do the work run as Slurm jobs; the seconds-long ones are localrules (see rules/*.smk).
 CLUSTER_RULES = {"image_stats", "resize", "precompute", "train_head", "finetune", "tta"}
-LOCAL_RULES = {"demo_data", "split", "augmentation_preview", "fold_split", "oof", "calibrate", "submission"}
 
 
 @pytest.fixture(scope="module")
