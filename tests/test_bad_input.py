@@ -275,22 +275,24 @@ def mean_difference(cached, expected):
 def test_skip_policy_and_odd_encodings_end_to_end_keep_every_test_id(tmp_path):
     """Through every stage that decodes: truncated and non-image files are skipped and listed (test ids keep a row
     with the class prior); CMYK, 16-bit and palette images are read as the RGB images they are."""
-    from conftest import CONFIGS, REPO, snakemake
+    from conftest import CONFIGS, REPO, build_user_data, recipe_for_user_data, snakemake
 
+    # The micro recipe's images as a user's own data (built here, not by a Snakemake run of the demo builder), broken
+    # and re-encoded in place before the one run.
+    data = build_user_data(tmp_path / "data", CONFIGS / "micro_csv.yaml")
     override = tmp_path / "skip.yaml"
     # No fine-tuning: the head's augmented fits already decode through the training loaders.
     override.write_text("images: {shorter_side: 40, on_bad_image: skip}\nfinetune: []\n")
-    configs = [CONFIGS / "micro_csv.yaml", override]
+    configs = [recipe_for_user_data(CONFIGS / "micro_csv.yaml", tmp_path / "recipe.yaml", data), override]
     work = tmp_path / "work"
-    assert snakemake(REPO, work, "--until", "demo_data", configfiles=configs).returncode == 0
-    train_images = sorted((work / "data" / "train").glob("*.jpg"))
-    bad_train, bad_test = train_images[0], sorted((work / "data" / "test").glob("*.jpg"))[0]
+    train_images = sorted((data / "train").glob("*.jpg"))
+    bad_train, bad_test = train_images[0], sorted((data / "test").glob("*.jpg"))[0]
     bad_train.write_bytes(bad_train.read_bytes()[:300])  # truncated
     bad_test.write_text("not an image")
     odd = {mode: (path, re_encode(path, mode)) for mode, path in zip(["CMYK", "I;16", "P"], train_images[1:4])}
-    odd_test = sorted((work / "data" / "test").glob("*.jpg"))[1]
+    odd_test = sorted((data / "test").glob("*.jpg"))[1]
     re_encode(odd_test, "CMYK")
-    result = snakemake(REPO, work, configfiles=configs)
+    result = snakemake(REPO, work, "out/submission.csv", configfiles=configs)  # all but the augmentation preview
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = work / "out"
     assert sorted(pd.read_csv(out / "stats" / "bad_images.csv")["path"]) == [f"test/{bad_test.name}",
@@ -306,7 +308,7 @@ def test_skip_policy_and_odd_encodings_end_to_end_keep_every_test_id(tmp_path):
     test_table = pd.read_csv(out / "test.csv", dtype={"id": str}).set_index("id")
     assert test_table.loc[odd_test.stem, "usable"] and not test_table.loc[bad_test.stem, "usable"]
     submission = pd.read_csv(out / "submission.csv", dtype={"id": str}).set_index("id")
-    assert sorted(submission.index) == sorted(p.stem for p in (work / "data" / "test").glob("*.jpg"))
+    assert sorted(submission.index) == sorted(p.stem for p in (data / "test").glob("*.jpg"))
     counts = pd.read_csv(out / "class_counts.csv").set_index("label")["n_train"]
     np.testing.assert_allclose(submission.loc[bad_test.stem, counts.index], counts / counts.sum(), atol=1e-6)
     assert "unreadable test images get the training class prior" in (out / "logs" / "tta.log").read_text()

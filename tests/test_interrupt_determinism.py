@@ -3,8 +3,9 @@
 
 Each is compared with the reference run (`micro_run` in conftest.py: the same recipe on the same images, held as a
 user's data): a run with a changed seed must give another split and other weights; a run whose resize, precompute,
-train_head and fine-tune jobs are each SIGKILLed mid-way (one kill per Snakemake invocation) and that then finishes
-must be identical, which also shows that two runs of one recipe give the same split, weights and submission.
+train_head and fine-tune jobs are each SIGKILLed mid-way (Snakemake restarting each killed job once, `--retries 1`;
+the fine-tune killed again in its restart, so that a second Snakemake invocation finishes it) must be identical,
+which also shows that two runs of one recipe give the same split, weights and submission.
 Then the head stage refusing activations that are not its own.
 """
 import filecmp
@@ -55,9 +56,9 @@ def test_a_changed_seed_changes_the_split_and_the_weights(micro_run, tmp_path):
     assert not same_weights(micro_run.out / "head" / "model.pt", other / "head" / "model.pt")
 
 
-def start(workdir):
+def start(workdir, *args):
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(workdir), "--cores", "2", "--configfile", str(MICRO)]
+               str(workdir), "--cores", "2", *args, "--configfile", str(MICRO)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -80,29 +81,51 @@ def kill_stage_when(process, module, ready, timeout=600):
     pytest.fail(f"pipeline.{module} finished before it could be killed:\n{process.communicate()[0][-3000:]}")
 
 
-# (stage, when to kill it, what it left behind), in the order the chain reaches them.
+def resume_point(out, folder):
+    """Which resume point a training stage last saved (each save is a new file, renamed into place), or None."""
+    try:
+        stat = (out / folder / "resume.pt").stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+# (stage, when to kill it, what it left behind), in the order the chain reaches them. Snakemake restarts each
+# killed job once (`--retries 1`); the fine-tune is killed in its restart too, once that has resumed and saved a
+# later epoch, which fails the run: a second Snakemake invocation resumes it again and finishes.
 KILLS = [
-    ("resize", lambda out: sum(1 for _ in (out / "resized" / "40").rglob("*.jpg")) >= 5, None),
-    ("precompute", lambda out: any((out / "activations" / "32").glob(".*.tmp*")), None),
-    ("train_head", lambda out: (out / "head" / "resume.pt").exists(), "head"),
-    ("finetune", lambda out: (out / "finetune" / "1_32" / "resume.pt").exists(), "finetune/1_32"),
+    ("resize", lambda out, _: sum(1 for _ in (out / "resized" / "40").rglob("*.jpg")) >= 5, None),
+    ("precompute", lambda out, _: any((out / "activations" / "32").glob(".*.tmp*")), None),
+    ("train_head", lambda out, _: resume_point(out, "head") is not None, "head"),
+    ("finetune", lambda out, _: resume_point(out, "finetune/1_32") is not None, "finetune/1_32"),
+    ("finetune", lambda out, killed: resume_point(out, "finetune/1_32") not in (None, killed), "finetune/1_32"),
 ]
 
 
 def test_jobs_killed_mid_way_finish_on_rerun_with_the_uninterrupted_results(micro_run, tmp_path):
     work, out = tmp_path / "work", tmp_path / "work" / "out"
+    process, killed, saved = start(work, "--retries", "1"), None, []
     for module, ready, training_folder in KILLS:
-        process = start(work)
-        kill_stage_when(process, module, lambda: ready(out))
-        log = process.communicate(timeout=600)[0]  # generous: 2-core machines here vary 3x in speed
-        assert process.returncode != 0, f"Snakemake should report the killed {module} job:\n{log[-2000:]}"
+        kill_stage_when(process, module, lambda: ready(out, killed))
         if training_folder:  # a training stage keeps its resume point and leaves no model behind
-            assert (out / training_folder / "resume.pt").exists(), module
+            killed = resume_point(out, training_folder)
+            assert killed is not None, module
             assert not (out / training_folder / "model.pt").exists(), module
+            state = torch.load(out / training_folder / "resume.pt", map_location="cpu", weights_only=True)
+            saved.append((state["fit"], state["epoch"]))
+    log = process.communicate(timeout=600)[0]  # generous: 2-core machines here vary 3x in speed
+    assert process.returncode != 0, f"the fine-tune job killed twice should fail the run:\n{log[-2000:]}"
+    for rule in ("resize", "precompute", "train_head", "finetune"):  # Snakemake saw each kill, restarted the job
+        assert log.count(f"Error in rule {rule}:") == (2 if rule == "finetune" else 1), f"{rule}:\n{log[-3000:]}"
+    assert log.count("Trying to restart job") == 4, log[-3000:]
+    head, finetune_first, finetune_restart = saved
+    assert finetune_restart > finetune_first  # the restart resumed, then saved a later epoch before it was killed
+    assert (out / "finetune" / "1_32" / "resume.pt").exists() and not (out / "finetune" / "1_32" / "model.pt").exists()
     rerun = snakemake(REPO, work, configfiles=[MICRO])
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    for log in ("train_head.log", "finetune_1_32.log"):
-        assert "resuming after epoch" in (out / "logs" / log).read_text(), log
+    for log_name, (fit, epoch) in (("train_head.log", head), ("finetune_1_32.log", finetune_restart)):
+        # train_head in Snakemake's restart, the fine-tune in the second invocation: each where it was last killed
+        assert f"resuming after epoch {epoch} of fit {fit} " in (out / "logs" / log_name).read_text(), log_name
     for folder in ("resized/40", "activations/32"):
         assert same_tree(micro_run.out / folder, out / folder), folder
     for model in ("head/model.pt", "finetune/1_32/model.pt"):
