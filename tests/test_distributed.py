@@ -100,7 +100,8 @@ def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_weights(two_ran
 # What it plans is checked with `devices: 2` alone; what it runs has a two-epoch fine-tune (2 SGDR cycles, not the
 # micro recipe's 6 epochs) and stops at TTA, which reads both training stages' checkpoints: calibrate and submission
 # read only TTA's arrays, whatever trained the model. The head is the micro recipe's, compared with micro_run's.
-DDP_FINETUNE = [{"size": 32, "unfreeze": True, "fits": [{"lr": [1.0e-3, 3.0e-3, 3.0e-3], "n_cycle": 2, "cycle_len": 1}]}]
+DDP_FINETUNE = [{"size": 32, "unfreeze": True,
+                 "fits": [{"lr": [1.0e-3, 3.0e-3, 3.0e-3], "n_cycle": 2, "cycle_len": 1}]}]
 DDP_FINETUNE_EPOCHS = 2
 
 
