@@ -120,7 +120,8 @@ def ddp_run(micro_run, tmp_path_factory):
 @pytest.mark.workflow
 def test_devices_reruns_only_the_training_stages_and_what_follows(ddp_run):
     _, planned = ddp_run
-    assert set(planned) == {"train_head", "finetune", "tta", "calibrate", "submission", "all"}
+    assert set(planned) == {"train_head", "finetune", "tta", "calibrate", "interpret", "report_tables", "submission",
+                            "all"}
 
 
 @pytest.mark.workflow
