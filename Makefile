@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/snakemake --cores all
 
+# Two workers: half of a test's time is one core importing torch while the other idles (see tests/conftest.py).
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 clean-demo:
 	rm -rf outputs/demo data/demo

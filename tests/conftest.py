@@ -181,10 +181,36 @@ def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path]
                           text=True, timeout=900)
 
 
+# The expensive shared runs. Under pytest-xdist (`make test` runs 2 workers) every worker would make its own copy of
+# a fixture it needs, so the tests of each run form one xdist group and run on one worker.
+SHARED_RUNS = ("kfold_run", "micro_run", "csv_run")
+
+
+def shared_run(item) -> str | None:
+    return next((name for name in SHARED_RUNS if name in item.fixturenames), None)
+
+
+def schedule_rank(item) -> int:
+    """The order the tests are handed out in (xdist keeps it with --no-loadscope-reorder). The Slurm tests first:
+    their cluster run, mostly waiting between job-status polls, runs while the local K-fold run they compare it with
+    computes (tests/test_slurm.py). Then the long shared runs and the long single runs, so that no worker is left
+    with one of them at the end; the many short tests fill in."""
+    run = shared_run(item)
+    if item.get_closest_marker("slurm"):
+        return 0
+    if run in ("kfold_run", "micro_run"):
+        return 1 if run == "kfold_run" else 2
+    if item.get_closest_marker("workflow") and run is None:
+        return 3
+    return 4 if run == "csv_run" else 5
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
-    """The Slurm tests first: their cluster run, mostly waiting between job-status polls, runs while the local
-    K-fold run they compare it with computes (see tests/test_slurm.py)."""
-    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
+    for item in items:
+        if run := shared_run(item):
+            item.add_marker(pytest.mark.xdist_group(run))
+    items.sort(key=schedule_rank)
 
 
 def planned_jobs(dry_run_output: str) -> dict[str, int]:
