@@ -187,6 +187,8 @@ SHARED_RUNS = ("kfold_run", "micro_run", "csv_run")
 
 
 def shared_run(item) -> str | None:
+    if item.get_closest_marker("slurm"):  # the Slurm run asks for kfold_run inside its fixture (tests/test_slurm.py)
+        return "kfold_run"
     return next((name for name in SHARED_RUNS if name in item.fixturenames), None)
 
 
