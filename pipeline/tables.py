@@ -18,8 +18,6 @@ STYLE = """body{font-family:system-ui,sans-serif;font-size:14px;margin:1em;color
 table{border-collapse:collapse;margin:0 0 1.5em}th,td{padding:3px 10px;border-bottom:1px solid #e2e8f0;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{background:#f1f5f9}h2{font-size:16px;margin:1em 0 .4em}"""
 
-SCORES = ["logloss", "accuracy"]
-
 
 def scores_table(metrics: dict, calibration: dict) -> pd.DataFrame:
     """Log loss and accuracy without TTA, with fastai's TTA mean, and calibrated (what the submission uses)."""
