@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     unfreeze = params.get("unfreeze", False)
     print(f"from {args.checkpoint} (trained at {previous['size']}px) -> {params['size']}px, "
           f"{'all layer groups train' if unfreeze else 'body frozen, head trains'}", flush=True)
-    model = model.to(device)
+    model = runtime.on_device(model, device)
     model.unfreeze() if unfreeze else model.freeze()
     out_dir = Path(args.out_dir)
     main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,70 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
                       pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
 
 
+class Prefetched:
+    """Iterates `loader` in a background thread, up to `depth` batches ahead, so decoding and transforming the next
+    batch overlaps the model's compute without worker processes (which compete with torch's threads on a small
+    machine and start afresh every epoch). JPEG decoding and torch's kernels release the GIL.
+
+    Only for loaders whose consumer draws no random numbers while it iterates (inference, validation): the
+    transforms here draw from torch's global generator in this thread, so a training step's dropout in the main
+    thread would race with them. Training loaders keep their order of draws (exact resume) and use
+    `num_workers` processes for overlap instead.
+    """
+
+    _END = object()
+
+    def __init__(self, loader: DataLoader, depth: int = 2):
+        self.loader, self.depth = loader, depth
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        batches: queue.Queue = queue.Queue(self.depth)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for batch in self.loader:
+                    if not put(batch):
+                        return
+                put(self._END)
+            except BaseException as error:  # re-raised in the consumer, where the stage reports it
+                put(error)
+
+        producer = threading.Thread(target=produce, name="prefetch", daemon=True)
+        producer.start()
+        try:
+            while (item := batches.get()) is not self._END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            producer.join()
+
+
+def inference_loader(dataset: Dataset, params: dict, device: torch.device, seed: int = 0) -> DataLoader | Prefetched:
+    """The loader of a stage that only predicts (precompute, TTA, predict): in order, with the next batches loaded
+    in the background while the model runs on this one."""
+    workers = params.get("num_workers", 0)
+    loader = make_loader(dataset, params.get("batch_size", 64), False, workers, params.get("seed", 42) + seed, device)
+    return loader if workers > 0 else Prefetched(loader)
+
+
 def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Path, params: dict,
                   device: torch.device) -> tuple[DataLoader, DataLoader]:
     """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`; under
@@ -71,5 +137,6 @@ def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Pat
     valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size))
     workers = params.get("num_workers", 0)
     batch_size = distributed.per_rank_batch_size(params.get("batch_size", 64))
+    valid_loader = make_loader(distributed.shard(valid_set), batch_size, False, workers, seed, device)
     return (make_loader(train_set, batch_size, True, workers, seed, device, distributed.train_sampler(train_set)),
-            make_loader(distributed.shard(valid_set), batch_size, False, workers, seed, device))
+            valid_loader if workers > 0 else Prefetched(valid_loader))

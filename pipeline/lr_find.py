@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         model, _ = restore_model(args.checkpoint, params["arch"], classes)
     except WeightsError as error:
         cli.fail(str(error))
-    model = model.to(device)
+    model = runtime.on_device(model, device)
     model.unfreeze() if params.get("unfreeze", False) else model.freeze()
     train_loader, _ = image_loaders(train, valid, args.cache_dir, params, device)
     found = lr_find(model, train_loader, device, amp=amp, lr=params["lr"])

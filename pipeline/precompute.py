@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipeline import cli, runtime
 from pipeline.data import read_split, read_test_table
 from pipeline.io import file_digest, open_npy_for_writing, remove_stale_temporaries, write_json
-from pipeline.loaders import ImageDataset, make_loader
+from pipeline.loaders import ImageDataset, inference_loader
 from pipeline.model import WeightsError, build_seeded_classifier
 from pipeline.transforms import valid_transform
 
@@ -31,7 +31,7 @@ def precompute_activations(model, loader, out_path: Path, device: torch.device, 
     with open_npy_for_writing(out_path, (len(loader.dataset), model.n_features)) as activations:
         start = 0
         for x, _ in tqdm(loader, desc=desc, disable=None):
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = runtime.batch_on_device(x, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 features = model.features(x)
             activations[start: start + len(x)] = features.float().cpu().numpy()
@@ -55,14 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     except WeightsError as error:
         cli.fail(str(error))
     body_digest = runtime.state_digest(model.body)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = runtime.on_device(model, device)
     transform = valid_transform(params["size"])
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
     for name, frame in zip(SPLITS, (train, valid, test)):
         dataset = ImageDataset(args.cache_dir, frame["path"], frame.get("y"), transform)
-        loader = make_loader(dataset, params.get("batch_size", 64), False, params.get("num_workers", 0),
-                             params.get("seed", 42), device)
+        loader = inference_loader(dataset, params, device)
         precompute_activations(model, loader, out_dir / f"{name}.npy", device, amp, f"precompute {name}")
         print(f"{name}: {len(frame)} x {model.n_features} activations -> {out_dir / f'{name}.npy'}", flush=True)
     write_json({"arch": params["arch"], "weights": params.get("weights", "none"), "size": params["size"],

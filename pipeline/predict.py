@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.fail(f"cannot load {args.checkpoint}: {error}")
     images = image_settings(meta, args)
     device, amp = runtime.start({"device": args.device}, args.threads)
-    model = model.to(device).eval()
+    model = runtime.on_device(model, device).eval()
     classes = meta["classes"]
     files = image_files(args.images)
     if not files:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.fail(str(error))
     if runtime.state_digest(model.body) != manifest["body_digest"]:
         cli.fail("the rebuilt backbone differs from the one that computed the activations; rerun precompute")
-    model = model.to(device)
+    model = runtime.on_device(model, device)
     seed, warmup = params.get("seed", 42), params.get("warmup", True)
     log = EpochLog(out_dir / "log.csv")
     resume = ResumePoint(out_dir / "resume.pt", params_digest(params, activations / "manifest.json"), model, log)

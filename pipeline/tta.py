@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pipeline import cli, passes, plots, runtime
 from pipeline.data import read_split, read_test_table
 from pipeline.io import remove_stale_temporaries, save_npy, write_json
-from pipeline.loaders import ImageDataset, make_loader
+from pipeline.loaders import ImageDataset, inference_loader
 from pipeline.model import WeightsError, restore_model
 from pipeline.transforms import train_transform, valid_transform
 
@@ -31,7 +31,7 @@ def predict(model, loader, device: torch.device, amp: bool, desc: str) -> np.nda
     model.eval()
     outputs = []
     for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = runtime.batch_on_device(x, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs.append(model(x).float().cpu())
     return torch.cat(outputs).numpy()
@@ -47,9 +47,8 @@ def tta_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, devi
                              train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on")))
     passes = []
     for index, dataset in enumerate([plain] + [augmented] * n_aug):
-        loader = make_loader(dataset, params.get("batch_size", 64), False, params.get("num_workers", 0),
-                             params.get("seed", 42) + index, device)
-        passes.append(predict(model, loader, device, amp, f"TTA {name} pass {index}/{n_aug}"))
+        passes.append(predict(model, inference_loader(dataset, params, device, seed=index), device, amp,
+                              f"TTA {name} pass {index}/{n_aug}"))
     return np.stack(passes)
 
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             model, meta = restore_model(checkpoint, params["arch"], classes)
         except WeightsError as error:
             cli.fail(str(error))
-        model = model.to(device).to(memory_format=torch.channels_last)
+        model = runtime.on_device(model, device)
         sized = {**params, "size": meta["size"]}
         valid_by_model.append(passes.from_log_probs(tta_log_probs(model, valid, args.cache_dir, sized, device, amp,
                                                                   "valid")))

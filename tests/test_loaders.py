@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -14,8 +15,11 @@ import torch
 from PIL import Image
 
 from conftest import REPO, Interrupted, InterruptedInEpoch, same_state, train_resumably
-from pipeline.loaders import image_loaders
+from pipeline import fit, runtime
+from pipeline.fit import EpochLog, FitSpec
+from pipeline.loaders import ImageDataset, Prefetched, image_loaders, inference_loader
 from pipeline.model import build_classifier
+from pipeline.transforms import train_transform
 
 CPU = torch.device("cpu")
 FITS = [{"lr": [1e-3, 3e-3, 1e-2], "n_cycle": 2, "cycle_len": 1}]
@@ -58,6 +62,59 @@ def test_two_runs_give_identical_weights_and_a_resumed_run_matches_them(image_sp
     assert (tmp_path / "c.pt").exists()
     assert same_state(first, train(image_split, workers, tmp_path / "c.pt"))
 
+
+def test_the_prefetching_inference_loader_gives_the_plain_loaders_batches_in_order(image_split):
+    """TTA's augmented passes draw their randomness in the prefetch thread: the same draws, in the same order, as
+    the same loader iterated in the stage's own thread."""
+    root, train_rows, _ = image_split
+    dataset = ImageDataset(root, train_rows["path"], train_rows["y"], train_transform(16, 1.1, "side_on"))
+    params = {"batch_size": 5, "num_workers": 0}
+    prefetched = inference_loader(dataset, params, CPU)
+    assert isinstance(prefetched, Prefetched) and len(prefetched) == 4 and prefetched.dataset is dataset
+    torch.manual_seed(7)
+    background = [(x.clone(), y.clone()) for x, y in prefetched]
+    torch.manual_seed(7)
+    foreground = list(prefetched.loader)
+    assert len(background) == len(foreground) == 4
+    for (x, y), (x_plain, y_plain) in zip(background, foreground):
+        assert torch.equal(x, x_plain) and torch.equal(y, y_plain)
+
+
+def test_a_bad_image_stops_a_prefetched_pass_with_its_own_error_and_leaves_no_thread(image_split, tmp_path):
+    root, train_rows, _ = image_split
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    for index in range(len(train_rows)):
+        (tmp_path / f"{index}.jpg").symlink_to(root / f"{index}.jpg")
+    paths = list(train_rows["path"][:7]) + ["broken.jpg"]
+    loader = inference_loader(ImageDataset(tmp_path, paths, None, train_transform(16)), {"batch_size": 4}, CPU)
+    with pytest.raises(Exception, match="broken.jpg"):
+        list(loader)
+    for _ in zip(range(1), loader):  # a consumer that stops early: its producer thread must stop too
+        pass
+    time.sleep(0.3)
+    assert not [thread for thread in threading.enumerate() if thread.name == "prefetch"]
+
+
+def test_training_runs_in_channels_last(image_split):
+    """The model and every batch it trains and validates on are NHWC, the layout convolutions run fastest in."""
+    root, train_rows, valid_rows = image_split
+    train_loader, valid_loader = image_loaders(train_rows, valid_rows, root, {"size": 16, "batch_size": 6}, CPU)
+    model = runtime.on_device(build_classifier("resnet18", "none", n_classes=2), CPU)
+    seen = []
+    model.body[0].register_forward_pre_hook(lambda _, args: seen.append(
+        (model.training, args[0].is_contiguous(memory_format=torch.channels_last))))
+    fit.fit(model, train_loader, valid_loader, FitSpec(1e-3, 1), CPU, EpochLog(None), "test", 0)
+    assert model.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert {training for training, _ in seen} == {True, False}
+    assert all(nhwc for _, nhwc in seen)
+
+
+def test_bf16_autocast_is_on_by_default_only_where_the_hardware_has_it(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert not runtime.use_amp("auto", cpu) and runtime.use_amp("auto", cuda) and runtime.use_amp("on", cpu)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.use_amp("auto", cpu) and not runtime.use_amp("off", cpu) and not runtime.use_amp("off", cuda)
 
 
 WORKER_SCRIPT = r'''
