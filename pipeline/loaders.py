@@ -119,16 +119,20 @@ class Prefetched:
             producer.join()
 
 
+def overlapped(loader: DataLoader) -> DataLoader | Prefetched:
+    """A prediction or validation loader whose next batches load while the model runs: by its worker processes, or
+    by a `Prefetched` thread where it has none."""
+    return loader if loader.num_workers > 0 else Prefetched(loader)
+
+
 def inference_loader(dataset: Dataset, params: dict, device: torch.device, seed: int = 0) -> DataLoader | Prefetched:
-    """The loader of a stage that only predicts (precompute, TTA, predict): in order, with the next batches loaded
-    in the background while the model runs on this one."""
-    workers = params.get("num_workers", 0)
-    loader = make_loader(dataset, params.get("batch_size", 64), False, workers, params.get("seed", 42) + seed, device)
-    return loader if workers > 0 else Prefetched(loader)
+    """The loader of a stage that only predicts (precompute, TTA, predict): in order, overlapped with the model."""
+    return overlapped(make_loader(dataset, params.get("batch_size", 64), False, params.get("num_workers", 0),
+                                  params.get("seed", 42) + seed, device))
 
 
 def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Path, params: dict,
-                  device: torch.device) -> tuple[DataLoader, DataLoader]:
+                  device: torch.device) -> tuple[DataLoader, DataLoader | Prefetched]:
     """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`; under
     torchrun, this rank's share of each (pipeline.distributed)."""
     size, seed = params["size"], params.get("seed", 42)
@@ -137,6 +141,5 @@ def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Pat
     valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size))
     workers = params.get("num_workers", 0)
     batch_size = distributed.per_rank_batch_size(params.get("batch_size", 64))
-    valid_loader = make_loader(distributed.shard(valid_set), batch_size, False, workers, seed, device)
     return (make_loader(train_set, batch_size, True, workers, seed, device, distributed.train_sampler(train_set)),
-            valid_loader if workers > 0 else Prefetched(valid_loader))
+            overlapped(make_loader(distributed.shard(valid_set), batch_size, False, workers, seed, device)))

@@ -54,14 +54,15 @@ def use_amp(amp: str, device: torch.device) -> bool:
 
 
 def cpu_has_native_bf16() -> bool:
-    """avx512_bf16 or AMX: bf16 matmuls and convolutions run in hardware. Elsewhere oneDNN emulates bf16, which can
-    be slower than fp32 and costs accuracy for nothing, so 'auto' leaves it off there."""
+    """avx512_bf16 or AMX: bf16 matmuls and convolutions run in hardware. Elsewhere oneDNN emulates bf16: its speed
+    varies from CPU to CPU while the lost precision is certain, so 'auto' leaves it off there."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The model on `device` in channels_last, the layout oneDNN and cuDNN convolve fastest (NHWC); every stage that
-    trains or predicts uses it, with its batches converted by `batch_on_device`."""
+    """The model on `device` in channels_last (NHWC), the layout of cuDNN's fast AMP kernels and oneDNN's AVX-512 ones
+    (neutral on AVX2-only CPUs: bench/README.md); every stage that trains or predicts uses it, with its batches
+    converted by `batch_on_device`."""
     return model.to(device, memory_format=torch.channels_last)
 
 
