@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -30,8 +31,11 @@ def best_of(repeats: int, function) -> float:
     return min(times)
 
 
+def machine() -> str:
+    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip()
+
+
 def report(name: str, figures: dict, ratio: float, target: str, met: bool) -> None:
-    machine = f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cpus".strip()
     print(json.dumps({"benchmark": name, **figures, "ratio": round(ratio, 3), "target": target, "met": met,
-                      "machine": machine}))
+                      "machine": machine()}))
     print(f"{name}: ratio {ratio:.2f} (target {target}) {'MET' if met else 'MISSED'}")

@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, log_loss
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py` from anywhere
 
 from pipeline import passes  # noqa: E402
+from pipeline.data import read_labeled_table, read_test_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +35,8 @@ def hidden_test(probs: np.ndarray, ids: list[str], classes: list[str], solution:
 def run_scores(out: Path, solution: pd.DataFrame, passes_file: str) -> dict:
     """No TTA / TTA mean / submission on the hidden test, and calibrate's out-of-sample report."""
     calibration = json.loads((out / "calibration" / "calibration.json").read_text())
-    classes = sorted(pd.read_csv(out / "split.csv", dtype={"label": str}, keep_default_na=False)["label"].unique())
-    ids = pd.read_csv(out / "test.csv", dtype={"id": str})["id"].tolist()
+    _, classes = read_labeled_table(out / "split.csv")
+    ids = read_test_table(out / "test.csv")["id"].tolist()
     test_passes = np.load(out / passes_file)
     submission = pd.read_csv(out / "submission.csv", dtype={"id": str})
     return {
@@ -58,7 +59,7 @@ def main() -> None:
     if (kfold / "submission.csv").exists():
         scores = run_scores(kfold, solution, "oof/test_passes.npy")
         cv = json.loads((kfold / "cv_metrics.json").read_text())
-        ids = pd.read_csv(kfold / "test.csv", dtype={"id": str})["id"].tolist()
+        ids = read_test_table(kfold / "test.csv")["id"].tolist()
         folds = [hidden_test(np.load(kfold / "folds" / str(fold["fold"]) / "tta" / "test_probs.npy"), ids,
                              cv["classes"], solution) for fold in cv["folds"]]
         scores["folds"] = {"valid_logloss_mean": round(cv["fold_valid_logloss_mean"], 4),

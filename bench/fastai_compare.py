@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -49,10 +48,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from common import report
+from common import machine, report
 from demo_scores import hidden_test
 from pipeline import demo, passes
-from pipeline.data import read_labeled
+from pipeline.data import read_labeled, read_labeled_table, read_test_table
 from pipeline.split import make_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +102,8 @@ def run_ours(work: Path, data: Path, sizes: list[int], shorter_side: int, soluti
     seconds = timed([sys.executable, "-m", "snakemake", str(out / "submission.csv"), "--snakefile",
                      str(REPO / "Snakefile"), "--directory", str(work), "--cores", "all", "--configfile", str(config)],
                     work / "ours.log")
-    classes = sorted(pd.read_csv(out / "split.csv", dtype={"label": str}, keep_default_na=False)["label"].unique())
-    ids = pd.read_csv(out / "test.csv", dtype={"id": str})["id"].tolist()
+    _, classes = read_labeled_table(out / "split.csv")
+    ids = read_test_table(out / "test.csv")["id"].tolist()
     scores = hidden_test(passes.tta_mean(np.load(out / "tta" / "test_passes.npy"), N_AUG), ids, classes, solution)
     stages = {tsv.stem: round(float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]), 1)
               for tsv in sorted((out / "benchmarks").glob("*.tsv"))}
@@ -157,7 +156,7 @@ def main() -> None:
 
     if not args.skip_ours:
         figures["ours"] = run_ours(work, data, args.sizes, shorter_side, solution)
-        ours_split = pd.read_csv(work / "ours" / "split.csv", dtype={"id": str})
+        ours_split, _ = read_labeled_table(work / "ours" / "split.csv")
         assert set(ours_split.loc[ours_split["is_valid"], "id"]) == set(split.loc[split["is_valid"], "id"])
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [args.fastai_path, os.environ.get("PYTHONPATH")]))}
@@ -170,7 +169,7 @@ def main() -> None:
         ratio = figures["ours"]["seconds"] / figures["fastai"]["seconds"]
         report("fastai_compare", figures, ratio, "<= 0.70x", ratio <= 0.70)
         return
-    figures["machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus"
+    figures["machine"] = machine()
     print(json.dumps({"benchmark": "fastai_compare", **figures}))
     if not has_fastai:
         print(f"fastai_compare: no ratio: `import fastai.vision.all` fails with {args.fastai_python}. Install "

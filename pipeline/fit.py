@@ -135,10 +135,14 @@ class EpochLog:
                 writer.writerows(self.rows)
 
 
+def _to(device: torch.device, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch_on_device(x, device), y.to(device, non_blocking=True)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                device: torch.device, amp: bool) -> float:
     """One SGD step on a batch; returns its NLL loss."""
-    x, y = batch_on_device(x, device), y.to(device, non_blocking=True)
+    x, y = _to(device, x, y)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         loss = F.nll_loss(model(x).float(), y)
     optimizer.zero_grad(set_to_none=True)
@@ -155,7 +159,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: boo
     total_loss, correct, count = 0.0, 0, 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         for x, y in batches:
-            x, y = batch_on_device(x, device), y.to(device, non_blocking=True)
+            x, y = _to(device, x, y)
             log_probs = model(x).float()
             total_loss += F.nll_loss(log_probs, y, reduction="sum").item()
             correct += (log_probs.argmax(1) == y).sum().item()
