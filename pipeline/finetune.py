@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{'all layer groups train' if unfreeze else 'body frozen, head trains'}", flush=True)
     model = runtime.on_device(model, device)
     model.unfreeze() if unfreeze else model.freeze()
+    model.bn_freeze(params.get("bn_freeze", False))
     out_dir = Path(args.out_dir)
     main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
     if main_rank:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     resume_key = params_digest({**params, "n_snapshots": len(cycles)}, args.checkpoint)
     resume = ResumePoint(out_dir / "resume.pt", resume_key, model, log)
     staging = snapshot_staging(out_dir, resume_key) if main_rank else None
-    meta = checkpoint_meta(params, classes, "finetune", model)
+    meta = checkpoint_meta(params, classes, "finetune", model, amp)
 
     def stage_snapshot(cycle: int) -> None:
         if cycle in cycles and main_rank:

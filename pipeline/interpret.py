@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     confused = most_confused(scored)
     write_csv(confused, out_dir / "most_confused.csv")
 
-    images = ImageDataset(args.cache_dir, scored["path"], transform=valid_transform(params["size"], normalise=False))
+    images = ImageDataset(args.cache_dir, scored["path"], transform=valid_transform(params["size"], normalise=False,
+                                                                    preprocessing=params.get("preprocessing")))
 
     def picture(index: int) -> np.ndarray:
         return images[index][0].permute(1, 2, 0).numpy()

@@ -136,9 +136,11 @@ def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Pat
     """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`; under
     torchrun, this rank's share of each (pipeline.distributed)."""
     size, seed = params["size"], params.get("seed", 42)
-    augment = train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on"))
+    preprocessing = params.get("preprocessing")
+    augment = train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on"),
+                              preprocessing=preprocessing)
     train_set = ImageDataset(cache_dir, train["path"], train["y"], augment)
-    valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size))
+    valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size, preprocessing=preprocessing))
     workers = params.get("num_workers", 0)
     batch_size = distributed.per_rank_batch_size(params.get("batch_size", 64))
     return (make_loader(train_set, batch_size, True, workers, seed, device, distributed.train_sampler(train_set)),

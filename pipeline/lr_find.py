@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.fail(str(error))
     model = runtime.on_device(model, device)
     model.unfreeze() if params.get("unfreeze", False) else model.freeze()
+    model.bn_freeze(params.get("bn_freeze", False))
     train_loader, _ = image_loaders(train, valid, args.cache_dir, params, device)
     found = lr_find(model, train_loader, device, amp=amp, lr=params["lr"])
     out_dir = Path(args.out_dir)

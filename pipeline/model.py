@@ -1,22 +1,18 @@
-"""The fastai 0.7 ConvLearner: a torchvision backbone cut before its pool, AdaptiveConcatPool, the fastai head,
-three layer groups for differential learning rates, and freeze/unfreeze with frozen BatchNorm kept in eval mode.
-Checkpoints carry their metadata (classes, arch, size) as plain data and load with `weights_only=True`.
+"""The fastai 0.7 ConvLearner on a torchvision or timm backbone: the body cut before its pool, AdaptiveConcatPool,
+the fastai head, three layer groups for differential learning rates, and freeze/unfreeze with frozen BatchNorm kept
+in eval mode. Checkpoints carry their metadata (classes, arch, preprocessing, groups) as plain data and load with
+`weights_only=True`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from urllib.error import URLError
 
 import torch
 from torch import nn
-from torchvision import models
 
+from pipeline import backbones
+from pipeline.backbones import Backbone, WeightsError
 from pipeline.io import atomic_path, params_digest
-
-
-class WeightsError(RuntimeError):
-    """Backbone weights that cannot be had, or a checkpoint that does not fit the recipe."""
 
 
 class AdaptiveConcatPool2d(nn.Module):
@@ -30,54 +26,79 @@ class AdaptiveConcatPool2d(nn.Module):
         return torch.cat([self.max_pool(x), self.avg_pool(x)], dim=1)
 
 
-def _imagenet_weights(arch: str, name: str):
-    weights_enum = models.get_model_weights(arch)
-    return weights_enum.DEFAULT if name == "imagenet" else weights_enum[name]
+class TimmBody(nn.Module):
+    """A timm model without pool and classifier (`reset_classifier(0, '')`): its `forward_features` map, in NCHW."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        model.reset_classifier(0, "")
+        self.model = model
+        self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"  # Swin and friends
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.model.forward_features(x)
+        return features.permute(0, 3, 1, 2) if self.channels_last_output else features
 
 
-def load_backbone(arch: str, weights: str = "none") -> nn.Module:
-    """A torchvision classifier by name with `weights`: 'none' (from scratch), 'imagenet' (torchvision's
-    DEFAULT enum member, or a member name such as 'IMAGENET1K_V1'), or a path to a local state dict."""
-    if weights == "none":
-        print(f"backbone {arch}: no pretrained weights, training from scratch", flush=True)
-        return models.get_model(arch, weights=None)
-    if weights == "imagenet" or weights.isupper():
-        chosen = _imagenet_weights(arch, weights)
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(chosen.url)
-        try:
-            model = models.get_model(arch, weights=chosen)
-        except (URLError, OSError) as error:
-            raise WeightsError(f"cannot load {arch} {chosen} weights: {cached} is not there and downloading "
-                               f"{chosen.url} failed ({error}). Put the file at {cached} (or set TORCH_HOME), "
-                               f"or set model.weights to a local file or 'none'.") from error
-        print(f"backbone {arch}: torchvision weights {chosen} from {cached}", flush=True)
-        return model
-    path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} not found (model.weights is 'none', 'imagenet' or a path)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    model = models.get_model(arch, weights=None)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise WeightsError(f"weights file {path} does not fit {arch}: {error}") from error
-    print(f"backbone {arch}: weights from {path}", flush=True)
-    return model
+def cut_body(backbone: Backbone, model: nn.Module) -> tuple[nn.Module, list[list[str]]]:
+    """The body (everything before the final pool) and its two layer groups, as names of its submodules.
 
-
-def cut_body(backbone: nn.Module) -> tuple[nn.Sequential, int]:
-    """The convolutional body (everything before the final pool) and where its two layer groups split.
-
-    ResNet-style models: conv1 ... layer4, split before layer3 (fastai's lr_cut 6 for resnet34);
-    models with a `.features` block (VGG, DenseNet, EfficientNet, ...): that block, split in half.
+    torchvision ResNets: conv1 ... layer4, split before layer3 (fastai 0.7's lr_cut 6 for resnet34); other
+    torchvision models with a `.features` block (VGG, DenseNet, EfficientNet, ...): that block, split in half.
+    timm models: `forward_features`, grouped by timm's own stage structure (`group_matcher(coarse=True)`), the
+    stages split in half (the later half, with the final conv, is the second group).
     """
-    if hasattr(backbone, "layer4"):
-        return nn.Sequential(*list(backbone.children())[:-2]), 6
-    if hasattr(backbone, "features"):
-        body = nn.Sequential(*backbone.features.children())
-        return body, len(body) // 2
-    raise WeightsError(f"don't know where to cut {type(backbone).__name__}: expected layer4 or .features")
+    if backbone.source == "timm":
+        body = TimmBody(model)
+        feature_channels(backbone.arch, body)  # a token sequence (ViT) is refused before its groups are looked for
+        groups = _timm_stage_groups(body)
+    elif hasattr(model, "layer4"):
+        body = nn.Sequential(*list(model.children())[:-2])
+        groups = [[str(i) for i in range(6)], [str(i) for i in range(6, len(body))]]
+    elif hasattr(model, "features"):
+        body = nn.Sequential(*model.features.children())
+        half = len(body) // 2
+        groups = [[str(i) for i in range(half)], [str(i) for i in range(half, len(body))]]
+    else:
+        raise WeightsError(f"don't know where to cut {backbone.arch} ({type(model).__name__}): expected a ResNet's "
+                           "layer4 or a .features block; timm's version of the model may work (timm/<name>)")
+    return body, groups
+
+
+def _timm_stage_groups(body: TimmBody) -> list[list[str]]:
+    from timm.models import group_modules
+
+    stages = group_modules(body.model, body.model.group_matcher(coarse=True))
+    ordered = [[f"model.{name}" for name in stages[key]] for key in sorted(stages)]
+    if len(ordered) < 2:
+        raise WeightsError(f"timm's group_matcher gives {type(body.model).__name__} {len(ordered)} stage group; "
+                           "differential learning rates need at least 2")
+    half = (len(ordered) + 1) // 2
+    groups = [sum(ordered[:half], []), sum(ordered[half:], [])]
+    grouped = {id(p) for names in groups for name in names for p in body.get_submodule(name).parameters()}
+    if ungrouped := [name for name, p in body.named_parameters() if id(p) not in grouped]:
+        raise WeightsError(f"timm's stage groups of {type(body.model).__name__} leave out {', '.join(ungrouped[:5])}")
+    return groups
+
+
+def feature_channels(arch: str, body: nn.Module) -> int:
+    """The channels of the body's feature map, checked to be one: (N, C, H, W) with C fixed and H, W growing with the
+    input (a token sequence or a channels-last map would be pooled over the wrong axes, silently)."""
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            shapes = [tuple(body(torch.zeros(1, 3, side, side)).shape) for side in (64, 96)]
+    except Exception as error:  # e.g. a transformer with a fixed input size
+        raise WeightsError(f"{arch}: its body does not run on 64 and 96 px images ({type(error).__name__}: "
+                           f"{str(error)[:200]}); only convolutional bodies of any input size are supported") from None
+    finally:
+        body.train(was_training)
+    small, large = shapes
+    if len(small) != 4 or small[1] != large[1] or small[2:] == large[2:]:
+        raise WeightsError(f"{arch}: its body gives features of shape {small} at 64 px and {large} at 96 px, "
+                           "not an (N, C, H, W) map; such a model is not supported here")
+    return small[1]
 
 
 def make_head(n_features: int, n_classes: int, ps=(0.25, 0.5), xtra_fc=(512,)) -> nn.Sequential:
@@ -98,20 +119,24 @@ def make_head(n_features: int, n_classes: int, ps=(0.25, 0.5), xtra_fc=(512,)) -
 
 
 class Classifier(nn.Module):
-    """body -> AdaptiveConcatPool + flatten -> head, with fastai's three layer groups."""
+    """body -> AdaptiveConcatPool + flatten -> head, with fastai's three layer groups: the body's two (named
+    submodules of the body, see `cut_body`) and the head."""
 
-    def __init__(self, body: nn.Sequential, lr_cut: int, n_classes: int, ps=(0.25, 0.5), xtra_fc=(512,)):
+    def __init__(self, body: nn.Module, body_groups: list[list[str]], n_classes: int, ps=(0.25, 0.5),
+                 xtra_fc=(512,), arch: str = "the backbone"):
         super().__init__()
         self.body = body
-        self.lr_cut = lr_cut
+        self.body_groups = body_groups
         self.pool = nn.Sequential(AdaptiveConcatPool2d(), nn.Flatten())
-        self.n_features = feature_count(body)
+        self.n_features = 2 * feature_channels(arch, body)
         self.head = make_head(self.n_features, n_classes, ps, xtra_fc)
         self.n_trainable_groups = len(self.layer_groups)
+        self.body_batchnorm_frozen = False
 
     @property
     def layer_groups(self) -> list[nn.Module]:
-        return [self.body[: self.lr_cut], self.body[self.lr_cut:], nn.Sequential(self.pool, self.head)]
+        body_groups = [nn.ModuleList(self.body.get_submodule(name) for name in names) for names in self.body_groups]
+        return [*body_groups, nn.Sequential(self.pool, self.head)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled activations fastai precomputed: the head's input."""
@@ -136,29 +161,29 @@ class Classifier(nn.Module):
     def unfreeze(self) -> None:
         self.freeze_to(0)
 
+    def bn_freeze(self, frozen: bool = True) -> None:
+        """fastai 0.7's `learn.bn_freeze(True)`: every BatchNorm of the body keeps its pretrained running statistics
+        (eval mode) even where its group trains; its scale and shift still learn."""
+        self.body_batchnorm_frozen = frozen
+        self.train(self.training)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if mode:
             # BatchNorm in frozen groups keeps its running statistics (eval mode), as fastai 0.7 did.
-            for group in self.layer_groups[: len(self.layer_groups) - self.n_trainable_groups]:
+            n_frozen = len(self.body_groups) if self.body_batchnorm_frozen else \
+                len(self.layer_groups) - self.n_trainable_groups
+            for group in self.layer_groups[:n_frozen]:
                 for module in group.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
                         module.eval()
         return self
 
 
-def feature_count(body: nn.Module) -> int:
-    was_training = body.training
-    body.eval()
-    with torch.no_grad():
-        channels = body(torch.zeros(1, 3, 64, 64)).shape[1]
-    body.train(was_training)
-    return 2 * channels
-
-
 def build_classifier(arch: str, weights: str, n_classes: int, ps=(0.25, 0.5), xtra_fc=(512,)) -> Classifier:
-    body, lr_cut = cut_body(load_backbone(arch, weights))
-    return Classifier(body, lr_cut, n_classes, ps, xtra_fc)
+    backbone = backbones.resolve(arch)
+    body, groups = cut_body(backbone, backbones.create(backbone, weights))
+    return Classifier(body, groups, n_classes, ps, xtra_fc, arch)
 
 
 def build_seeded_classifier(params: dict, n_classes: int) -> Classifier:
@@ -168,15 +193,22 @@ def build_seeded_classifier(params: dict, n_classes: int) -> Classifier:
                             params.get("ps", [0.25, 0.5]), params.get("xtra_fc", [512]))
 
 
-def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classifier) -> dict:
+def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classifier, amp: bool) -> dict:
     """Plain data only (loads with weights_only=True); params_hash ties the weights to the recipe that made them.
-    `images` says how the images reached the model (resize rule, augmentations), for `pipeline.predict`."""
+    `images` says how the images reached the model (resize rule, augmentations, the backbone's preprocessing) and
+    `amp` whether it ran under bf16 autocast, for `pipeline.predict`."""
     images = {**params.get("images", {}), "augmentation": params.get("augmentation", "side_on"),
-              "max_zoom": params.get("max_zoom", 1.1)}
+              "max_zoom": params.get("max_zoom", 1.1), "preprocessing": preprocessing_of(params)}
     return {"classes": classes, "arch": params["arch"], "size": params["size"], "stage": stage,
             "ps": params.get("ps", [0.25, 0.5]), "xtra_fc": params.get("xtra_fc", [512]),
-            "n_features": model.n_features, "images": images,
+            "n_features": model.n_features, "body_groups": model.body_groups, "images": images, "amp": amp,
             "params_hash": params_digest(params)}
+
+
+def preprocessing_of(params: dict) -> dict:
+    """The backbone's preprocessing (mean, std, interpolation): the workflow passes it in a stage's params; a stage
+    run by hand without it gets the arch's own."""
+    return params.get("preprocessing") or backbones.preprocessing(backbones.resolve(params["arch"]))
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> None:
@@ -198,7 +230,11 @@ def load_checkpoint(path: str | Path, expect: dict) -> tuple[dict, dict]:
 def restore_model(checkpoint: str | Path, arch: str, classes: list[str]) -> tuple[Classifier, dict]:
     """Rebuild the architecture (no weight download: the checkpoint has the weights) and load the checkpoint."""
     state, meta = load_checkpoint(checkpoint, {"classes": classes, "arch": arch})
-    body, lr_cut = cut_body(models.get_model(arch, weights=None))
-    model = Classifier(body, lr_cut, len(classes), meta["ps"], meta["xtra_fc"])
-    model.load_state_dict(state)
+    backbone = backbones.resolve(arch)
+    body, groups = cut_body(backbone, backbones.create(backbone, "none", quiet=True))
+    model = Classifier(body, groups, len(classes), meta["ps"], meta["xtra_fc"], arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsError(f"checkpoint {checkpoint} does not fit {arch} with its head: {str(error)[:400]}") from None
     return model, meta

@@ -19,7 +19,7 @@ from pipeline import cli, runtime
 from pipeline.data import read_split, read_test_table
 from pipeline.io import file_digest, open_npy_for_writing, remove_stale_temporaries, write_json
 from pipeline.loaders import ImageDataset, inference_loader
-from pipeline.model import WeightsError, build_seeded_classifier
+from pipeline.model import WeightsError, build_seeded_classifier, preprocessing_of
 from pipeline.transforms import valid_transform
 
 SPLITS = ("train", "valid", "test")
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         cli.fail(str(error))
     body_digest = runtime.state_digest(model.body)
     model = runtime.on_device(model, device)
-    transform = valid_transform(params["size"])
+    preprocessing = preprocessing_of(params)
+    transform = valid_transform(params["size"], preprocessing=preprocessing)
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
     for name, frame in zip(SPLITS, (train, valid, test)):
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         loader = inference_loader(dataset, params, device)
         precompute_activations(model, loader, out_dir / f"{name}.npy", device, amp, f"precompute {name}")
         print(f"{name}: {len(frame)} x {model.n_features} activations -> {out_dir / f'{name}.npy'}", flush=True)
-    write_json({"arch": params["arch"], "weights": params.get("weights", "none"), "size": params["size"],
+    write_json({"arch": params["arch"], "weights": params.get("weights", "none"),
+                "weights_digest": params.get("weights_digest"), "preprocessing": preprocessing, "size": params["size"],
                 "n_features": model.n_features, "classes": classes, "split_digest": file_digest(args.split_csv),
                 "test_digest": file_digest(args.test_csv), "body_digest": body_digest,
                 "counts": {"train": len(train), "valid": len(valid), "test": len(test)}},

@@ -6,7 +6,8 @@
 Each image goes the way the test images went in the pipeline: the resize rule (shorter side, JPEG re-encoding) into a
 private cache, then the validation transform at the checkpoint's size; with `--tta N`, also N passes with the
 training augmentations, averaged as the TTA stage averages them. How the run resized and augmented its images is
-read from the checkpoint (the options below override it, and are needed only for checkpoints that predate it).
+read from the checkpoint (the options below override it, and are needed only for checkpoints that predate it), and so
+are the backbone's preprocessing (mean, std, interpolation) and whether it ran under bf16 autocast (`--amp` overrides).
 A folder is searched for image files (by suffix), recursively. A file that cannot be read as an image is reported
 and skipped; the others are still predicted, and the exit status is 1.
 """
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", help="write path plus one probability column per class here")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--amp", choices=["auto", "on", "off"],
+                        help="bf16 autocast (default: as the checkpoint was trained and evaluated; see the recipe's amp)")
     parser.add_argument("--shorter-side", type=int, help="override the checkpoint's resize rule")
     parser.add_argument("--jpeg-quality", type=int, help="override the checkpoint's resize cache JPEG quality")
     parser.add_argument("--augmentation", choices=["side_on", "top_down", "basic", "none"], help="override, for --tta")
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, WeightsError, KeyError) as error:
         cli.fail(f"cannot load {args.checkpoint}: {error}")
     images = image_settings(meta, args)
-    device, amp = runtime.start({"device": args.device}, args.threads)
+    checkpoint_amp = "on" if meta.get("amp") else "off" if "amp" in meta else "auto"
+    device, amp = runtime.start({"device": args.device, "amp": args.amp or checkpoint_amp}, args.threads)
     model = runtime.on_device(model, device).eval()
     classes = meta["classes"]
     files = image_files(args.images)
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         cached, errors = resize_into(Path(cache), files, images)
         readable = [path for path in files if path not in errors]
         params = {"size": meta["size"], "n_aug": args.tta, "batch_size": args.batch_size, "num_workers": 0,
+                  "preprocessing": images.get("preprocessing"),
                   "max_zoom": images.get("max_zoom", 1.1), "augmentation": images.get("augmentation", "side_on")}
         probs = np.empty((0, len(classes)))
         if cached:

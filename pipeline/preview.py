@@ -13,10 +13,11 @@ from pipeline.data import load_rgb
 from pipeline.transforms import train_transform
 
 
-def augmentation_preview(cache_dir: str, out: str, size: int, max_zoom: float, augmentation: str, seed: int) -> None:
+def augmentation_preview(cache_dir: str, out: str, size: int, max_zoom: float, augmentation: str, seed: int,
+                         preprocessing: dict | None = None) -> None:
     first = min(p for p in Path(cache_dir, "train").rglob("*") if p.is_file())
     image = load_rgb(first)
-    transform = train_transform(size, max_zoom, augmentation, normalise=False)
+    transform = train_transform(size, max_zoom, augmentation, normalise=False, preprocessing=preprocessing)
     torch.manual_seed(seed)
     views = [transform(image).permute(1, 2, 0).numpy() for _ in range(6)]
     plots.image_grid(views, out, f"{first.name}: {augmentation} at {size}px, max_zoom {max_zoom}")
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     params = args.params
     started = cli.announce("augmentation_preview", params)
     augmentation_preview(args.cache_dir, args.out, params["size"], params.get("max_zoom", 1.1),
-                         params.get("augmentation", "side_on"), params.get("seed", 42))
+                         params.get("augmentation", "side_on"), params.get("seed", 42),
+                         params.get("preprocessing"))
     cli.finish("augmentation_preview", started)
 
 

@@ -25,7 +25,8 @@ from pipeline.model import WeightsError, build_seeded_classifier, checkpoint_met
 
 def check_activations(manifest: dict, params: dict, classes: list[str], split_csv: str) -> None:
     """Refuse activations computed for another split, backbone, weights or size: never a silently stale cache."""
-    expected = {"arch": params["arch"], "weights": params.get("weights", "none"), "size": params["size"],
+    expected = {"arch": params["arch"], "weights": params.get("weights", "none"),
+                "weights_digest": params.get("weights_digest"), "size": params["size"],
                 "classes": classes, "split_digest": file_digest(split_csv)}
     wrong = {key: (manifest.get(key), value) for key, value in expected.items() if manifest.get(key) != value}
     if wrong:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
         plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
         plots.batch_losses(log.batch_losses, out_dir / "batch_loss.png")
-        save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "head", model))
+        save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "head", model, amp))
     resume.finish()
     distributed.finish()
     cli.finish("train_head", started)

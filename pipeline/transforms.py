@@ -5,6 +5,9 @@ Train (`tfms_from_model(..., aug_tfms=transforms_side_on, max_zoom=1.1)`): rando
 sz x sz crop; validation: shorter side to sz, centre crop. TTA reuses the train transforms.
 Deliberate difference: lighting runs after the crop (on the sz x sz tensor, cheaper) instead of before it;
 its mean is then the crop's mean rather than the whole image's.
+Normalisation and the resize interpolation follow the backbone's preprocessing (`pipeline.backbones`): ImageNet
+statistics and bilinear for torchvision's models, the pretrained config's for timm's (mean = std = 0.5, bicubic
+for EfficientNet-Lite0); 0.7 always used ImageNet statistics.
 """
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("side_on", "top_down", "basic", "none")
+# What a torchvision model's weights were trained with, for callers that name no backbone.
+DEFAULT_PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear"}
 
 
 def _uniform(low: float, high: float) -> float:
@@ -26,12 +29,13 @@ def _uniform(low: float, high: float) -> float:
 class RandomZoom:
     """With probability p the shorter side becomes U(1, max_zoom)*sz, else sz (0.7's RandomScale)."""
 
-    def __init__(self, size: int, max_zoom: float, p: float = 0.75):
-        self.size, self.max_zoom, self.p = size, max_zoom, p
+    def __init__(self, size: int, max_zoom: float, p: float = 0.75,
+                 interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR):
+        self.size, self.max_zoom, self.p, self.interpolation = size, max_zoom, p, interpolation
 
     def __call__(self, image):
         zoom = _uniform(1.0, self.max_zoom) if self.max_zoom > 1 and torch.rand(()) < self.p else 1.0
-        return F.resize(image, int(self.size * zoom), antialias=True)
+        return F.resize(image, int(self.size * zoom), interpolation=self.interpolation, antialias=True)
 
 
 class RandomRotateReflect:
@@ -73,10 +77,16 @@ class RandomLighting:
         return ((image - mean) * c + mean + b).clamp(0, 1)
 
 
-def train_transform(size: int, max_zoom: float = 1.1, augmentation: str = "side_on", normalise: bool = True):
+def interpolation_mode(preprocessing: dict) -> v2.InterpolationMode:
+    return v2.InterpolationMode(preprocessing.get("interpolation", "bilinear"))
+
+
+def train_transform(size: int, max_zoom: float = 1.1, augmentation: str = "side_on", normalise: bool = True,
+                    preprocessing: dict | None = None):
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
-    steps = [v2.ToImage(), RandomZoom(size, max_zoom)]
+    preprocessing = preprocessing or DEFAULT_PREPROCESSING
+    steps = [v2.ToImage(), RandomZoom(size, max_zoom, interpolation=interpolation_mode(preprocessing))]
     if augmentation == "side_on":
         steps += [RandomRotateReflect(10, p=0.75), v2.RandomHorizontalFlip(0.5)]
     elif augmentation == "top_down":
@@ -87,12 +97,14 @@ def train_transform(size: int, max_zoom: float = 1.1, augmentation: str = "side_
     if augmentation != "none":
         steps.append(RandomLighting(0.05, 0.05))
     if normalise:
-        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+        steps.append(v2.Normalize(preprocessing["mean"], preprocessing["std"]))
     return v2.Compose(steps)
 
 
-def valid_transform(size: int, normalise: bool = True):
-    steps = [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)]
+def valid_transform(size: int, normalise: bool = True, preprocessing: dict | None = None):
+    preprocessing = preprocessing or DEFAULT_PREPROCESSING
+    steps = [v2.ToImage(), v2.Resize(size, interpolation=interpolation_mode(preprocessing), antialias=True),
+             v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)]
     if normalise:
-        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+        steps.append(v2.Normalize(preprocessing["mean"], preprocessing["std"]))
     return v2.Compose(steps)

@@ -40,11 +40,12 @@ def predict(model, loader, device: torch.device, amp: bool, desc: str) -> np.nda
 def tta_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, device: torch.device, amp: bool,
                   name: str) -> np.ndarray:
     """(n_aug + 1, N, C): pass 0 with the validation transform, passes 1..n_aug with the training augmentations."""
-    size, n_aug = params["size"], params.get("n_aug", 4)
+    size, n_aug, preprocessing = params["size"], params.get("n_aug", 4), params.get("preprocessing")
     labels = frame["y"] if "y" in frame else None
-    plain = ImageDataset(cache_dir, frame["path"], labels, valid_transform(size))
+    plain = ImageDataset(cache_dir, frame["path"], labels, valid_transform(size, preprocessing=preprocessing))
     augmented = ImageDataset(cache_dir, frame["path"], labels,
-                             train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on")))
+                             train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on"),
+                                             preprocessing=preprocessing))
     passes = []
     for index, dataset in enumerate([plain] + [augmented] * n_aug):
         passes.append(predict(model, inference_loader(dataset, params, device, seed=index), device, amp,
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         except WeightsError as error:
             cli.fail(str(error))
         model = runtime.on_device(model, device)
-        sized = {**params, "size": meta["size"]}
+        sized = {**params, "size": meta["size"],
+                 "preprocessing": meta.get("images", {}).get("preprocessing", params.get("preprocessing"))}
         valid_by_model.append(passes.from_log_probs(tta_log_probs(model, valid, args.cache_dir, sized, device, amp,
                                                                   "valid")))
         test_by_model.append(passes.from_log_probs(tta_log_probs(model, test[usable], args.cache_dir, sized, device,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (--directory, tests)
 
+from pipeline.backbone_check import BackboneProblem, checked_backbone
 from pipeline.data import data_fingerprint
 from pipeline.demo_folder import BUILT_MARKER, ownership_problem
 from pipeline.deps import module_files
@@ -97,6 +98,15 @@ TRAINING_RUNTIME = {**RUNTIME, "devices": DEVICES} if DEVICES > 1 else RUNTIME
 LOADER = config["loader"]
 TRANSFORMS = config["transforms"]
 MODEL = config["model"]
+# The backbone, checked before anything is planned (an unknown arch, weights that cannot be had or do not fit stop
+# here); its preprocessing reaches every stage that shows it images, and the digest of its weights file's content
+# keys precompute and everything after it.
+try:
+    BACKBONE = checked_backbone(MODEL["arch"], MODEL["weights"])
+except BackboneProblem as problem:
+    raise WorkflowError(f"model: {problem}")
+PREPROCESSING = BACKBONE["preprocessing"]
+WEIGHTS = {"weights_digest": BACKBONE["weights_digest"], "preprocessing": PREPROCESSING}
 HEAD = config["head"]
 FINETUNE = config["finetune"]
 RESIZED = out(f"resized/{config['images']['shorter_side']}")
@@ -223,7 +233,7 @@ def finetune_params(wildcards):
     """A size's slice, less `lr_find`: that is the lr_find rule's job, and must not rerun the fits."""
     step = {key: value for key, value in finetune_step(wildcards.name).items() if key != "lr_find"}
     return as_params(arch=MODEL["arch"], **step, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"],
-                     images=RESIZE_RULE)
+                     images=RESIZE_RULE, preprocessing=PREPROCESSING)
 
 
 def lr_find_names():
@@ -233,8 +243,9 @@ def lr_find_names():
 
 def lr_find_params(wildcards):
     step = finetune_step(wildcards.name)
-    return as_params(arch=MODEL["arch"], size=step["size"], unfreeze=step["unfreeze"], lr=step["fits"][0]["lr"],
-                     **TRANSFORMS, **LOADER, **RUNTIME)
+    return as_params(arch=MODEL["arch"], size=step["size"], unfreeze=step["unfreeze"], bn_freeze=step["bn_freeze"],
+                     lr=step["fits"][0]["lr"],
+                     **TRANSFORMS, **LOADER, **RUNTIME, preprocessing=PREPROCESSING)
 
 
 def caption(name):

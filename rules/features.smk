@@ -14,7 +14,7 @@ rule precompute:
         test=ensure(f"{ACTIVATIONS}/test.npy", non_empty=True),
         manifest=f"{ACTIVATIONS}/manifest.json",
     params:
-        p=as_params(arch=MODEL["arch"], weights=MODEL["weights"], size=HEAD["size"], **LOADER, **RUNTIME),
+        p=as_params(arch=MODEL["arch"], weights=MODEL["weights"], **WEIGHTS, size=HEAD["size"], **LOADER, **RUNTIME),
         out_dir=lambda wildcards, output: Path(output.manifest).parent,
     threads: MAX_THREADS
     resources:
@@ -46,7 +46,8 @@ rule train_head:
         if HEAD["lr_find"]
         else [],
     params:
-        p=as_params(**MODEL, **HEAD, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"], images=RESIZE_RULE),
+        p=as_params(**MODEL, **WEIGHTS, **HEAD, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"],
+                    images=RESIZE_RULE),
         activations=lambda wildcards, input: Path(input.activations[0]).parent,
         out_dir=lambda wildcards, output: Path(output.model).parent,
     threads: MAX_THREADS

@@ -22,7 +22,7 @@ rule tta:
         metrics=report(model_out("metrics.json"), caption=caption("metrics"), category="3. Results",
                        subcategory="fold {fold}" if KFOLD else "validation"),
     params:
-        p=as_params(arch=MODEL["arch"], **config["tta"], **TRANSFORMS, **LOADER, **RUNTIME),
+        p=as_params(arch=MODEL["arch"], **config["tta"], **TRANSFORMS, **LOADER, **RUNTIME, preprocessing=PREPROCESSING),
         checkpoints=lambda wildcards: " ".join(map(shlex.quote, tta_checkpoints(wildcards))),
         out_dir=lambda wildcards, output: Path(output.test).parent,
     threads: MAX_THREADS
@@ -150,7 +150,7 @@ rule interpret:
         most_confused=interpretation("most_confused.csv"),
         per_class=interpretation("per_class.csv"),
     params:
-        p=as_params(size=FINAL_SIZE, **config["interpret"]),
+        p=as_params(size=FINAL_SIZE, **config["interpret"], preprocessing=PREPROCESSING),
         out_dir=lambda wildcards, output: Path(output.per_class).parent,
     log:
         out("logs/interpret.log"),

@@ -135,7 +135,7 @@ rule augmentation_preview:
     output:
         report(out("plots/augmentations.png"), caption=caption("augmentations"), category="1. Data"),
     params:
-        p=as_params(size=HEAD["size"], seed=config["seed"], **TRANSFORMS),
+        p=as_params(size=HEAD["size"], seed=config["seed"], **TRANSFORMS, preprocessing=PREPROCESSING),
     log:
         out("logs/augmentation_preview.log"),
     shell:

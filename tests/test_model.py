@@ -1,21 +1,27 @@
 import os
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torchvision import models
 
-from pipeline.model import (WeightsError, build_classifier, load_backbone, load_checkpoint, restore_model,
-                            save_checkpoint)
+from pipeline import backbones
+from pipeline.backbones import WeightsError
+from pipeline.model import build_classifier, load_checkpoint, restore_model, save_checkpoint
+
+# The same stage tests for a torchvision backbone (the lesson's ResNet) and a timm one (the demo's, pretrained).
+BACKBONES = {"resnet34": "none", "tf_efficientnet_lite0": "packaged"}
 
 
-@pytest.fixture(scope="module")
-def resnet34():
-    return build_classifier("resnet34", "none", n_classes=120, ps=0.5)
+@pytest.fixture(scope="module", params=list(BACKBONES))
+def classifier(request):
+    return build_classifier(request.param, BACKBONES[request.param], n_classes=120, ps=0.5)
 
 
-def test_resnet34_gives_1024_concat_pooled_features(resnet34):
+def test_resnet34_gives_1024_concat_pooled_features():
+    resnet34 = build_classifier("resnet34", "none", n_classes=120)
     resnet34.eval()
     with torch.no_grad():
         features = resnet34.features(torch.zeros(2, 3, 64, 64))
@@ -23,14 +29,14 @@ def test_resnet34_gives_1024_concat_pooled_features(resnet34):
     assert resnet34.n_features == 1024
 
 
-def test_head_is_fastais_with_ps_for_both_dropouts(resnet34):
-    kinds = [type(layer) for layer in resnet34.head]
+def test_the_head_is_fastais_with_ps_for_both_dropouts(classifier):
+    kinds = [type(layer) for layer in classifier.head]
     assert kinds == [nn.BatchNorm1d, nn.Dropout, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Dropout, nn.Linear,
                      nn.LogSoftmax]
-    assert (resnet34.head[2].in_features, resnet34.head[2].out_features) == (1024, 512)
-    assert (resnet34.head[6].in_features, resnet34.head[6].out_features) == (512, 120)
-    assert [resnet34.head[1].p, resnet34.head[5].p] == [0.5, 0.5]
-    assert torch.count_nonzero(resnet34.head[2].bias) == 0
+    assert (classifier.head[2].in_features, classifier.head[2].out_features) == (classifier.n_features, 512)
+    assert (classifier.head[6].in_features, classifier.head[6].out_features) == (512, 120)
+    assert [classifier.head[1].p, classifier.head[5].p] == [0.5, 0.5]
+    assert torch.count_nonzero(classifier.head[2].bias) == 0
 
 
 def test_default_dropouts_are_a_quarter_then_a_half():
@@ -38,7 +44,8 @@ def test_default_dropouts_are_a_quarter_then_a_half():
     assert [model.head[1].p, model.head[5].p] == [0.25, 0.5]
 
 
-def test_three_layer_groups_split_before_layer3(resnet34):
+def test_resnet_layer_groups_split_before_layer3_as_fastai_07():
+    resnet34 = build_classifier("resnet34", "none", n_classes=3)
     g0, g1, g2 = resnet34.layer_groups
     backbone = models.resnet34()
     assert [type(m) for m in g0] == [type(m) for m in list(backbone.children())[:6]]  # conv1 ... layer2
@@ -46,30 +53,50 @@ def test_three_layer_groups_split_before_layer3(resnet34):
     assert resnet34.head in list(g2.modules())
 
 
-def test_freeze_trains_only_the_head_and_keeps_frozen_batchnorm_in_eval(resnet34):
-    resnet34.freeze()
-    resnet34.train()
-    trainable = {name.split(".")[0] for name, p in resnet34.named_parameters() if p.requires_grad}
+def test_timm_layer_groups_follow_its_stages_and_cover_the_body():
+    lite0 = build_classifier("tf_efficientnet_lite0", "none", n_classes=3)
+    first, second = lite0.body_groups
+    assert first[:2] == ["model.conv_stem", "model.bn1"] and all(".blocks.6." not in name for name in first)
+    assert "model.conv_head" in second and any(name.startswith("model.blocks.3.") for name in second)
+    in_groups = {id(p) for group in lite0.layer_groups[:2] for p in group.parameters()}
+    assert in_groups == {id(p) for p in lite0.body.parameters()}
+
+
+def test_freeze_trains_only_the_head_and_keeps_frozen_batchnorm_in_eval(classifier):
+    classifier.freeze()
+    classifier.train()
+    trainable = {name.split(".")[0] for name, p in classifier.named_parameters() if p.requires_grad}
     assert trainable == {"head"}
-    body_bn = [m for m in resnet34.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    body_bn = [m for m in classifier.body.modules() if isinstance(m, nn.BatchNorm2d)]
     assert body_bn and not any(m.training for m in body_bn)
-    assert resnet34.head[0].training
+    assert classifier.head[0].training
     running_mean = body_bn[0].running_mean.clone()
-    resnet34(torch.randn(2, 3, 64, 64))
+    classifier(torch.randn(2, 3, 64, 64))
     assert torch.equal(body_bn[0].running_mean, running_mean)
 
 
-def test_unfreeze_trains_everything(resnet34):
-    resnet34.unfreeze()
-    resnet34.train()
-    assert all(p.requires_grad for p in resnet34.parameters())
-    assert all(m.training for m in resnet34.modules())
+def test_unfreeze_trains_everything(classifier):
+    classifier.unfreeze()
+    classifier.train()
+    assert all(p.requires_grad for p in classifier.parameters())
+    assert all(m.training for m in classifier.modules())
+
+
+def test_bn_freeze_keeps_the_bodys_running_statistics_while_it_trains(classifier):
+    classifier.unfreeze()
+    classifier.bn_freeze(True)
+    classifier.train()
+    body_bn = [m for m in classifier.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not any(m.training for m in body_bn) and all(p.requires_grad for p in classifier.body.parameters())
+    assert classifier.head[0].training
+    classifier.bn_freeze(False)
+    assert all(m.training for m in body_bn)
 
 
 def test_local_weights_file_is_loaded(tmp_path):
     reference = models.resnet18()
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
-    loaded = load_backbone("resnet18", str(tmp_path / "resnet18.pth"))
+    loaded = backbones.create(backbones.resolve("resnet18"), str(tmp_path / "resnet18.pth"))
     assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
 
 
@@ -80,7 +107,7 @@ def test_imagenet_weights_come_from_torchvisions_enum_and_the_torch_hub_cache(tm
     cache.mkdir(parents=True)
     torch.save(reference.state_dict(), cache / os.path.basename(weights.url))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    loaded = load_backbone("resnet18", "imagenet")
+    loaded = backbones.create(backbones.resolve("resnet18"), "imagenet")
     assert torch.equal(loaded.fc.weight, reference.fc.weight)
 
 
@@ -92,13 +119,13 @@ def test_missing_imagenet_weights_offline_name_the_file_to_provide(tmp_path, mon
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsError, match=r"hub/checkpoints/resnet18-.*\.pth"):
-        load_backbone("resnet18", "imagenet")
+        backbones.create(backbones.resolve("resnet18"), "imagenet")
 
 
 def test_weights_file_for_another_arch_is_a_clear_error(tmp_path):
     torch.save(models.resnet18().state_dict(), tmp_path / "w.pth")
     with pytest.raises(WeightsError, match="does not fit resnet34"):
-        load_backbone("resnet34", str(tmp_path / "w.pth"))
+        backbones.create(backbones.resolve("resnet34"), str(tmp_path / "w.pth"))
 
 
 def test_checkpoint_round_trip_and_metadata_checks(tmp_path):
@@ -112,3 +139,44 @@ def test_checkpoint_round_trip_and_metadata_checks(tmp_path):
         load_checkpoint(tmp_path / "model.pt", {"classes": ["a", "c"]})
     with pytest.raises(WeightsError, match="arch"):
         restore_model(tmp_path / "model.pt", "resnet34", ["a", "b"])
+
+
+def test_a_checkpoint_restores_either_library_bit_for_bit(classifier, tmp_path):
+    arch = "resnet34" if isinstance(classifier.body, nn.Sequential) else "tf_efficientnet_lite0"
+    classes = [f"c{i}" for i in range(120)]
+    save_checkpoint(classifier, tmp_path / "model.pt", {"classes": classes, "arch": arch, "size": 32, "ps": 0.5,
+                                                        "xtra_fc": [512]})
+    restored, _ = restore_model(tmp_path / "model.pt", arch, classes)
+    assert restored.body_groups == classifier.body_groups
+    assert all(torch.equal(a, b) for a, b in zip(classifier.state_dict().values(), restored.state_dict().values()))
+
+
+def test_a_frozen_fit_of_the_pretrained_body_leaves_its_weights_and_batchnorm_statistics_alone():
+    from pipeline.fit import EpochLog, TensorBatches, run_fits
+    from pipeline.runtime import state_digest
+
+    torch.manual_seed(0)
+    model = build_classifier("tf_efficientnet_lite0", "packaged", n_classes=3)
+    before = state_digest(model.body)
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 3, (32,))
+    model.freeze()
+    run_fits(model, TensorBatches(x, y, 8, True, torch.Generator().manual_seed(0)), TensorBatches(x, y, 8),
+             [{"lr": 1e-2, "n_cycle": 1, "cycle_len": 1}], "frozen", torch.device("cpu"), EpochLog(None))
+    assert state_digest(model.body) == before
+    assert model.head[0].num_batches_tracked > 0  # the head's BatchNorm did learn
+
+
+def test_precompute_gives_the_pretrained_bodys_pooled_features(tmp_path):
+    """The precompute stage's activations equal max- and average-pooled maps of the body, computed by hand."""
+    from pipeline.precompute import precompute_activations
+
+    torch.manual_seed(0)
+    model = build_classifier("tf_efficientnet_lite0", "packaged", n_classes=3).eval()
+    images = torch.rand(10, 3, 48, 48)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.zeros(10)), batch_size=4)
+    precompute_activations(model, loader, tmp_path / "a.npy", torch.device("cpu"), False, "test")
+    with torch.no_grad():  # in the stage's batches, layout (channels_last) and precision (fp32): the same arithmetic
+        maps = [model.body.model.forward_features(batch.contiguous(memory_format=torch.channels_last))
+                for batch in images.split(4)]
+    by_hand = torch.cat([torch.cat([m.amax(dim=(2, 3)), m.mean(dim=(2, 3))], dim=1) for m in maps]).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), by_hand, rtol=1e-6, atol=1e-6)
