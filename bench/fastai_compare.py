@@ -1,7 +1,12 @@
 """Same work, ours vs fastai v2: the whole workflow (`snakemake`, every stage a process) against a fastai v2 script,
 each timed wall-clock end to end as a subprocess, each scored on the hidden test labels. Target: ours <= 0.70x.
 
-    python bench/fastai_compare.py [--n 1200 --n-test 400] [--fastai-path /tmp/fastai-site] [--work DIR]
+    python bench/fastai_compare.py [--n 1200 --n-test 400] [--fastai-path /tmp/fastai-site] [--work DIR] [--pretrained]
+
+With --pretrained, both start from the same ImageNet weights: timm's tf_efficientnet_lite0 with the packaged
+EfficientNet-Lite0 tensors (converted once by this project's `pipeline.backbones`, handed to fastai as a timm state
+dict), normalised as timm's pretrained config says (mean = std = 0.5); fastai's `vision_learner` builds its own timm
+body and head on that arch, and `fine_tune`'s frozen epoch then unfrozen epochs are the same calls as below.
 
 The work, on a demo-built Dog Breed-layout data set (real JPEGs, mostly 150-600 px, 3 % over 1000 px; reused when
 present): resnet18 from scratch, batch 32, one frozen epoch of the head at the first size, then 3 unfrozen epochs at
@@ -60,15 +65,19 @@ INSTALL = ('.venv/bin/pip install --target /tmp/fastai-site --no-deps "fastai==2
            'fasttransform "fastprogress==1.0.3" fastdownload "plum-dispatch<2.10" beartype rich cloudpickle')
 
 
-def recipe(data: Path, out: Path, sizes: list[int], shorter_side: int) -> dict:
+def recipe(data: Path, out: Path, sizes: list[int], shorter_side: int, pretrained: bool = False) -> dict:
     """The workflow recipe doing the work above (see config/schema.yaml for every key)."""
-    unfrozen_lrs = [[2.0e-3, 5.0e-3, 5.0e-3]] + [[1.0e-3, 3.0e-3, 3.0e-3]] * (len(sizes) - 1)  # the demo's
+    unfrozen_lrs = [[2.0e-3, 5.0e-3, 5.0e-3]] + [[1.0e-3, 3.0e-3, 3.0e-3]] * (len(sizes) - 1)  # the old demo's
+    model = {"arch": "resnet18", "weights": "none"}
+    if pretrained:
+        unfrozen_lrs = [[1.0e-3, 3.0e-3, 1.0e-2]] * len(sizes)  # the pretrained demo's
+        model = {"arch": "tf_efficientnet_lite0", "weights": "packaged"}
     return {
         "data_dir": str(data), "out_dir": str(out), "seed": 42, "device": "auto",
         "data": {"layout": "csv"},
         "split": {"method": "fastai"},
         "images": {"shorter_side": shorter_side},
-        "model": {"arch": "resnet18", "weights": "none", "ps": [0.25, 0.5], "xtra_fc": [512]},  # = fastai v2's head
+        "model": {**model, "ps": [0.25, 0.5], "xtra_fc": [512]},  # = fastai v2's head
         "transforms": {"augmentation": "basic", "max_zoom": 1.1},
         "loader": {"batch_size": 32, "num_workers": 0},
         "head": {"size": sizes[0], "lr_find": False,
@@ -93,12 +102,13 @@ def timed(command: list[str], log: Path, env: dict | None = None) -> float:
     return seconds
 
 
-def run_ours(work: Path, data: Path, sizes: list[int], shorter_side: int, solution: pd.DataFrame) -> dict:
+def run_ours(work: Path, data: Path, sizes: list[int], shorter_side: int, solution: pd.DataFrame,
+             pretrained: bool) -> dict:
     out = work / "ours"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(work / ".snakemake", ignore_errors=True)  # no cached metadata: a fresh run
     config = work / "ours.yaml"
-    config.write_text(yaml.safe_dump(recipe(data, out, sizes, shorter_side), sort_keys=False))
+    config.write_text(yaml.safe_dump(recipe(data, out, sizes, shorter_side, pretrained), sort_keys=False))
     seconds = timed([sys.executable, "-m", "snakemake", str(out / "submission.csv"), "--snakefile",
                      str(REPO / "Snakefile"), "--directory", str(work), "--cores", "all", "--configfile", str(config)],
                     work / "ours.log")
@@ -110,13 +120,25 @@ def run_ours(work: Path, data: Path, sizes: list[int], shorter_side: int, soluti
     return {"seconds": round(seconds, 1), **scores, "stages": stages}
 
 
+def packaged_lite0_for_timm(work: Path) -> Path:
+    """The packaged ImageNet Lite0 tensors in timm's layout, for fastai's own timm model to load."""
+    import torch
+
+    from pipeline import backbones
+
+    path = work / "tf_efficientnet_lite0_packaged.pth"
+    torch.save(backbones.create(backbones.resolve("tf_efficientnet_lite0"), "packaged").state_dict(), path)
+    return path
+
+
 def run_fastai(work: Path, data: Path, sizes: list[int], python: str, env: dict, workers: int | None,
-               solution: pd.DataFrame) -> dict:
+               solution: pd.DataFrame, pretrained: bool) -> dict:
     predictions = work / "fastai_preds.npz"
     command = [python, str(REPO / "bench" / "fastai_same_work.py"), "--data-dir", str(data), "--valid-ids",
                str(work / "valid_ids.txt"), "--out", str(predictions), "--sizes", *map(str, sizes),
                "--epochs", str(EPOCHS), "--n-aug", str(N_AUG)]
     command += [] if workers is None else ["--workers", str(workers)]
+    command += ["--timm-weights", str(packaged_lite0_for_timm(work))] if pretrained else []
     seconds = timed(command, work / "fastai.log", env)
     saved = np.load(predictions)
     ids, classes = saved["ids"].tolist(), saved["classes"].tolist()
@@ -141,6 +163,7 @@ def main() -> None:
     parser.add_argument("--fastai-workers", type=int, help="fastai's num_workers (default: fastai's own)")
     parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--skip-fastai", action="store_true")
+    parser.add_argument("--pretrained", action="store_true", help="both from the packaged ImageNet Lite0 weights")
     args = parser.parse_args()
     shorter_side = args.shorter_side or -(-int(1.1 * args.sizes[-1]) // 8) * 8
 
@@ -152,10 +175,11 @@ def main() -> None:
     solution = pd.read_csv(data / "solution.csv", dtype={"id": str})
     split = make_split(read_labeled(data, "csv"), {"method": "fastai"})  # the split stage's own call
     (work / "valid_ids.txt").write_text("\n".join(split.loc[split["is_valid"], "id"]) + "\n")
-    figures = {"n": args.n, "n_test": args.n_test, "sizes": args.sizes, "shorter_side": shorter_side}
+    figures = {"n": args.n, "n_test": args.n_test, "sizes": args.sizes, "shorter_side": shorter_side,
+               "pretrained": args.pretrained}
 
     if not args.skip_ours:
-        figures["ours"] = run_ours(work, data, args.sizes, shorter_side, solution)
+        figures["ours"] = run_ours(work, data, args.sizes, shorter_side, solution, args.pretrained)
         ours_split, _ = read_labeled_table(work / "ours" / "split.csv")
         assert set(ours_split.loc[ours_split["is_valid"], "id"]) == set(split.loc[split["is_valid"], "id"])
 
@@ -163,7 +187,8 @@ def main() -> None:
     has_fastai = subprocess.run([args.fastai_python, "-c", "import fastai.vision.all"], env=env,
                                 capture_output=True).returncode == 0
     if has_fastai and not args.skip_fastai:
-        figures["fastai"] = run_fastai(work, data, args.sizes, args.fastai_python, env, args.fastai_workers, solution)
+        figures["fastai"] = run_fastai(work, data, args.sizes, args.fastai_python, env, args.fastai_workers, solution,
+                                       args.pretrained)
 
     if "ours" in figures and "fastai" in figures:
         ratio = figures["ours"]["seconds"] / figures["fastai"]["seconds"]

@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--bs", type=int, default=32)
     parser.add_argument("--n-aug", type=int, default=4)
     parser.add_argument("--workers", type=int, help="DataLoader num_workers (default: fastai's, min(16, cpus))")
+    parser.add_argument("--timm-weights", type=Path,
+                        help="pretrained: timm's tf_efficientnet_lite0 with this state dict (timm's layout)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
     set_seed(42)  # the init, shuffles and augmentations (ours: the recipe's seed 42)
@@ -47,15 +49,27 @@ def main() -> None:
     labels["is_valid"] = labels["id"].isin(set(args.valid_ids.read_text().split()))
     loader_options = {} if args.workers is None else {"num_workers": args.workers}
 
+    # Lite0's pretrained config normalises with mean = std = 0.5; ImageNet statistics otherwise (this project's).
+    stats = ([0.5] * 3, [0.5] * 3) if args.timm_weights else imagenet_stats
+
     def dls_at(size: int):
-        # Resize(size) from the full JPEG on every read; no flips (a mirrored digit is not that digit); this
-        # project normalises with ImageNet statistics, which vision_learner adds only for pretrained weights.
+        # Resize(size) from the full JPEG on every read; no flips (a mirrored digit is not that digit); the
+        # normalisation is given explicitly, which vision_learner adds only for weights it downloads itself.
         return ImageDataLoaders.from_df(
             labels, path=args.data_dir, folder="train", suff=".jpg", fn_col="id", label_col="breed",
             valid_col="is_valid", item_tfms=Resize(size), bs=args.bs, seed=42,
-            batch_tfms=[*aug_transforms(do_flip=False), Normalize.from_stats(*imagenet_stats)], **loader_options)
+            batch_tfms=[*aug_transforms(do_flip=False), Normalize.from_stats(*stats)], **loader_options)
 
-    learn = vision_learner(dls_at(args.sizes[0]), resnet18, pretrained=False, metrics=accuracy)
+    if args.timm_weights:  # fastai's timm path: its own body (TimmBody) and head on the arch, then the weights
+        learn = vision_learner(dls_at(args.sizes[0]), "tf_efficientnet_lite0", pretrained=False, metrics=accuracy,
+                               normalize=False)
+        state = torch.load(args.timm_weights, map_location="cpu", weights_only=True)
+        body = learn.model[0].model
+        missing, unexpected = body.load_state_dict(state, strict=False)
+        assert not missing and set(unexpected) <= {"classifier.weight", "classifier.bias"}, (missing, unexpected)
+        learn.freeze()
+    else:
+        learn = vision_learner(dls_at(args.sizes[0]), resnet18, pretrained=False, metrics=accuracy)
     tick = time.perf_counter()
     learn.fit_one_cycle(1, FROZEN_LR)  # the head (and, fastai's train_bn, the body's BatchNorm) on a frozen body
     phases["frozen"] = time.perf_counter() - tick

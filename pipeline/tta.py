@@ -111,12 +111,14 @@ def main(argv: list[str] | None = None) -> None:
                                                                  amp, "test")))
         per_checkpoint.append({"checkpoint": Path(checkpoint).name,
                                **valid_metrics(valid_by_model[-1], y, n_aug, len(classes))})
-    valid_passes, test_usable = passes.average(valid_by_model), passes.average(test_by_model)
+    # Metrics from the float32 passes the stage saves, so that calibrate, reading them, scores the very same numbers.
+    valid_passes = passes.average(valid_by_model).astype(np.float32)
+    test_usable = passes.average(test_by_model)
     prior = class_prior(train, len(classes))
     unusable = test.loc[~usable, "path"].tolist()
     test_passes = np.stack([with_prior_for_unusable(test_usable[index], usable, prior, unusable if index == 0 else [])
                             for index in range(2)])
-    save_npy(valid_passes.astype(np.float32), out_dir / "valid_passes.npy")
+    save_npy(valid_passes, out_dir / "valid_passes.npy")
     save_npy(test_passes.astype(np.float32), out_dir / "test_passes.npy")
     save_npy(passes.tta_mean(valid_passes, n_aug), out_dir / "valid_probs.npy")
     save_npy(passes.tta_mean(test_passes, n_aug), out_dir / "test_probs.npy")

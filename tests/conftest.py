@@ -176,9 +176,44 @@ def snakemake_command(workflow: Path, workdir: Path, *args: str, configfiles: li
     return command + ["--configfile", *map(str, configfiles)] if configfiles else command
 
 
-def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = ()) -> subprocess.CompletedProcess:
+def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = (),
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Snakemake in a subprocess; `env` adds to (or, with None values, removes from) this process's environment."""
+    environment = {**os.environ, **(env or {})}
+    environment = {key: value for key, value in environment.items() if value is not None}
     return subprocess.run(snakemake_command(workflow, workdir, *args, configfiles=configfiles), capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, env=environment)
+
+
+@pytest.fixture(scope="session")
+def resnet34_hub(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds a file where torchvision looks for resnet34's ImageNet weights (random
+    weights of the right shapes: what is checked before planning is that the file is there and fits)."""
+    from torchvision import models
+
+    home = tmp_path_factory.mktemp("torch_home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    url = models.ResNet34_Weights.DEFAULT.url
+    torch.save(models.resnet34().state_dict(), home / "hub" / "checkpoints" / url.rsplit("/", 1)[-1])
+    return home
+
+
+@pytest.fixture(scope="session")
+def convnext_hf_home(tmp_path_factory) -> Path:
+    """An HF_HOME whose hub cache holds timm's ConvNeXt-Tiny (in22k -> 1k) as huggingface_hub lays a download out,
+    with random weights of the right shapes."""
+    import timm
+    from safetensors.torch import save_file
+
+    home = tmp_path_factory.mktemp("hf_home")
+    repo = home / "hub" / "models--timm--convnext_tiny.fb_in22k_ft_in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    model = timm.create_model("convnext_tiny.fb_in22k_ft_in1k", pretrained=False)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, snapshot / "model.safetensors")
+    return home
 
 
 # The expensive shared runs. Under pytest-xdist (`make test` runs 2 workers) every worker would make its own copy of

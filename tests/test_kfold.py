@@ -97,7 +97,10 @@ def test_calibration_never_hurts_and_final_tta_is_no_worse_than_none(kfold_run):
     calibration, cv = read(out / "calibration" / "calibration.json"), read(out / "cv_metrics.json")
     assert calibration["logloss_calibrated"] <= calibration["logloss_tta"]
     assert calibration["logloss_calibrated"] <= calibration["logloss_no_tta"]
-    assert cv["calibrated"]["oof_logloss"] == calibration["logloss_calibrated"] <= cv["oof_logloss"]
+    # Two stages compute the uncalibrated OOF log loss from the same float32 probabilities in their own order of
+    # sums: equal to 1e-12, so "no worse" allows that much (here calibration kept the TTA mean, at +1e-14).
+    assert cv["calibrated"]["oof_logloss"] == calibration["logloss_calibrated"]
+    assert calibration["logloss_calibrated"] <= cv["oof_logloss"] + 1e-12
     assert calibration["logloss_tta"] == pytest.approx(cv["oof_logloss"])
 
 

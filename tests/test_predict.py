@@ -16,7 +16,11 @@ def run_predict(micro_run, *args: str) -> None:
 
 
 def test_raw_test_images_get_the_tta_stages_plain_pass_probabilities(micro_run, tmp_path, capsys):
-    run_predict(micro_run, str(micro_run.data / "test"), "--top-k", "2", "--csv", str(tmp_path / "p.csv"))
+    """The same checkpoint, precision (the checkpoint's amp, as the TTA stage ran on this machine) and batch size as
+    the TTA stage: equal to float32 rounding, or to bf16's (8 bits of mantissa) where autocast ran."""
+    checkpoint = torch.load(micro_run.out / "finetune" / "1_32" / "model.pt", weights_only=True)
+    run_predict(micro_run, str(micro_run.data / "test"), "--top-k", "2", "--csv", str(tmp_path / "p.csv"),
+                "--batch-size", "16")
     predicted = pd.read_csv(tmp_path / "p.csv")
     test = pd.read_csv(micro_run.out / "test.csv", dtype={"id": str})
     plain = np.load(micro_run.out / "tta" / "test_passes.npy")[0]  # same checkpoint, no augmentation
@@ -24,7 +28,7 @@ def test_raw_test_images_get_the_tta_stages_plain_pass_probabilities(micro_run, 
     by_path = dict(zip((micro_run.data / test["path"]).astype(str), plain))
     assert sorted(predicted["path"]) == sorted(by_path)
     np.testing.assert_allclose(predicted.iloc[:, 1:].to_numpy(), np.stack([by_path[p] for p in predicted["path"]]),
-                               atol=1e-5)
+                               atol=2e-2 if checkpoint["meta"]["amp"] else 1e-5)
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(micro_run.data))]
     assert len(printed) == len(test) and all(line.count(", ") == 1 for line in printed)  # the top 2 classes each
 
@@ -61,3 +65,29 @@ def test_a_checkpoint_that_does_not_say_how_it_resized_needs_the_shorter_side(mi
     assert "pass --shorter-side" in capsys.readouterr().err
     predict.main(["--checkpoint", str(tmp_path / "old.pt"), image, "--shorter-side", "40", "--top-k", "1"])
     assert re.fullmatch(rf"{re.escape(image)}: (zero|one|two) [01]\.\d{{3}}", capsys.readouterr().out.splitlines()[-1])
+
+
+@pytest.mark.parametrize("native_bf16, checkpoint_amp, flag, expected", [
+    (False, False, None, False),   # as trained
+    (True, False, None, False),    # as trained, though this CPU could run bf16
+    (True, True, None, True),
+    (False, True, "off", False),   # the flag wins
+    (True, False, "auto", True),   # auto decides by the CPU, as the recipe's amp: auto does
+    (False, False, "auto", False),
+])
+def test_predict_runs_in_the_precision_the_checkpoint_was_trained_in_unless_told(
+        micro_run, tmp_path, monkeypatch, native_bf16, checkpoint_amp, flag, expected):
+    checkpoint = torch.load(micro_run.out / "finetune" / "1_32" / "model.pt", weights_only=True)
+    checkpoint["meta"]["amp"] = checkpoint_amp
+    torch.save(checkpoint, tmp_path / "model.pt")
+    monkeypatch.setattr(predict.runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    seen = []
+
+    def recording(model, frame, cache, params, device, amp, name):
+        seen.append(amp)
+        return np.log(np.full((1, len(frame), 3), 1 / 3))
+
+    monkeypatch.setattr(predict, "tta_log_probs", recording)
+    image = str(sorted((micro_run.data / "test").glob("*.jpg"))[0])
+    predict.main(["--checkpoint", str(tmp_path / "model.pt"), image, *(["--amp", flag] if flag else [])])
+    assert seen == [expected]

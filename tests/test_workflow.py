@@ -6,11 +6,13 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from sklearn.metrics import log_loss
 
 import report_browser
 from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, restored_afterwards, snakemake, write_override
+from pipeline import backbones
 
 pytestmark = pytest.mark.workflow
 
@@ -47,9 +49,9 @@ def test_csv_layout_writes_the_output_contract(csv_run):
                  "finetune/1_32/lr_find.png", "finetune/2_40/curves.png", "finetune/2_40/batch_loss.png",
                  "tta/confusion_matrix.png", "interpret/top_losses.png", "interpret/by_class.png"]:
         assert (out / plot).read_bytes()[:4] == b"\x89PNG", plot
-    assert np.load(out / "activations" / "32" / "train.npy", mmap_mode="r").shape == ((~split["is_valid"]).sum(), 1024)
+    assert np.load(out / "activations" / "32" / "train.npy", mmap_mode="r").shape == ((~split["is_valid"]).sum(), 2560)  # Lite0's 1280 x 2
     log = pd.read_csv(out / "finetune" / "1_32" / "log.csv")
-    assert len(log) == 1 + 2 + 4  # fit(lr, 3, cycle_len=1, cycle_mult=2), as the lesson
+    assert len(log) == 1 + 2  # fit(lr, 2, cycle_len=1, cycle_mult=2)
     assert list(log.columns[:6]) == ["phase", "fit", "epoch", "train_loss", "valid_loss", "accuracy"]
 
 
@@ -210,9 +212,18 @@ def test_editing_a_module_reruns_the_stages_that_import_it_and_their_dependents(
     assert set(planned_jobs(result.stdout)) - {"all"} == expected, result.stdout[-2000:]
 
 
-def test_folder_layout_gives_a_binary_submission_that_beats_uniform(tmp_path):
+def test_folder_layout_gives_a_binary_submission_that_beats_uniform_and_new_weights_rerun_from_precompute(tmp_path):
+    """The folder layout's run, with its weights from a local file; then that file replaced at the same path plans
+    precompute and everything after it again, and nothing before."""
     workflow = copy_workflow(tmp_path / "repo")
-    result = snakemake(workflow, tmp_path / "work", configfiles=[CONFIGS / "tiny_folders.yaml"])
+    weights = tmp_path / "my weights" / "lite0.pth"
+    weights.parent.mkdir()
+    lite0 = backbones.resolve("tf_efficientnet_lite0")
+    state = backbones.create(lite0, "packaged").state_dict()
+    torch.save(state, weights)
+    recipe = [CONFIGS / "tiny_folders.yaml", write_override(tmp_path / "w.yaml", model={
+        "arch": "tf_efficientnet_lite0", "weights": str(weights)})]
+    result = snakemake(workflow, tmp_path / "work", configfiles=recipe)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data, out = tmp_path / "work" / "data", tmp_path / "work" / "out"
     submission = pd.read_csv(out / "submission.csv", dtype={"id": str})
@@ -225,6 +236,49 @@ def test_folder_layout_gives_a_binary_submission_that_beats_uniform(tmp_path):
     merged = solution.merge(submission, on="id")
     y = (merged["label_x"] == "one").to_numpy()
     assert log_loss(y, merged["label_y"], labels=[False, True]) < math.log(2)
+
+    assert planned_jobs(snakemake(workflow, tmp_path / "work", "-n", configfiles=recipe).stdout) == {}
+    state["conv_stem.weight"] = state["conv_stem.weight"] * 1.01
+    torch.save(state, weights)  # the same path, other weights
+    jobs = planned_jobs(snakemake(workflow, tmp_path / "work", "-n", configfiles=recipe).stdout)
+    assert set(jobs) - {"all"} == {"precompute"} | AFTER_THE_HEAD - {"lr_find"}, jobs
+
+
+BAD_BACKBONES = {
+    "unknown arch": ({"arch": "resnet19"}, {}, "'resnet19' is neither a torchvision classification model nor a timm "
+                                             "model; close names: resnet18"),
+    "unknown enum member": ({"arch": "resnet18", "weights": "IMAGENET1K_V9"}, {}, "resnet18 has IMAGENET1K_V1"),
+    "torchvision offline": ({"arch": "resnet18", "weights": "imagenet"}, {}, "hub/checkpoints/resnet18-"),
+    "timm offline": ({"arch": "tf_efficientnet_lite0", "weights": "imagenet"}, {"HF_HUB_OFFLINE": "1"},
+                     "models--timm--tf_efficientnet_lite0.in1k"),
+    "text file": ({"weights": "text"}, {}, "is not a torch state dict"),
+    "bare tensor": ({"weights": "tensor"}, {}, "holds a Tensor, not a state dict"),
+    "truncated file": ({"weights": "truncated"}, {}, "is not a torch state dict"),
+    "another arch's file": ({"weights": "resnet18"}, {}, "does not fit tf_efficientnet_lite0"),
+    "not an NCHW map": ({"arch": "swin_t", "weights": "none"}, {}, "swin_t: its body gives features of shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BACKBONES))
+def test_a_bad_arch_or_weights_stops_before_any_job_runs(tmp_path, case):
+    model, env, message = BAD_BACKBONES[case]
+    if model.get("weights") in ("text", "tensor", "truncated", "resnet18"):
+        path = tmp_path / "weights.pth"
+        if model["weights"] == "text":
+            path.write_text("these are not weights")
+        elif model["weights"] == "tensor":
+            torch.save(torch.zeros(3), path)
+        else:
+            torch.save(backbones.create(backbones.resolve("resnet18"), "none").state_dict(), path)
+            if model["weights"] == "truncated":
+                path.write_bytes(path.read_bytes()[:100_000])
+        model = {**model, "weights": str(path)}
+    bad = write_override(tmp_path / "bad.yaml", model={"arch": "tf_efficientnet_lite0", **model})
+    environment = {"TORCH_HOME": str(tmp_path / "empty torch home"), "HF_HOME": str(tmp_path / "empty hf home"), **env}
+    result = snakemake(REPO, tmp_path / "work", configfiles=[CONFIGS / "tiny_csv.yaml", bad], env=environment)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and message in output, output[-3000:]
+    assert "Traceback" not in output and not (tmp_path / "work" / "data").exists()  # no job, not even the demo's
 
 
 @pytest.mark.parametrize("override, message, path", [
@@ -245,10 +299,11 @@ def test_a_bad_recipe_stops_before_anything_runs_naming_the_key(tmp_path, overri
 @pytest.mark.parametrize("recipes, jobs_per_model", [(["dogbreeds.yaml"], 1), (["dogscats.yaml"], 1),
                                                      (["dogbreeds.yaml", "dogbreeds_kfold.yaml"], 5)])
 def test_lesson_recipes_plan_the_whole_chain_without_the_demo_builder(tmp_path, csv_data, folder_data, recipes,
-                                                                      jobs_per_model):
+                                                                      jobs_per_model, resnet34_hub):
     data = folder_data if recipes[0] == "dogscats.yaml" else csv_data
     result = snakemake(REPO, tmp_path, "-n", "--config", f"data_dir={data}",
-                       configfiles=[REPO / "config" / recipe for recipe in recipes])
+                       configfiles=[REPO / "config" / recipe for recipe in recipes],
+                       env={"TORCH_HOME": str(resnet34_hub)})
     jobs = planned_jobs(result.stdout)
     assert "demo_data" not in jobs, "the demo recipe's keys leaked into a lesson recipe"
     kfold = {"fold_split", "oof"} if jobs_per_model > 1 else set()
@@ -258,7 +313,17 @@ def test_lesson_recipes_plan_the_whole_chain_without_the_demo_builder(tmp_path, 
     assert jobs["finetune"] == jobs["precompute"] == jobs["tta"] == jobs_per_model
 
 
-def test_a_lesson_recipe_without_its_data_names_the_missing_files(tmp_path):
-    result = snakemake(REPO, tmp_path, "-n", configfiles=[REPO / "config" / "dogbreeds.yaml"])
+def test_the_convnext_recipe_plans_its_chain_on_timms_backbone(tmp_path, csv_data, resnet34_hub, convnext_hf_home):
+    recipes = [REPO / "config" / "dogbreeds.yaml", REPO / "config" / "dogbreeds_convnext.yaml"]
+    result = snakemake(REPO, tmp_path, "-n", "--config", f"data_dir={csv_data}", configfiles=recipes,
+                       env={"TORCH_HOME": str(resnet34_hub), "HF_HOME": str(convnext_hf_home), "HF_HUB_OFFLINE": "1"})
+    jobs = planned_jobs(result.stdout)
+    assert jobs.get("precompute") == 1 and jobs.get("finetune") == 2 and jobs.get("lr_find") == 1, \
+        result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_a_lesson_recipe_without_its_data_names_the_missing_files(tmp_path, resnet34_hub):
+    result = snakemake(REPO, tmp_path, "-n", configfiles=[REPO / "config" / "dogbreeds.yaml"],
+                       env={"TORCH_HOME": str(resnet34_hub)})
     assert result.returncode != 0
     assert "data/dogbreeds/labels.csv" in result.stdout + result.stderr
