@@ -22,16 +22,10 @@ from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import KFold
 
 from pipeline import cli, plots, runtime
-from pipeline.data import class_indices, read_labeled_table
+from pipeline.data import class_indices, read_labeled_table, read_rows
 from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_json
 
 FLOOR = 1e-12  # a pass can give a class exactly 0; its log must stay finite
-
-
-def read_rows(rows_csv: str | Path) -> pd.DataFrame:
-    """The rows aligned with the valid passes: with `is_valid` (a single split's split.csv) only the valid ones."""
-    rows = pd.read_csv(rows_csv, dtype={"id": str, "label": str}, keep_default_na=False)
-    return rows[rows["is_valid"]].reset_index(drop=True) if "is_valid" in rows else rows
 
 
 def cross_fit_groups(rows: pd.DataFrame, seed: int) -> tuple[np.ndarray, str]:

@@ -106,6 +106,12 @@ def read_folders(data_dir: str | Path) -> pd.DataFrame:
     return table
 
 
+def read_rows(rows_csv: str | Path) -> pd.DataFrame:
+    """The rows aligned with the valid passes: with `is_valid` (a single split's split.csv) only the valid ones."""
+    rows = pd.read_csv(rows_csv, dtype={"id": str, "label": str}, keep_default_na=False)
+    return rows[rows["is_valid"]].reset_index(drop=True) if "is_valid" in rows else rows
+
+
 def read_labeled(data_dir: str | Path, layout: str, suffix: str = ".jpg") -> pd.DataFrame:
     if layout == "csv":
         return read_labels_csv(data_dir, suffix)

@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import cli, plots
-from pipeline.calibrate import read_rows
-from pipeline.data import class_indices, read_labeled_table
+from pipeline.data import class_indices, read_labeled_table, read_rows
 from pipeline.io import remove_stale_temporaries, write_csv
 from pipeline.loaders import ImageDataset
 from pipeline.transforms import valid_transform

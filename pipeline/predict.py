@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from pipeline import cli, passes, runtime
 from pipeline.data import IMAGE_SUFFIXES, natural_key
+from pipeline.inference import tta_log_probs
 from pipeline.io import write_csv
 from pipeline.model import WeightsError, load_checkpoint, restore_model
 from pipeline.resize import resize_one
-from pipeline.tta import tta_log_probs
 
 
 def image_files(arguments: list[str]) -> list[Path]:

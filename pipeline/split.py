@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from pipeline import cli
 from pipeline.data import DataError, read_bad_paths, read_labeled, read_test, unlabelled_images
@@ -38,6 +37,8 @@ def stratified_folds(labels: pd.Series, n_folds: int, seed: int) -> np.ndarray:
         raise DataError(f"stratified {n_folds}-fold split needs at least {n_folds} images per class; "
                         f"too few in: {', '.join(f'{c} ({n})' for c, n in too_small.items())}")
     folds = np.empty(len(labels), dtype=int)
+    from sklearn.model_selection import StratifiedKFold  # 3 s of imports that fastai's split never needs
+
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for fold, (_, valid_idxs) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         folds[valid_idxs] = fold

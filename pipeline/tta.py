@@ -13,44 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
-from tqdm import tqdm
 
 from pipeline import cli, passes, plots, runtime
 from pipeline.data import read_split, read_test_table
+from pipeline.inference import tta_log_probs
 from pipeline.io import remove_stale_temporaries, save_npy, write_json
-from pipeline.loaders import ImageDataset, inference_loader
 from pipeline.model import WeightsError, restore_model
-from pipeline.transforms import train_transform, valid_transform
-
-
-@torch.inference_mode()
-def predict(model, loader, device: torch.device, amp: bool, desc: str) -> np.ndarray:
-    """Log-probabilities (N, C) in loader order."""
-    model.eval()
-    outputs = []
-    for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
-        x = runtime.batch_on_device(x, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            outputs.append(model(x).float().cpu())
-    return torch.cat(outputs).numpy()
-
-
-def tta_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, device: torch.device, amp: bool,
-                  name: str) -> np.ndarray:
-    """(n_aug + 1, N, C): pass 0 with the validation transform, passes 1..n_aug with the training augmentations."""
-    size, n_aug, preprocessing = params["size"], params.get("n_aug", 4), params.get("preprocessing")
-    labels = frame["y"] if "y" in frame else None
-    plain = ImageDataset(cache_dir, frame["path"], labels, valid_transform(size, preprocessing=preprocessing))
-    augmented = ImageDataset(cache_dir, frame["path"], labels,
-                             train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on"),
-                                             preprocessing=preprocessing))
-    passes = []
-    for index, dataset in enumerate([plain] + [augmented] * n_aug):
-        passes.append(predict(model, inference_loader(dataset, params, device, seed=index), device, amp,
-                              f"TTA {name} pass {index}/{n_aug}"))
-    return np.stack(passes)
 
 
 def class_prior(train: pd.DataFrame, n_classes: int) -> np.ndarray:

@@ -8,7 +8,8 @@ from pipeline.model import build_classifier
 from pipeline.resize import resize_cache
 from pipeline.submission import SubmissionError, make_submission
 from pipeline import passes
-from pipeline.tta import tta_log_probs, valid_metrics
+from pipeline.inference import tta_log_probs
+from pipeline.tta import valid_metrics
 
 
 @pytest.fixture(scope="module")
