@@ -29,14 +29,17 @@ def import_seconds(tree: Path, module: str) -> float:
 
 
 def costliest(tree: Path, module: str, n: int = 3) -> str:
-    """The n top-level packages with the largest cumulative import time (-X importtime, microseconds)."""
+    """The n outside packages with the largest cumulative import time (-X importtime: each package's outermost
+    import includes everything it imported)."""
     result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import pipeline.{module}"], cwd=tree,
                             env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True)
-    totals = {}
+    totals: dict[str, int] = {}
     for line in result.stderr.splitlines():
         parts = line.split("|")
-        if len(parts) == 3 and parts[1].strip().isdigit() and not parts[2].startswith("  "):
-            totals[parts[2].strip()] = int(parts[1])
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            package = parts[2].strip().split(".")[0]
+            if package != "pipeline":
+                totals[package] = max(totals.get(package, 0), int(parts[1]))
     top = sorted(totals.items(), key=lambda item: -item[1])[:n]
     return ", ".join(f"{name} {micros / 1e6:.1f}s" for name, micros in top)
 
