@@ -72,8 +72,7 @@ def preprocessing(backbone: Backbone) -> dict:
     """Mean, std and resize interpolation of the weights' training: torchvision's ImageNet statistics, or the timm
     model's pretrained config (`timm.data.resolve_data_config`, as `resolve_model_data_config` reads it)."""
     if backbone.source == "torchvision":
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in DEFAULT_PREPROCESSING.items()}
+        return {key: list(value) if isinstance(value, list) else value for key, value in DEFAULT_PREPROCESSING.items()}
     timm = importlib.import_module("timm")
     config = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(backbone.name).to_dict())
     return {"mean": list(config["mean"]), "std": list(config["std"]), "interpolation": config["interpolation"]}

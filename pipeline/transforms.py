@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as F
 
 AUGMENTATIONS = ("side_on", "top_down", "basic", "none")
 # What a torchvision model's weights were trained with, for callers that name no backbone.
-DEFAULT_PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear"}
+DEFAULT_PREPROCESSING = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
 
 
 def _uniform(low: float, high: float) -> float:
