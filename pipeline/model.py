@@ -219,7 +219,16 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> None:
 
 def load_checkpoint(path: str | Path, expect: dict) -> tuple[dict, dict]:
     """(state_dict, meta) of a checkpoint whose metadata agrees with `expect` (e.g. classes, arch)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not Path(path).is_file():
+        raise WeightsError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, text or foreign files fail in many ways inside torch.load
+        raise WeightsError(f"checkpoint {path} cannot be read (truncated, or not a model.pt the pipeline wrote): "
+                           f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise WeightsError(f"checkpoint {path} holds a {type(checkpoint).__name__} without a state_dict: not a "
+                           "model.pt the pipeline wrote")
     meta = checkpoint.get("meta", {})
     for key, wanted in expect.items():
         if meta.get(key) != wanted:
@@ -230,11 +239,14 @@ def load_checkpoint(path: str | Path, expect: dict) -> tuple[dict, dict]:
 def restore_model(checkpoint: str | Path, arch: str, classes: list[str]) -> tuple[Classifier, dict]:
     """Rebuild the architecture (no weight download: the checkpoint has the weights) and load the checkpoint."""
     state, meta = load_checkpoint(checkpoint, {"classes": classes, "arch": arch})
+    if missing := [key for key in ("size", "ps", "xtra_fc") if key not in meta]:
+        raise WeightsError(f"checkpoint {checkpoint} lacks {', '.join(missing)} in its meta: not a model.pt the "
+                           "pipeline wrote")
     backbone = backbones.resolve(arch)
     body, groups = cut_body(backbone, backbones.create(backbone, "none", quiet=True))
     model = Classifier(body, groups, len(classes), meta["ps"], meta["xtra_fc"], arch)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise WeightsError(f"checkpoint {checkpoint} does not fit {arch} with its head: {str(error)[:400]}") from None
+        raise WeightsError(f"checkpoint {checkpoint} does not fit {arch} with its head: {' '.join(str(error).split())[:400]}") from None
     return model, meta

@@ -91,11 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--augmentation", choices=["side_on", "top_down", "basic", "none"], help="override, for --tta")
     parser.add_argument("--max-zoom", type=float, help="override, for --tta")
     args = parser.parse_args(argv)
+    if args.top_k < 1 or args.tta < 0 or args.batch_size < 1:
+        parser.error("--top-k and --batch-size must be >= 1, --tta >= 0 (augmented passes besides the plain one)")
     try:
         _, meta = load_checkpoint(args.checkpoint, {})
-        model, meta = restore_model(args.checkpoint, meta.get("arch"), meta.get("classes"))
-    except (OSError, WeightsError, KeyError) as error:
-        cli.fail(f"cannot load {args.checkpoint}: {error}")
+        if not isinstance(meta.get("arch"), str) or not meta.get("classes"):
+            raise WeightsError(f"checkpoint {args.checkpoint} does not name its arch and classes: not a model.pt the "
+                               "pipeline wrote")
+        model, meta = restore_model(args.checkpoint, meta["arch"], meta["classes"])
+    except (OSError, WeightsError) as error:
+        cli.fail(str(error))
     images = image_settings(meta, args)
     checkpoint_amp = "on" if meta.get("amp") else "off" if "amp" in meta else "auto"
     device, amp = runtime.start({"device": args.device, "amp": args.amp or checkpoint_amp}, args.threads)

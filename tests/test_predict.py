@@ -5,16 +5,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
-from pipeline import predict
+from pipeline import backbones, predict
+from pipeline.model import Classifier, checkpoint_meta, cut_body, save_checkpoint
 
-pytestmark = pytest.mark.workflow  # reads the reference run's checkpoint and predictions
+workflow = pytest.mark.workflow  # reads the reference run's checkpoint and predictions
 
 
 def run_predict(micro_run, *args: str) -> None:
     predict.main(["--checkpoint", str(micro_run.out / "finetune" / "1_32" / "model.pt"), "--threads", "2", *args])
 
 
+@workflow
 def test_raw_test_images_get_the_tta_stages_plain_pass_probabilities(micro_run, tmp_path, capsys):
     """The same checkpoint, precision (the checkpoint's amp, as the TTA stage ran on this machine) and batch size as
     the TTA stage: equal to float32 rounding, or to bf16's (8 bits of mantissa) where autocast ran."""
@@ -33,6 +36,7 @@ def test_raw_test_images_get_the_tta_stages_plain_pass_probabilities(micro_run, 
     assert len(printed) == len(test) and all(line.count(", ") == 1 for line in printed)  # the top 2 classes each
 
 
+@workflow
 def test_an_unreadable_file_is_reported_and_the_others_are_still_predicted(micro_run, tmp_path, capsys):
     (tmp_path / "notes.jpg").write_text("not an image")
     good = sorted((micro_run.data / "test").glob("*.jpg"))[:2]
@@ -46,6 +50,7 @@ def test_an_unreadable_file_is_reported_and_the_others_are_still_predicted(micro
     assert pd.read_csv(tmp_path / "p.csv")["path"].tolist() == [str(good[0]), str(good[1])]
 
 
+@workflow
 def test_tta_averages_augmented_passes_into_probabilities(micro_run, tmp_path):
     image = sorted((micro_run.data / "test").glob("*.jpg"))[:3]
     run_predict(micro_run, *map(str, image), "--csv", str(tmp_path / "plain.csv"))
@@ -55,6 +60,7 @@ def test_tta_averages_augmented_passes_into_probabilities(micro_run, tmp_path):
     assert not np.allclose(plain, tta)
 
 
+@workflow
 def test_a_checkpoint_that_does_not_say_how_it_resized_needs_the_shorter_side(micro_run, tmp_path, capsys):
     checkpoint = torch.load(micro_run.out / "finetune" / "1_32" / "model.pt", weights_only=True)
     del checkpoint["meta"]["images"]
@@ -67,6 +73,7 @@ def test_a_checkpoint_that_does_not_say_how_it_resized_needs_the_shorter_side(mi
     assert re.fullmatch(rf"{re.escape(image)}: (zero|one|two) [01]\.\d{{3}}", capsys.readouterr().out.splitlines()[-1])
 
 
+@workflow
 @pytest.mark.parametrize("native_bf16, checkpoint_amp, flag, expected", [
     (False, False, None, False),   # as trained
     (True, False, None, False),    # as trained, though this CPU could run bf16
@@ -91,3 +98,65 @@ def test_predict_runs_in_the_precision_the_checkpoint_was_trained_in_unless_told
     image = str(sorted((micro_run.data / "test").glob("*.jpg"))[0])
     predict.main(["--checkpoint", str(tmp_path / "model.pt"), image, *(["--amp", flag] if flag else [])])
     assert seen == [expected]
+
+
+# ---- bad arguments and bad checkpoints: one line each, never a traceback or a NaN ----------------------------------
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """A model.pt as the stages write it (resnet18 with random weights, 3 classes, 32 px) and an image to predict."""
+    backbone = backbones.resolve("resnet18")
+    model = Classifier(*cut_body(backbone, backbones.create(backbone, "none", quiet=True)), 3, [0.25, 0.5], [512],
+                       "resnet18")
+    params = {"arch": "resnet18", "size": 32, "images": {"shorter_side": 40}}
+    save_checkpoint(model, tmp_path / "model.pt", checkpoint_meta(params, ["a", "b", "c"], "head", model, False))
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "photo.jpg")
+    return tmp_path / "model.pt", tmp_path / "photo.jpg"
+
+
+def test_a_checkpoint_the_stages_wrote_predicts(small_checkpoint, capsys):
+    checkpoint, photo = small_checkpoint
+    predict.main(["--checkpoint", str(checkpoint), str(photo), "--top-k", "3", "--tta", "1"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(rf"{re.escape(str(photo))}: [abc] [01]\.\d{{3}}, [abc] [01]\.\d{{3}}, [abc] [01]\.\d{{3}}", line)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tta", "-1"], "--tta >= 0"),
+    (["--top-k", "0"], "--top-k and --batch-size must be >= 1"),
+    (["--batch-size", "0"], "--top-k and --batch-size must be >= 1"),
+])
+def test_arguments_that_would_give_nan_or_nothing_are_refused(small_checkpoint, capsys, flags, message):
+    checkpoint, photo = small_checkpoint
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--checkpoint", str(checkpoint), str(photo), *flags])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def spoilt(checkpoint, how):
+    if how == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    elif how == "text":
+        checkpoint.write_text("not a checkpoint")
+    elif how == "bare state dict":
+        torch.save(torch.load(checkpoint, weights_only=True)["state_dict"], checkpoint)
+    else:  # meta and weights disagree: the meta names a fourth class the head has no output for
+        saved = torch.load(checkpoint, weights_only=True)
+        saved["meta"]["classes"].append("d")
+        torch.save(saved, checkpoint)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("truncated", "cannot be read (truncated, or not a model.pt the pipeline wrote)"),
+    ("text", "cannot be read (truncated, or not a model.pt the pipeline wrote)"),
+    ("bare state dict", "without a state_dict: not a model.pt the pipeline wrote"),
+    ("weights unlike its meta", "does not fit resnet18 with its head"),
+])
+def test_a_bad_checkpoint_is_one_line_naming_the_file(small_checkpoint, capsys, how, message):
+    checkpoint, photo = small_checkpoint
+    spoilt(checkpoint, how)
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--checkpoint", str(checkpoint), str(photo)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and err.startswith(f"error: checkpoint {checkpoint} ") and message in err
+    assert len(err.strip().splitlines()) == 1
