@@ -1,6 +1,6 @@
 # fast.ai lesson 2 as a reproducible workflow: `snakemake --cores all` runs the demo recipe end to end;
 # `snakemake --cores all --configfile config/dogbreeds.yaml` runs the lesson's Dog Breed recipe on Kaggle's data.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -9,9 +9,6 @@ min_version("9.0")
 if not workflow.overwrite_configfiles:
 
     configfile: "config/demo.yaml"
-
-
-validate(config, "config/schema.yaml")
 
 
 report: "rules/report/workflow.rst"

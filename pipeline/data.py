@@ -66,7 +66,12 @@ def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str 
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: labels file not found")
     # utf-8-sig drops a BOM; pandas handles CRLF line ends. Only the first two columns matter (fastai's from_csv).
-    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    try:
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv_path}: the file is empty; it needs a header (id,label) and one row per image")
+    if raw.empty:
+        raise DataError(f"{csv_path}: no rows after the header; it needs one row (id,label) per labelled image")
     if raw.shape[1] < 2:
         raise DataError(f"{csv_path}: needs at least two columns (id, label), found {list(raw.columns)}")
     table = pd.DataFrame({"id": raw.iloc[:, 0].str.strip(), "label": raw.iloc[:, 1].str.strip()})

@@ -21,13 +21,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from pipeline import cli, demo_folder
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.parallel import map_chunks
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def default_classes(layout: str) -> list[str]:
+    """The classes a demo recipe without `demo.classes` builds: all ten digits, or two for Dogs vs Cats' layout."""
+    return DIGIT_NAMES if layout == "csv" else ["one", "seven"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ def _write_images(digits: np.ndarray, paths: list[Path], rng: np.random.Generato
 
 
 def _pick(n_labeled: int, n_test: int, classes: list[str], rng: np.random.Generator):
+    from sklearn.datasets import load_digits  # scikit-learn's 3 s of imports only where the digits are read
+
     digits = load_digits()
     wanted = [DIGIT_NAMES.index(name) for name in classes]
     pool = np.flatnonzero(np.isin(digits.target, wanted))
@@ -125,7 +131,7 @@ def build(out: str | Path, layout: str = "csv", n_labeled: int = 1000, n_test: i
           sizes: ImageSizes = ImageSizes()) -> None:
     """Build the data set into `out`, which must be absent, empty or an earlier demo build (rebuilt from scratch);
     anything else raises `demo_folder.NotTheDemoFolder` before a single file is written."""
-    classes = classes or (DIGIT_NAMES if layout == "csv" else ["one", "seven"])
+    classes = classes or default_classes(layout)
     out = demo_folder.claim(out)
     builder = build_csv_layout if layout == "csv" else build_folder_layout
     builder(out, n_labeled, n_test, classes, seed, large_fraction, sizes)

@@ -6,10 +6,32 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (--directory, tests)
 
+import yaml
+from snakemake.utils import validate
+
+from pipeline import recipe_checks
 from pipeline.backbone_check import BackboneProblem, checked_backbone
 from pipeline.data import data_fingerprint
 from pipeline.demo_folder import BUILT_MARKER, ownership_problem
 from pipeline.deps import module_files
+from pipeline.run_lock import OutDirInUse, hold
+
+
+def stop_on(problems):
+    """Stop before anything is planned, listing every problem found (each names its key, file or row)."""
+    if problems:
+        raise WorkflowError("the recipe cannot run:\n" + "\n".join(f"  - {problem}" for problem in problems))
+
+
+# The recipe as written, against the schema: each failing key with the constraint it breaks. Then Snakemake's
+# validate fills in the schema's defaults, the one home of every default.
+SCHEMA = f"{workflow.basedir}/config/schema.yaml"
+SAMPLE_SUBMISSION_NAMED = "sample_submission" in config.get("data", {})
+stop_on(recipe_checks.schema_problems(config, yaml.safe_load(Path(SCHEMA).read_text())))
+validate(config, SCHEMA)
+FOLDS, FOLD_PROBLEMS = recipe_checks.kfold_folds(config)
+stop_on(recipe_checks.runtime_problems(config) + recipe_checks.finetune_problems(config) + FOLD_PROBLEMS
+        + recipe_checks.out_dir_problems(config) + recipe_checks.data_problems(config, SAMPLE_SUBMISSION_NAMED))
 
 DATA = config["data_dir"]
 OUT = config["out_dir"]
@@ -27,12 +49,6 @@ DEMO_BUILT = f"{DATA}/{BUILT_MARKER}"
 PYTHON = shlex.quote(sys.executable)
 STAGE_ENV = f"PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}"
 DEVICES = config["devices"]
-if DEVICES > 1 and config["device"].startswith("cuda:"):
-    raise WorkflowError(f"devices: {DEVICES} needs device auto or cuda (each process claims its own GPU), not "
-                        f"{config['device']!r}")
-if config["loader"]["batch_size"] % DEVICES:
-    raise WorkflowError(f"loader.batch_size {config['loader']['batch_size']} does not split evenly over devices: "
-                        f"{DEVICES} (each process loads batch_size / devices images)")
 # The GPUs a torch job holds, for Snakemake's --resources gpu=N and Slurm's --gpus: none on CPU, one per process.
 GPU_JOBS = 0 if config["device"] == "cpu" else 1
 TRAINING_GPUS = GPU_JOBS * DEVICES
@@ -115,25 +131,6 @@ RESIZE_RULE = {key: config["images"][key] for key in ("shorter_side", "jpeg_qual
 FINAL_SIZE = FINETUNE[-1]["size"] if FINETUNE else HEAD["size"]
 
 
-def kfold_folds():
-    """The folds a K-fold recipe runs (`split.folds`), checked before anything is planned; [] for a single split."""
-    split = config["split"]
-    if "folds" not in split:
-        return []
-    if split["method"] != "stratified_kfold" or LAYOUT != "csv":
-        raise WorkflowError(
-            "split.folds needs split.method: stratified_kfold and the csv data layout (fastai's split and the "
-            f"folder layout's valid/ are one fixed validation set); this recipe has method {split['method']!r}, "
-            f"layout {LAYOUT!r}"
-        )
-    n_folds = split["n_folds"]
-    folds = list(range(n_folds)) if split["folds"] == "all" else sorted(split["folds"])
-    if out_of_range := [fold for fold in folds if fold >= n_folds]:
-        raise WorkflowError(f"split.folds {out_of_range} out of range: n_folds is {n_folds} (folds 0..{n_folds - 1})")
-    return folds
-
-
-FOLDS = kfold_folds()
 KFOLD = bool(FOLDS)
 # Where one model's chain (split, activations, head, fine-tune sizes, TTA) lives: out_dir for a single split,
 # out_dir/folds/<k> for each fold of a K-fold run, so every fold folder holds what a single-split run holds.
@@ -184,17 +181,8 @@ def final_checkpoint():
 def snapshot_cycles(step):
     """The SGDR cycles of a size's last fit whose end weights are kept besides the final ones (1-based; the last
     cycle's weights are model.pt itself)."""
-    last_fit, k = step["fits"][-1], step.get("snapshots", 1)
-    if k > 1 and (not last_fit.get("cycle_len") or k > last_fit["n_cycle"]):
-        raise WorkflowError(
-            f"finetune size {step['size']}: snapshots: {k} needs a last fit with cycle_len and at least {k} cycles "
-            f"(n_cycle); it has {last_fit}"
-        )
+    last_fit, k = step["fits"][-1], step["snapshots"]
     return list(range(last_fit["n_cycle"] - k + 1, last_fit["n_cycle"]))
-
-
-for _step in FINETUNE:
-    snapshot_cycles(_step)  # a bad `snapshots` stops the run here, before anything is planned
 
 
 def snapshot_folder(name):
@@ -257,3 +245,15 @@ def training_report(path, name, stage):
     """A training figure in the report: category Training, one subcategory per stage (and fold)."""
     subcategory = f"fold {{fold}}, {stage}" if KFOLD else stage
     return report(path, caption=caption(name), category="2. Training", subcategory=subcategory)
+
+
+# One run per out_dir, from whichever working directory: held from the first job to the end of the run (a dry run,
+# or one with nothing to do, takes nothing).
+HELD_LOCKS = []  # the open lock file: the flock lasts as long as it stays open
+
+
+onstart:
+    try:
+        HELD_LOCKS.append(hold(OUT))
+    except OutDirInUse as in_use:
+        raise WorkflowError(str(in_use))

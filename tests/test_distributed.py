@@ -160,15 +160,3 @@ def test_data_parallel_head_matches_one_process_and_its_loss_falls(ddp_run, micr
     assert augmented[0]["valid_loss"] < ddp.loc[first, "valid_loss"].iloc[-1]  # the augmented epoch lowered it
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["valid_logloss"])
-
-
-@pytest.mark.workflow
-@pytest.mark.parametrize("override, message", [
-    ({"device": "cuda:1", "devices": 2}, "devices: 2 needs device auto or cuda"),
-    ({"devices": 3}, "loader.batch_size 16 does not split evenly over devices: 3"),
-])
-def test_a_recipe_data_parallel_training_cannot_run_stops_before_anything_runs(tmp_path, override, message):
-    bad = write_override(tmp_path / "bad.yaml", **override)
-    result = snakemake(REPO, tmp_path / "work", "-n", configfiles=[CONFIGS / "tiny_csv.yaml", bad])
-    assert result.returncode != 0 and message in result.stdout + result.stderr
-    assert not (tmp_path / "work" / "out").exists()

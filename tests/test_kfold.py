@@ -157,22 +157,3 @@ def test_editing_a_fit_of_the_last_size_reruns_that_size_onwards_in_every_fold(k
     finetune[-1]["fits"][0]["lr"] = 2.0e-2
     jobs = dry_run(kfold_run, tmp_path, finetune=finetune)
     assert jobs == {"finetune": 3, "tta": 3, **CROSS_FOLD}
-
-
-@pytest.mark.parametrize("split, finetune, message", [
-    ({"method": "fastai", "folds": "all"}, None, "split.folds needs split.method: stratified_kfold"),
-    ({"method": "stratified_kfold", "n_folds": 3, "folds": [0, 3]}, None, "split.folds [3] out of range"),
-    ({"method": "stratified_kfold", "n_folds": 3, "folds": [0, 0]}, None, "On instance['split']['folds']"),
-    (None, 4, "snapshots: 4 needs a last fit with cycle_len and at least 4 cycles"),
-], ids=["folds with fastai's split", "fold out of range", "fold twice", "more snapshots than cycles"])
-def test_a_bad_kfold_or_snapshot_recipe_stops_before_anything_runs(tmp_path, split, finetune, message):
-    override = {"split": split} if split else {}
-    if finetune:
-        steps = yaml.safe_load(RECIPE.read_text())["finetune"]
-        steps[-1]["snapshots"] = finetune
-        override["finetune"] = steps
-    bad = write_override(tmp_path / "bad.yaml", **override)
-    result = snakemake(REPO, tmp_path, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", bad])
-    assert result.returncode != 0
-    assert message in result.stdout + result.stderr
-    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()

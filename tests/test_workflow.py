@@ -2,6 +2,9 @@
 import json
 import math
 import os
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pandas as pd
@@ -11,8 +14,9 @@ import yaml
 from sklearn.metrics import log_loss
 
 import report_browser
-from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, restored_afterwards, snakemake, write_override
-from pipeline import backbones
+from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, recipe_for_user_data, restored_afterwards, \
+    snakemake, snakemake_command, write_override
+from pipeline import backbones, run_lock
 
 pytestmark = pytest.mark.workflow
 
@@ -281,19 +285,50 @@ def test_a_bad_arch_or_weights_stops_before_any_job_runs(tmp_path, case):
     assert "Traceback" not in output and not (tmp_path / "work" / "data").exists()  # no job, not even the demo's
 
 
-@pytest.mark.parametrize("override, message, path", [
-    ({"tta": {"n_augg": 3}}, "'n_augg' was unexpected", "['tta']"),
-    ({"tta": {"n_aug": "4"}}, "'4' is not of type 'integer'", "['tta']['n_aug']"),
-    ({"head": {"size": 24, "precomputed": [{"lr": "1e-2", "n_cycle": 1}]}}, "'1e-2'",
-     "['head']['precomputed'][0]['lr']"),
-])
-def test_a_bad_recipe_stops_before_anything_runs_naming_the_key(tmp_path, override, message, path):
+BAD_RECIPES = {
+    # Schema errors stop first, each one line: the key and the constraint it breaks.
+    "schema": ({"tta": {"n_augg": 3}, "loader": {"batch_size": 0},
+                "head": {"size": 32, "precomputed": [{"lr": "1e-2", "n_cycle": 1}]}},
+               ["tta: unknown key 'n_augg' (did you mean 'n_aug'?)", "loader.batch_size: must be >= 1 (it is 0)",
+                "head.precomputed[0].lr: must be a number or a list of them (it is '1e-2', a string"]),
+    # Then everything else the recipe and its data can be checked for (tests/test_recipe_checks.py has each case).
+    "after the schema": ({"devices": 3, "data": {"layout": "csv", "positive_class": "tow"},
+                          "split": {"method": "fastai", "folds": "all"},
+                          "finetune": [{"size": 40, "fits": [{"lr": 1.0e-2, "n_cycle": 1}]},
+                                       {"size": 32, "fits": [{"lr": 1.0e-2, "n_cycle": 1}]}]},
+                         ["loader.batch_size 16 does not split evenly over devices: 3",
+                          "finetune[1].size 32 is smaller than the size before it (40)",
+                          "split.folds needs split.method: stratified_kfold",
+                          "data.positive_class 'tow' is not one of the classes"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RECIPES))
+def test_a_bad_recipe_stops_before_anything_runs_listing_every_problem(tmp_path, case):
+    override, messages = BAD_RECIPES[case]
     bad = write_override(tmp_path / "bad.yaml", **override)
-    result = snakemake(REPO, tmp_path, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", bad])
+    result = snakemake(REPO, tmp_path, configfiles=[CONFIGS / "tiny_csv.yaml", bad])
     output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "Error validating config" in output and message in output
-    assert f"On instance{path}" in output
+    assert result.returncode != 0 and all(message in output for message in messages), output[-3000:]
+    assert "Traceback" not in output and "$defs" not in output  # neither our code's stack nor the schema
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_header_only_labels_file_and_a_misnamed_sample_stop_before_anything_runs(tmp_path):
+    data = tmp_path / "my data"
+    for folder in ("train", "test"):
+        (data / folder).mkdir(parents=True)
+    (data / "labels.csv").write_text("id,breed\n")
+    recipe = recipe_for_user_data(CONFIGS / "tiny_csv.yaml", tmp_path / "recipe.yaml", data)
+    result = snakemake(REPO, tmp_path / "work", configfiles=[recipe])
+    assert result.returncode != 0 and f"{data}/labels.csv: no rows after the header" in result.stderr
+    (data / "labels.csv").write_text("id,breed\na,x\nb,y\n")
+    for name in "ab":
+        (data / "train" / f"{name}.jpg").write_bytes(b"")
+    typo = write_override(tmp_path / "typo.yaml", data={"layout": "csv", "sample_submission": "sample_submision.csv"})
+    result = snakemake(REPO, tmp_path / "work", configfiles=[recipe, typo])
+    assert result.returncode != 0 and f"data.sample_submission: {data}/sample_submision.csv not found" in result.stderr
+    assert not (tmp_path / "work" / "out").exists()
 
 
 @pytest.mark.parametrize("recipes, jobs_per_model", [(["dogbreeds.yaml"], 1), (["dogscats.yaml"], 1),
@@ -327,3 +362,33 @@ def test_a_lesson_recipe_without_its_data_names_the_missing_files(tmp_path, resn
                        env={"TORCH_HOME": str(resnet34_hub)})
     assert result.returncode != 0
     assert "data/dogbreeds/labels.csv" in result.stdout + result.stderr
+
+
+def test_a_second_run_on_an_out_dir_in_use_stops_at_once_naming_the_first(tmp_path):
+    out = tmp_path / "shared out"
+    recipe = [CONFIGS / "tiny_csv.yaml", write_override(tmp_path / "out.yaml", out_dir=str(out))]
+    first = subprocess.Popen(snakemake_command(REPO, tmp_path / "first", configfiles=recipe), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = out / run_lock.LOCK_NAME
+        for _ in range(600):  # the first run takes the lock as its first job starts
+            if lock.exists() and f'"pid": {first.pid}' in lock.read_text():
+                break
+            assert first.poll() is None, "the first run ended before taking the lock"
+            time.sleep(0.2)
+        second = snakemake(REPO, tmp_path / "second", configfiles=recipe)  # another working directory
+        assert second.returncode != 0
+        assert f"out_dir {out} is in use by another run (pid {first.pid} on" in second.stderr, second.stderr[-2000:]
+        assert not (tmp_path / "second" / "data").exists()  # not even the demo's first job ran
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    run_lock.hold(out).close()  # a killed run leaves no stale lock: the kernel released it
+
+
+def test_the_out_dir_lock_is_held_until_its_file_closes(tmp_path):
+    held = run_lock.hold(tmp_path)
+    with pytest.raises(run_lock.OutDirInUse, match=rf"in use by another run \(pid {os.getpid()} on "):
+        run_lock.hold(tmp_path)
+    held.close()
+    run_lock.hold(tmp_path).close()

@@ -1,0 +1,204 @@
+"""The checks every recipe and its data pass before anything is planned (pipeline/recipe_checks.py), called directly:
+each problem names its key, file or row. tests/test_workflow.py checks that the workflow stops on them."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import recipe_checks
+from pipeline.data import DataError, read_labels_csv
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+TINY = yaml.safe_load((REPO / "tests" / "configs" / "tiny_csv.yaml").read_text())
+
+
+def with_defaults(recipe: dict) -> dict:
+    """The recipe as the checks after the schema see it: Snakemake's validate fills in the defaults."""
+    from snakemake.utils import validate
+
+    recipe = copy.deepcopy(recipe)
+    validate(recipe, str(REPO / "config" / "schema.yaml"))
+    return recipe
+
+
+def changed(recipe: dict, **sections) -> dict:
+    recipe = copy.deepcopy(recipe)
+    for section, value in sections.items():
+        recipe[section] = {**recipe[section], **value} if isinstance(value, dict) else value
+    return recipe
+
+
+# ---- the schema: the failing key and the constraint it breaks, never the schema ------------------------------------
+
+@pytest.mark.parametrize("sections, problem", [
+    ({"heda": 1}, "top level: unknown key 'heda' (did you mean 'head'?)"),
+    ({"tta": {"n_augg": 3}}, "tta: unknown key 'n_augg' (did you mean 'n_aug'?)"),
+    ({"tta": {"n_aug": "4"}}, "tta.n_aug: must be of type integer (it is '4')"),
+    ({"loader": {"batch_size": 0}}, "loader.batch_size: must be >= 1 (it is 0)"),
+    ({"head": {"size": 24, "precomputed": [{"lr": 0.0, "n_cycle": 1}]}}, "head.precomputed[0].lr: must be > 0 (it is 0.0)"),
+    ({"head": {"size": 24, "precomputed": [{"lr": [1.0e-3, -1.0], "n_cycle": 1}]}},
+     "head.precomputed[0].lr[1]: must be > 0 (it is -1.0)"),
+    ({"head": {"size": 24, "precomputed": [{"lr": "1e-2", "n_cycle": 1}]}},
+     "head.precomputed[0].lr: must be a number or a list of them (it is '1e-2', a string: YAML 1.1 reads a "
+     "bare 1e-2 as text, write 1.0e-2)"),
+    ({"transforms": {"augmentation": "sideon"}}, "transforms.augmentation: must be one of ['side_on', 'top_down', "
+                                                 "'basic', 'none'] (it is 'sideon')"),
+    ({"model": {"weights": "none"}}, "model: 'arch' is required"),
+])
+def test_a_schema_error_names_the_key_and_the_constraint_it_breaks(sections, problem):
+    recipe = changed(TINY, **sections) if all(key in TINY for key in sections) else {**TINY, **sections}
+    if "model" in sections:
+        recipe["model"] = sections["model"]
+    problems = recipe_checks.schema_problems(recipe, SCHEMA)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+    assert len(problems[0]) < 400  # one line, not the schema
+
+
+def test_every_shipped_recipe_passes_the_schema():
+    for recipe in sorted((REPO / "config").glob("*.yaml")) + sorted((REPO / "tests" / "configs").glob("*.yaml")):
+        keys = yaml.safe_load(recipe.read_text())
+        if recipe.name == "schema.yaml" or "data_dir" not in keys:  # the schema; add-ons to another recipe
+            continue
+        assert recipe_checks.schema_problems(keys, SCHEMA) == [], recipe
+
+
+# ---- progressive sizes and snapshots ----------------------------------------------------------------------------
+
+def finetune(*steps, shorter_side=44):
+    return with_defaults(changed(TINY, images={"shorter_side": shorter_side}, finetune=list(steps)))
+
+
+def fit(n_cycle=1, cycle_len=None):
+    return {"lr": 1.0e-2, "n_cycle": n_cycle, "cycle_len": cycle_len}
+
+
+def test_the_lessons_size_plan_passes():
+    assert recipe_checks.finetune_problems(finetune({"size": 32, "fits": [fit()]}, {"size": 40, "fits": [fit()]})) == []
+
+
+@pytest.mark.parametrize("steps, problem", [
+    ([{"size": 40, "fits": [fit()]}, {"size": 32, "fits": [fit()]}],
+     "finetune[1].size 32 is smaller than the size before it (40)"),
+    ([{"size": 16, "fits": [fit()]}], "finetune[0].size 16 is smaller than the size before it (32)"),
+    ([{"size": 40, "fits": [fit()]}, {"size": 40, "fits": [fit()]}], "finetune: size 40 listed more than once"),
+    ([{"size": 400, "fits": [fit()]}], "finetune[0].size 400 is larger than images.shorter_side 44: every image "
+                                       "would be upscaled"),
+    ([{"size": 32, "snapshots": 2, "fits": [fit(2, 1)]}, {"size": 40, "fits": [fit()]}],
+     "finetune[0].snapshots: 2 on size 32, which is not the last size"),
+    ([{"size": 32, "snapshots": 3, "fits": [fit(2, 1)]}], "finetune[0].snapshots: 3 needs a last fit with "
+                                                          "cycle_len and at least 3 cycles"),
+])
+def test_a_size_plan_that_cannot_be_what_was_meant_is_refused(steps, problem):
+    problems = recipe_checks.finetune_problems(finetune(*steps))
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_the_head_size_past_the_resize_cache_is_refused():
+    recipe = with_defaults(changed(TINY, images={"shorter_side": 30}))
+    assert any(p.startswith("head.size 32 is larger than images.shorter_side 30")
+               for p in recipe_checks.finetune_problems(recipe))
+
+
+# ---- the data: labels, classes, sample_submission, positive_class ---------------------------------------------------
+
+def user_data(folder: Path, labels: str, sample: str | None = None) -> dict:
+    """A csv-layout data set with the given labels.csv (an image per row) and sample_submission.csv, and a recipe."""
+    (folder / "train").mkdir(parents=True)
+    (folder / "test").mkdir()
+    (folder / "labels.csv").write_text(labels)
+    for line in labels.splitlines()[1:]:
+        (folder / "train" / f"{line.split(',')[0]}.jpg").write_bytes(b"")
+    if sample is not None:
+        (folder / "sample_submission.csv").write_text(sample)
+    recipe = {key: value for key, value in TINY.items() if key != "demo"}
+    return with_defaults({**recipe, "data_dir": str(folder)})
+
+
+@pytest.mark.parametrize("labels, problem", [
+    ("", "labels.csv: the file is empty"),
+    ("id,breed\n", "labels.csv: no rows after the header"),
+    ("id,breed\na,uno\nb,uno\n", "only one class (uno); a classifier needs at least two"),
+])
+def test_labels_a_classifier_cannot_learn_from_are_refused(tmp_path, labels, problem):
+    problems = recipe_checks.data_problems(user_data(tmp_path / "data", labels), sample_named=False)
+    assert len(problems) == 1 and problem in problems[0], problems
+    assert str(tmp_path / "data") in problems[0]
+
+
+def test_the_split_stage_refuses_an_empty_or_header_only_labels_file_too(tmp_path):
+    for text, message in [("", "the file is empty"), ("id,breed\n", "no rows after the header")]:
+        (tmp_path / "labels.csv").write_text(text)
+        with pytest.raises(DataError, match=message):
+            read_labels_csv(tmp_path)
+
+
+LABELS = "id,breed\na,one\nb,two\nc,one\n"
+
+
+@pytest.mark.parametrize("sample, positive, named, problem", [
+    ("id,one,two\nt,0.5,0.5\n", None, False, None),
+    (None, None, False, None),
+    (None, None, True, "data.sample_submission: {data}/sample_submission.csv not found (the recipe names it"),
+    ("id,uno,two\nt,0.5,0.5\n", None, False,
+     "{data}/sample_submission.csv: its classes disagree with the labels: missing from the labels ['uno'], not in "
+     "the sample ['one']"),
+    ("id,label\nt,0.5\n", None, False, "set data.positive_class"),
+    ("id,label\nt,0.5\n", "one", False, None),
+    ("id,label\nt,0.5\n", "onw", False, "data.positive_class 'onw' is not one of the classes ['one', 'two'] "
+                                       "(did you mean 'one'?)"),
+    ("id,one,two\nt,0.5,0.5\n", "one", False, "a binary submission (positive_class set) needs columns id,label"),
+])
+def test_the_sample_submission_and_positive_class_must_fit_the_labels(tmp_path, sample, positive, named, problem):
+    data = tmp_path / "data"
+    recipe = user_data(data, LABELS, sample)
+    recipe["data"]["positive_class"] = positive
+    problems = recipe_checks.data_problems(recipe, sample_named=named)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem.format(data=data) in problems[0], problems
+
+
+def test_a_demo_recipes_positive_class_is_checked_against_the_classes_it_builds():
+    recipe = with_defaults(changed(TINY, data={"positive_class": "tow"}))
+    assert recipe_checks.data_problems(recipe, sample_named=False) == [
+        "data.positive_class 'tow' is not one of the classes ['zero', 'one', 'two'] (did you mean 'two'?)"]
+
+
+def test_an_out_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("")
+    problems = recipe_checks.out_dir_problems({"out_dir": str(tmp_path / "out")})
+    assert problems == [f"out_dir {tmp_path / 'out'} is a file, not a folder; give the recipe a folder for its outputs"]
+
+
+# ---- K-fold and data-parallel settings ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("split, problem", [
+    ({"method": "fastai", "folds": "all"}, "split.folds needs split.method: stratified_kfold"),
+    ({"method": "stratified_kfold", "n_folds": 3, "folds": [0, 3]}, "split.folds [3] out of range: n_folds is 3"),
+])
+def test_a_kfold_recipe_that_cannot_run_is_refused(split, problem):
+    folds, problems = recipe_checks.kfold_folds(with_defaults(changed(TINY, split=split)))
+    assert folds == [] and len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_a_fold_listed_twice_breaks_the_schema():
+    recipe = changed(TINY, split={"method": "stratified_kfold", "n_folds": 3, "folds": [0, 0]})
+    assert recipe_checks.schema_problems(recipe, SCHEMA) == ["split.folds: must not repeat an item (it is [0, 0])"]
+
+
+def test_the_folds_a_kfold_recipe_runs():
+    recipe = with_defaults(changed(TINY, split={"method": "stratified_kfold", "n_folds": 3, "folds": [2, 0]}))
+    assert recipe_checks.kfold_folds(recipe) == ([0, 2], [])
+    assert recipe_checks.kfold_folds(with_defaults(TINY)) == ([], [])
+
+
+@pytest.mark.parametrize("sections, problem", [
+    ({"device": "cuda:1", "devices": 2}, "devices: 2 needs device auto or cuda"),
+    ({"devices": 3}, "loader.batch_size 16 does not split evenly over devices: 3"),
+])
+def test_a_recipe_data_parallel_training_cannot_run_is_refused(sections, problem):
+    problems = recipe_checks.runtime_problems(with_defaults({**TINY, **sections}))
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
