@@ -1,6 +1,7 @@
 import copy
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -79,6 +80,16 @@ def test_lr_find_restores_weights_and_stops_when_the_loss_explodes():
     assert ratios == pytest.approx([(10 / 1e-5) ** (1 / 99)] * len(ratios))
     assert len(result["lr"]) <= 100
     assert result["lr"][0] <= result["suggested_lr"] <= result["lr"][-1]
+
+
+def test_the_suggested_lr_is_where_the_loss_falls_fastest_not_where_it_rises():
+    """A loss curve as lr_find records one: flat, then falling steepest around 1e-2, then exploding past 1."""
+    lrs = list(np.logspace(-5, 1, 61))
+    loss = [2.0 - 1.5 / (1 + math.exp(-3 * (math.log10(lr) + 2))) + (3 * (math.log10(lr)) ** 2 if lr > 1 else 0)
+            for lr in lrs]
+    suggested = fit_module.suggest_lr(lrs, loss)
+    assert 10 ** -2.2 <= suggested <= 10 ** -1.8
+    assert fit_module.suggest_lr(lrs, [math.nan] * 60 + [1.0]) == lrs[0]  # nothing to go on: the lowest lr
 
 
 def recorded_group_lrs(monkeypatch) -> list[list[float]]:

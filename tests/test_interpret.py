@@ -56,7 +56,12 @@ def test_lesson_ones_three_views_of_a_class(scored):
     assert dog["most incorrect"].empty and dog["most uncertain"]["id"].tolist() == ["i3", "i4"]
 
 
-def test_the_stage_writes_its_tables_and_figures_from_the_resize_cache(tmp_path):
+def test_the_stage_writes_its_tables_and_figures_from_the_resize_cache(tmp_path, monkeypatch):
+    shown = {}
+    for figure in ("titled_images", "class_extremes"):  # record what each figure shows, then draw it as usual
+        real = getattr(interpret.plots, figure)
+        monkeypatch.setattr(interpret.plots, figure,
+                            lambda *args, real=real, figure=figure: (shown.setdefault(figure, args), real(*args)))
     cache = tmp_path / "resized"
     (cache / "train").mkdir(parents=True)
     paths = [f"train/{image_id}.jpg" for image_id in ROWS["id"]]
@@ -75,6 +80,13 @@ def test_the_stage_writes_its_tables_and_figures_from_the_resize_cache(tmp_path)
                                                                           "count": 1}]
     for figure in ("top_losses.png", "by_class.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    # The worst first: the 4 highest losses (the cat taken for a dog, then the near-miss dog, ...), and the 2 classes
+    # of the highest log loss, each with its most correct, most incorrect and most uncertain images.
+    titles = [title.split("\n")[0] for title in shown["titled_images"][1]]
+    assert titles == ["cat / dog", "dog / dog", "cat / cat", "dog / dog"]
+    grid, row_titles = shown["class_extremes"][:2]
+    assert list(grid) == ["cat", "dog"] and [title.split("\n")[0] for title in row_titles] == ["cat", "dog"]
+    assert [caption for _, caption in grid["cat"]["most incorrect"]] == ["dog 0.85"]
 
 
 def test_probabilities_that_do_not_match_the_rows_are_refused(tmp_path, capsys):

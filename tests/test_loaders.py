@@ -122,10 +122,15 @@ import sys, time, torch
 from pipeline import loaders
 if sys.argv[1] == "unprotected":
     loaders._die_with_parent = lambda: None
-class Endless(torch.utils.data.Dataset):
-    def __len__(self): return 10**6
-    def __getitem__(self, i): return torch.zeros(100_000)  # fills the result queue fast
-batches = iter(loaders.make_loader(Endless(), 64, False, 2, 0, torch.device("cpu")))
+class SlowAfterTheFirst(torch.utils.data.Dataset):
+    # Every item after the first takes a minute, as a huge image would: the workers are busy inside __getitem__,
+    # where torch's own check that the parent lives (between items) never runs.
+    def __len__(self): return 100
+    def __getitem__(self, i):
+        if i:
+            time.sleep(60)
+        return torch.zeros(1)
+batches = iter(loaders.make_loader(SlowAfterTheFirst(), 1, False, 2, 0, torch.device("cpu")))
 next(batches)
 print("ready", flush=True)
 time.sleep(120)
@@ -137,6 +142,7 @@ def surviving_workers(mode: str) -> list:
                              cwd=REPO)
     stage.stdout.readline()
     workers = psutil.Process(stage.pid).children()
+    assert len(workers) == 2
     os.kill(stage.pid, signal.SIGKILL)  # as the OOM killer would: the stage process alone
     stage.wait()
     time.sleep(2)
@@ -148,4 +154,5 @@ def surviving_workers(mode: str) -> list:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_loader_workers_die_with_a_killed_stage_so_snakemake_never_waits_on_its_log_pipe():
+    assert len(surviving_workers("unprotected")) == 2  # the control: without the request, both outlive the stage
     assert surviving_workers("protected") == []
