@@ -35,6 +35,9 @@ def tta_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, devi
                                              preprocessing=preprocessing))
     passes = []
     for index, dataset in enumerate([plain] + [augmented] * n_aug):
+        # In-process loading (num_workers 0) draws augmentations from the global generator: seeded per pass, a pass
+        # is the same whatever ran before it (another checkpoint of a snapshot ensemble, the valid set's passes).
+        torch.manual_seed(params.get("seed", 42) + index)
         passes.append(predict(model, inference_loader(dataset, params, device, seed=index), device, amp,
                               f"TTA {name} pass {index}/{n_aug}"))
     return np.stack(passes)

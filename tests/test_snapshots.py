@@ -4,11 +4,12 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem
-from pipeline import demo, finetune, resize, split
+from pipeline import demo, finetune, resize, split, tta
 from pipeline.data import read_split
 from pipeline.fit import EpochLog, ResumePoint, run_fits
 from pipeline.model import build_seeded_classifier, checkpoint_meta, restore_model, save_checkpoint
@@ -199,3 +200,25 @@ def test_more_snapshots_than_the_last_fit_has_cycles_fail_clearly(stage_inputs, 
     assert "3 snapshots plus the final weights need a last fit with cycle_len and at least 4 cycles" in \
         capsys.readouterr().err
     assert not out_dir.exists()
+
+
+def test_tta_averages_the_snapshots_predictions_pass_by_pass(stage_inputs, clean_run, tmp_path):
+    """The ensemble's passes are the mean of each checkpoint's own, as TTA computes them one checkpoint at a time."""
+    root = stage_inputs["root"]
+    params = {"arch": "resnet18", "size": 24, "n_aug": 1, "batch_size": 16, "num_workers": 0, "device": "cpu",
+              "augmentation": "basic", "max_zoom": 1.1, "seed": 42}
+
+    def valid_passes(name, checkpoints):
+        tta.main(["--split-csv", str(root / "split.csv"), "--test-csv", str(root / "test.csv"), "--cache-dir",
+                  str(root / "resized"), "--checkpoint", *map(str, checkpoints), "--out-dir", str(tmp_path / name),
+                  "--metrics", str(tmp_path / name / "metrics.json"), "--threads", "1", "--params",
+                  json.dumps(params)])
+        return np.load(tmp_path / name / "valid_passes.npy")
+
+    checkpoints = [*snapshot_paths(clean_run), clean_run / "model.pt"]
+    alone = [valid_passes(f"alone_{index}", [checkpoint]) for index, checkpoint in enumerate(checkpoints)]
+    ensemble = valid_passes("ensemble", checkpoints)
+    np.testing.assert_allclose(ensemble, np.mean(alone, axis=0), atol=1e-6)
+    assert not np.allclose(alone[0], alone[2], atol=1e-3)  # the snapshots do predict differently
+    listed = json.loads((tmp_path / "ensemble" / "metrics.json").read_text())["snapshots"]
+    assert [row["checkpoint"] for row in listed] == ["cycle_1.pt", "cycle_2.pt", "model.pt"]
