@@ -160,3 +160,12 @@ def test_a_bad_checkpoint_is_one_line_naming_the_file(small_checkpoint, capsys, 
     err = capsys.readouterr().err
     assert stopped.value.code == 1 and err.startswith(f"error: checkpoint {checkpoint} ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_folder_is_searched_recursively_for_image_files_in_natural_order(tmp_path):
+    for path in ["a/img10.jpg", "a/img2.JPG", "a/deeper/x.png", "a/notes.txt", "a/deeper/model.pt", "b.webp"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"")
+    found = predict.image_files([str(tmp_path / "a"), str(tmp_path / "b.webp"), str(tmp_path / "missing.jpg")])
+    assert [str(path.relative_to(tmp_path)) for path in found] == [
+        "a/deeper/x.png", "a/img2.JPG", "a/img10.jpg", "b.webp", "missing.jpg"]  # a named file is kept, to report

@@ -31,3 +31,17 @@ def test_loading_applies_exif_rotation_and_flattens_transparency(tmp_path):
     assert load_rgb(tmp_path / "rot.jpg").size == (30, 60)
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
     assert load_rgb(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_draft_decoding_gives_the_full_decodes_sizes_and_pixels_within_a_few_grey_levels(tmp_path):
+    """A 2400 x 1800 JPEG of fine colour texture (detail about 10 px across: 2 px after the resize) resized to 340
+    with and without the draft decode. Measured: 3.2 grey levels apart on average, 11 at the 99th percentile; a
+    draft decoded too small (1/4 of the target, then upscaled) gives 10 and 35."""
+    texture = np.random.default_rng(0).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+    Image.fromarray(texture).resize((2400, 1800), Image.BICUBIC).save(tmp_path / "big.jpg", quality=92)
+    resize_one(tmp_path / "big.jpg", tmp_path / "draft.jpg", 340, 90, draft=True)
+    resize_one(tmp_path / "big.jpg", tmp_path / "full.jpg", 340, 90, draft=False)
+    draft, full = (np.asarray(load_rgb(tmp_path / name), dtype=float) for name in ("draft.jpg", "full.jpg"))
+    assert draft.shape == full.shape == (340, 453, 3)
+    difference = np.abs(draft - full)
+    assert 0 < difference.mean() < 5 and np.percentile(difference, 99) < 20
