@@ -33,6 +33,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class Recorded(TensorDataset):
+    """The training rows, remembering which ones a rank was given, in order."""
+
+    def __init__(self, data: TensorDataset):
+        super().__init__(*data.tensors)
+        self.rows = []
+
+    def __getitem__(self, index):
+        self.rows.append(int(index))
+        return super().__getitem__(index)
+
+
 def train_as_rank(rank: int, port: int, folder: str, interrupt_in_epoch) -> None:
     """One torchrun-style rank: the environment torchrun sets, then the stages' own setup and fit loop."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
@@ -41,7 +53,8 @@ def train_as_rank(rank: int, port: int, folder: str, interrupt_in_epoch) -> None
     model, batches, _ = tiny_problem(N)
     data = TensorDataset(batches.x, batches.y)
     per_rank = distributed.per_rank_batch_size(16)
-    train = DataLoader(data, batch_size=per_rank, sampler=distributed.train_sampler(data),
+    seen = Recorded(data)
+    train = DataLoader(seen, batch_size=per_rank, sampler=distributed.train_sampler(seen),
                        generator=torch.Generator())
     valid = DataLoader(distributed.shard(data), batch_size=per_rank)
     if interrupt_in_epoch is not None:
@@ -52,7 +65,8 @@ def train_as_rank(rank: int, port: int, folder: str, interrupt_in_epoch) -> None
         distributed.finish()
         return
     loss, accuracy = evaluate(model, valid, device)
-    torch.save({"state": model.state_dict(), "loss": loss, "accuracy": accuracy}, f"{folder}/rank{rank}.pt")
+    torch.save({"state": model.state_dict(), "loss": loss, "accuracy": accuracy, "rows": seen.rows},
+               f"{folder}/rank{rank}.pt")
     distributed.finish()
 
 
@@ -73,6 +87,18 @@ def test_ranks_end_with_the_same_weights_and_rank_0_alone_cleans_up(two_ranks):
     assert same_state(ranks[0]["state"], ranks[1]["state"])  # gradients were averaged, not trained apart
     assert ranks[0]["loss"] == ranks[1]["loss"]  # each rank evaluated its shard; the sums were shared
     assert not (folder / "resume.pt").exists()
+
+
+def test_every_epoch_the_ranks_split_one_permutation_between_them(two_ranks):
+    """Each row once per epoch across the ranks (not each rank its own shuffle, overlapping the other's), and
+    another order every epoch."""
+    _, ranks = two_ranks
+    epochs = len(ranks[0]["rows"]) // (N // WORLD)
+    assert epochs == FITS[0]["n_cycle"]
+    per_epoch = [[rank["rows"][epoch * N // WORLD:(epoch + 1) * N // WORLD] for rank in ranks] for epoch in range(epochs)]
+    for first, second in per_epoch:
+        assert sorted(first + second) == list(range(N))
+    assert per_epoch[0][0] != per_epoch[1][0]
 
 
 def test_two_processes_learn_what_one_process_learns(two_ranks, tmp_path):
