@@ -170,9 +170,16 @@ def kfold_run(tmp_path_factory) -> Path:
     return work
 
 
+# Cores per Snakemake run, and threads per torch stage: one. `make test` runs two workers on two cores, and two runs
+# of 2 threads each (4 threads on 2 cores) took 1.76x as long as two runs of 1 thread each (micro recipe, two at
+# once: 231 s against 131 s, measured 2026-12-02): torch's threads spin waiting for each other on a shared core.
+TEST_CORES = 1
+torch.set_num_threads(TEST_CORES)  # and so do the stages a test runs in this process
+
+
 def snakemake_command(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = ()) -> list[str]:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow / "Snakefile"),
-               "--directory", str(workdir), "--cores", "2", *args]
+               "--directory", str(workdir), "--cores", str(TEST_CORES), *args]
     return command + ["--configfile", *map(str, configfiles)] if configfiles else command
 
 

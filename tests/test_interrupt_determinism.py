@@ -21,7 +21,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, same_state, snakemake, write_override
+from conftest import CONFIGS, REPO, TEST_CORES, same_state, snakemake, write_override
 from pipeline import train_head
 
 pytestmark = pytest.mark.workflow
@@ -58,7 +58,7 @@ def test_a_changed_seed_changes_the_split_and_the_weights(micro_run, tmp_path):
 
 def start(workdir, *args):
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(workdir), "--cores", "2", *args, "--configfile", str(MICRO)]
+               str(workdir), "--cores", str(TEST_CORES), *args, "--configfile", str(MICRO)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -175,6 +175,6 @@ def test_the_head_stage_refuses_activations_that_are_not_its_own(micro_run, tmp_
     with pytest.raises(SystemExit):
         train_head.main(["--split-csv", str(micro_run.out / "split.csv"), "--activations", str(activations),
                          "--cache-dir", str(micro_run.out / "resized" / "40"), "--out-dir", str(tmp_path / "head"),
-                         "--threads", "2", "--params", head_stage_params(micro_run.out)])
+                         "--threads", str(TEST_CORES), "--params", head_stage_params(micro_run.out)])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "head" / "model.pt").exists()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TEST_CORES
 from pipeline import backbones, predict
 from pipeline.model import Classifier, checkpoint_meta, cut_body, save_checkpoint
 
@@ -14,7 +15,8 @@ workflow = pytest.mark.workflow  # reads the reference run's checkpoint and pred
 
 
 def run_predict(micro_run, *args: str) -> None:
-    predict.main(["--checkpoint", str(micro_run.out / "finetune" / "1_32" / "model.pt"), "--threads", "2", *args])
+    predict.main(["--checkpoint", str(micro_run.out / "finetune" / "1_32" / "model.pt"), "--threads", str(TEST_CORES),
+                  *args])
 
 
 @workflow

@@ -202,3 +202,19 @@ def test_the_folds_a_kfold_recipe_runs():
 def test_a_recipe_data_parallel_training_cannot_run_is_refused(sections, problem):
     problems = recipe_checks.runtime_problems(with_defaults({**TINY, **sections}))
     assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+# ---- Slurm requests against the cluster's nodes (the real cluster: tests/test_slurm.py) ---------------------------
+
+def test_a_slurm_request_larger_than_every_node_of_its_partition_is_named():
+    from pipeline.slurm_check import Request, partitions, request_problems
+
+    largest, default = partitions("main*|2|3000\nmain*|4|2000\ngpu|32|256000+\n")
+    assert largest == {"main": (4, 3000), "gpu": (32, 256000)} and default == "main"
+    requests = [Request("resize", None, 16, 8000), Request("tta", "gpu", 8, 16000), Request("split", "big", 1, None)]
+    assert request_problems(requests, largest, default) == [
+        "rule resize asks for 16 CPUs; the largest node of partition main has 4 (pass --max-threads 4, or "
+        "--set-threads resize=4)",
+        "rule resize asks for 8000 MB of memory; the largest node of partition main has 3000 MB (pass "
+        "--set-resources resize:mem_mb=3000)",
+        "rule split: partition 'big' is not one of this cluster's (gpu, main)"]

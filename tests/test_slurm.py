@@ -13,7 +13,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import CONFIGS, REPO, snakemake_command, write_override
+from conftest import CONFIGS, REPO, TEST_CORES, snakemake_command, write_override
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -47,7 +47,8 @@ def slurm_run(slurm_conf, tmp_path_factory, request):
     The local K-fold run it is compared with computes meanwhile: the cluster run mostly waits on job-status polls."""
     work = tmp_path_factory.mktemp("slurm_run")
     one_fold = write_override(work.parent / "one_fold.yaml", split={"folds": [0]})
-    command = snakemake_command(REPO, work, "--profile", str(REPO / "profiles" / "slurm"), "--max-threads", "2",
+    command = snakemake_command(REPO, work, "--profile", str(REPO / "profiles" / "slurm"), "--max-threads",
+                                str(TEST_CORES),
                                 "--slurm-keep-successful-logs", "--slurm-logdir", str(work / "slurm_logs"),
                                 "--slurm-init-seconds-before-status-checks", "1",
                                 configfiles=[CONFIGS / "kfold_csv.yaml", one_fold])
@@ -80,7 +81,7 @@ def test_every_compute_stage_ran_as_a_slurm_job_and_none_asked_for_a_gpu(slurm_r
         # The recipe's device is cpu: no job asks for a GPU (Slurm has none to give here, so one would never run).
         assert "gpu" not in job.get("TresPerJob", "") + job.get("TresPerNode", "") + job.get("TRES", "")
     assert jobs["finetune"]["Comment"].startswith("rule_finetune")
-    assert int(jobs["train_head"]["NumCPUs"]) == 2  # --max-threads 2 capped the profile's 8 threads
+    assert int(jobs["train_head"]["NumCPUs"]) == TEST_CORES  # --max-threads capped the profile's 8 threads
 
 
 def test_outputs_equal_the_local_runs(slurm_run, kfold_run):
@@ -96,3 +97,18 @@ def test_outputs_equal_the_local_runs(slurm_run, kfold_run):
     submission, local_submission = pd.read_csv(here / "submission.csv"), pd.read_csv(local / "submission.csv")
     assert submission["id"].tolist() == local_submission["id"].tolist()
     assert list(submission.columns) == list(local_submission.columns)
+
+
+def test_a_job_no_node_can_run_stops_the_run_before_anything_is_submitted(slurm_conf, tmp_path):
+    """Slurm would leave such a job PENDING for ever (Reason=PartitionConfig) and Snakemake would wait on it."""
+    node_cpus = int(subprocess.run(["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True,
+                                   check=True).stdout.split()[0].rstrip("+"))
+    command = snakemake_command(REPO, tmp_path, "--profile", str(REPO / "profiles" / "slurm"),
+                                "--set-resources", f"image_stats:cpus_per_task={node_cpus + 1}",
+                                configfiles=[CONFIGS / "kfold_csv.yaml"])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (f"rule image_stats asks for {node_cpus + 1} CPUs; the largest node of partition main has {node_cpus} "
+            f"(pass --max-threads {node_cpus}") in output, output[-3000:]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out" / "stats").exists()  # not even a local job
