@@ -222,3 +222,13 @@ def test_tta_averages_the_snapshots_predictions_pass_by_pass(stage_inputs, clean
     assert not np.allclose(alone[0], alone[2], atol=1e-3)  # the snapshots do predict differently
     listed = json.loads((tmp_path / "ensemble" / "metrics.json").read_text())["snapshots"]
     assert [row["checkpoint"] for row in listed] == ["cycle_1.pt", "cycle_2.pt", "model.pt"]
+
+
+def test_a_checkpoint_names_the_recipe_slice_that_made_it(stage_inputs, clean_run):
+    """meta.params_hash is the digest of the stage's params, key order aside: two checkpoints with the same hash were
+    trained by the same recipe slice, and one lr changed gives another."""
+    from pipeline.io import params_digest
+
+    _, meta = load(clean_run / "model.pt", stage_inputs["classes"])
+    assert meta["params_hash"] == params_digest(PARAMS) == params_digest(dict(reversed(list(PARAMS.items()))))
+    assert params_digest({**PARAMS, "fits": [{**PARAMS["fits"][0], "lr": 1e-2}]}) != meta["params_hash"]
