@@ -85,10 +85,11 @@ def finetune_problems(config: dict) -> list[str]:
         if size < previous:
             problems.append(f"{key} {size} is smaller than the size before it ({previous}): progressive resizing goes "
                             "from small to large, list the sizes in increasing order")
-    fine_sizes = [step["size"] for step in config["finetune"]]
-    if repeated := sorted({size for size in fine_sizes if fine_sizes.count(size) > 1}):
-        problems.append(f"finetune: size {', '.join(map(str, repeated))} listed more than once; merge its fits into "
-                        "one entry")
+    # The lesson trains one size frozen, then unfrozen: two entries. The same size twice alike is one entry split.
+    phases = [(step["size"], step["unfreeze"], step["bn_freeze"]) for step in config["finetune"]]
+    if repeated := sorted({phase[0] for phase in phases if phases.count(phase) > 1}):
+        problems.append(f"finetune: size {', '.join(map(str, repeated))} listed more than once with the same "
+                        "unfreeze and bn_freeze; merge its fits into one entry")
     for key, size in sizes:
         if size > shorter_side:
             problems.append(f"{key} {size} is larger than images.shorter_side {shorter_side}: every image would be "

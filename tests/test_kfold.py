@@ -112,7 +112,7 @@ def test_the_fold_ensemble_submission_beats_the_mean_single_fold_on_hidden_label
     single = [hidden_test_logloss(np.load(out / "folds" / str(fold) / "tta" / "test_probs.npy"), test_ids, solution,
                                   classes) for fold in FOLDS]
     # Like for like: the folds' averaged passes as fastai's TTA mean, uncalibrated as each fold's own figure is.
-    plain, augmented = np.load(out / "oof" / "test_passes.npy").astype(np.float64)
+    plain, augmented = np.load(out / "oof" / "test_passes.npy")  # float32, as the stages average them
     n_aug = read(out / "calibration" / "calibration.json")["n_aug"]
     ensemble = hidden_test_logloss((plain + n_aug * augmented) / (n_aug + 1), test_ids, solution, classes)
     assert ensemble < np.mean(single), (ensemble, single)

@@ -137,22 +137,25 @@ time.sleep(120)
 '''
 
 
-def surviving_workers(mode: str) -> list:
+def stage_with_workers(mode: str) -> tuple[subprocess.Popen, list]:
     stage = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, mode], stdout=subprocess.PIPE, text=True,
                              cwd=REPO)
     stage.stdout.readline()
     workers = psutil.Process(stage.pid).children()
     assert len(workers) == 2
-    os.kill(stage.pid, signal.SIGKILL)  # as the OOM killer would: the stage process alone
-    stage.wait()
-    time.sleep(2)
-    alive = [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
-    for worker in alive:
-        worker.kill()
-    return alive
+    return stage, workers
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_loader_workers_die_with_a_killed_stage_so_snakemake_never_waits_on_its_log_pipe():
-    assert len(surviving_workers("unprotected")) == 2  # the control: without the request, both outlive the stage
-    assert surviving_workers("protected") == []
+    stages = {mode: stage_with_workers(mode) for mode in ("unprotected", "protected")}  # side by side
+    for stage, _ in stages.values():
+        os.kill(stage.pid, signal.SIGKILL)  # as the OOM killer would: the stage process alone
+        stage.wait()
+    time.sleep(2)
+    alive = {mode: [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+             for mode, (_, workers) in stages.items()}
+    for worker in alive["unprotected"] + alive["protected"]:
+        worker.kill()
+    assert len(alive["unprotected"]) == 2  # the control: without the request, both outlive the stage
+    assert alive["protected"] == []

@@ -74,8 +74,11 @@ def fit(n_cycle=1, cycle_len=None):
     return {"lr": 1.0e-2, "n_cycle": n_cycle, "cycle_len": cycle_len}
 
 
-def test_the_lessons_size_plan_passes():
+def test_the_lessons_size_plans_pass():
     assert recipe_checks.finetune_problems(finetune({"size": 32, "fits": [fit()]}, {"size": 40, "fits": [fit()]})) == []
+    # the Dog Breed lesson: at 299 the head first with the body frozen, then unfrozen
+    frozen_then_unfrozen = finetune({"size": 40, "fits": [fit()]}, {"size": 40, "unfreeze": True, "fits": [fit()]})
+    assert recipe_checks.finetune_problems(frozen_then_unfrozen) == []
 
 
 @pytest.mark.parametrize("steps, problem", [
@@ -83,6 +86,8 @@ def test_the_lessons_size_plan_passes():
      "finetune[1].size 32 is smaller than the size before it (40)"),
     ([{"size": 16, "fits": [fit()]}], "finetune[0].size 16 is smaller than the size before it (32)"),
     ([{"size": 40, "fits": [fit()]}, {"size": 40, "fits": [fit()]}], "finetune: size 40 listed more than once"),
+    ([{"size": 40, "unfreeze": True, "fits": [fit()]}, {"size": 40, "unfreeze": True, "fits": [fit()]}],
+     "finetune: size 40 listed more than once"),
     ([{"size": 400, "fits": [fit()]}], "finetune[0].size 400 is larger than images.shorter_side 44: every image "
                                        "would be upscaled"),
     ([{"size": 32, "snapshots": 2, "fits": [fit(2, 1)]}, {"size": 40, "fits": [fit()]}],
