@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-# pip takes the pinned torch/torchvision from the machine's local wheel store (see pyproject.toml). --no-compile:
-# byte-compiling every module of torch and its kin took half the install (3 min 10 s against 1 min 30 s, measured
-# 2026-12-02); Python compiles the few thousand a run imports on first use instead.
+# pip takes the pinned torch/torchvision from the machine's local wheel store (see pyproject.toml). It byte-compiles
+# every module (half the install's 3 min): keep it, for where PYTHONDONTWRITEBYTECODE is set (as on these machines)
+# nothing caches a module compiled at import, and a suite without the .pyc files took 36 min instead of 18.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 demo: setup
