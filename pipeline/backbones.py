@@ -109,15 +109,20 @@ def _random(backbone: Backbone) -> nn.Module:
     return importlib.import_module("timm").create_model(backbone.name, pretrained=False)
 
 
+def load_torch_file(path: str | Path, unreadable: str):
+    """`torch.load(weights_only=True)` of a file, or WeightsError: `unreadable`, then what torch said, in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # text, truncated or foreign files fail in many ways inside torch.load
+        raise WeightsError(f"{unreadable}: {type(error).__name__}: "
+                           f"{str(error).splitlines()[0][:300] if str(error) else ''}") from None
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A local weights file's tensors (`weights_only=True`), or an error that says what is wrong with the file."""
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found (model.weights is none, imagenet, packaged or a path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # text, truncated or foreign files fail in many ways inside torch.load
-        raise WeightsError(f"weights file {path} is not a torch state dict: {type(error).__name__}: "
-                           f"{str(error).splitlines()[0][:300] if str(error) else ''}") from None
+    state = load_torch_file(path, f"weights file {path} is not a torch state dict")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict (parameter name "

@@ -221,11 +221,8 @@ def load_checkpoint(path: str | Path, expect: dict) -> tuple[dict, dict]:
     """(state_dict, meta) of a checkpoint whose metadata agrees with `expect` (e.g. classes, arch)."""
     if not Path(path).is_file():
         raise WeightsError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, text or foreign files fail in many ways inside torch.load
-        raise WeightsError(f"checkpoint {path} cannot be read (truncated, or not a model.pt the pipeline wrote): "
-                           f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}") from None
+    checkpoint = backbones.load_torch_file(
+        path, f"checkpoint {path} cannot be read (truncated, or not a model.pt the pipeline wrote)")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise WeightsError(f"checkpoint {path} holds a {type(checkpoint).__name__} without a state_dict: not a "
                            "model.pt the pipeline wrote")
