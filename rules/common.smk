@@ -17,10 +17,10 @@ from pipeline.deps import module_files
 from pipeline.run_lock import OutDirInUse, hold
 
 
-def stop_on(problems):
-    """Stop before anything is planned, listing every problem found (each names its key, file or row)."""
+def stop_on(problems, heading="the recipe cannot run"):
+    """Stop, listing every problem found (each names its key, file, row or rule)."""
     if problems:
-        raise WorkflowError("the recipe cannot run:\n" + "\n".join(f"  - {problem}" for problem in problems))
+        raise WorkflowError(f"{heading}:\n" + "\n".join(f"  - {problem}" for problem in problems))
 
 
 # The recipe as written, against the schema: each failing key with the constraint it breaks. Then Snakemake's
@@ -272,5 +272,4 @@ onstart:
         raise WorkflowError(str(in_use))
     # On a cluster, a job no node can run would wait in the queue for ever: stop before submitting anything.
     if getattr(workflow.executor_plugin, "name", None) == "slurm" and (cluster := slurm_check.cluster_partitions()):
-        if problems := slurm_check.request_problems(slurm_requests(), *cluster):
-            raise WorkflowError("jobs no node of the cluster can run:\n" + "\n".join(f"  - {p}" for p in problems))
+        stop_on(slurm_check.request_problems(slurm_requests(), *cluster), "jobs no node of the cluster can run")
