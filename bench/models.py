@@ -29,7 +29,7 @@ import torch
 from common import best_of, make_images, report
 from pipeline import demo, runtime
 from pipeline.data import read_labels_csv
-from pipeline.fit import EpochLog, FitSpec, TensorBatches, fit, make_optimizer, train_step
+from pipeline.fit import EpochLog, FitSpec, OptimizerSpec, TensorBatches, fit, train_step
 from pipeline.loaders import ImageDataset, image_loaders, inference_loader
 from pipeline.model import build_classifier
 from pipeline.precompute import precompute_activations
@@ -118,7 +118,7 @@ def main() -> None:
     model.unfreeze()
     train_loader, valid_loader = image_loaders(frame, frame.head(bs), cache, {"size": args.size, "batch_size": bs,
                                                                               "num_workers": args.workers}, device)
-    optimizer = make_optimizer(model, 1e-3)
+    optimizer = OptimizerSpec().make(model, 1e-3)
 
     def raw_train():
         model.train()

@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline import cli, distributed, plots, runtime
 from pipeline.data import read_split
-from pipeline.fit import EpochLog, FitSpec, ResumePoint, run_fits
+from pipeline.fit import EpochLog, FitSpec, OptimizerSpec, ResumePoint, run_fits
 from pipeline.io import atomic_path, params_digest, remove_stale_temporaries
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, checkpoint_meta, restore_model, save_checkpoint
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     model = runtime.on_device(model, device)
     model.unfreeze() if unfreeze else model.freeze()
     model.bn_freeze(params.get("bn_freeze", False))
+    model.train_bn(params.get("train_bn", False))
     out_dir = Path(args.out_dir)
     main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
     if main_rank:
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
     schedules = run_fits(distributed.wrap(model, device), train_loader, valid_loader, params["fits"],
                          f"size {params['size']}", device, log, params.get("warmup", True), amp,
-                         params.get("seed", 42), resume, on_cycle_end=stage_snapshot)
+                         params.get("seed", 42), resume, on_cycle_end=stage_snapshot,
+                         optimizer_spec=OptimizerSpec.from_params(params))
     if main_rank:
         plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
         plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")

@@ -1,6 +1,7 @@
 """Training: fastai 0.7's `fit(lr, n_cycle, cycle_len, cycle_mult)` with SGDR, `lr_find`, and the per-epoch log.
 
-SGD with momentum 0.9 and no weight decay, NLL loss on log-softmax outputs, a new optimiser per fit (as 0.7).
+SGD with momentum 0.9 and no weight decay (0.7's), or AdamW (fastai v2's default; `OptimizerSpec`), NLL loss on
+log-softmax outputs, a new optimiser per fit (as 0.7).
 SGDR is torch's `CosineAnnealingWarmRestarts`, stepped per batch, plus 0.7's warm-up: the first 1/20 of the
 first cycle runs at lr/100. The printed train loss is 0.7's bias-corrected EMA (beta 0.98).
 
@@ -105,9 +106,30 @@ def layer_group_lrs(model: nn.Module, lr) -> list[tuple[list[nn.Parameter], floa
     return pairs
 
 
-def make_optimizer(model: nn.Module, lr) -> torch.optim.SGD:
-    groups = [{"params": params, "lr": group_lr} for params, group_lr in layer_group_lrs(model, lr)]
-    return torch.optim.SGD(groups, lr=groups[-1]["lr"], momentum=0.9, weight_decay=0)
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimiser each fit makes anew (the recipe's `train.optimizer` and `train.weight_decay`).
+
+    `sgd` is fastai 0.7's: momentum 0.9, weight decay as L2 (0.7's default: none). `adamw` is fastai v2's default:
+    Adam with betas (0.9, 0.99) and eps 1e-5, weight decay decoupled. On features far from ImageNet's (the demo's
+    digits) it is what lets the unfrozen body recover from its BatchNorm's shift at the lesson's few epochs
+    (README, "The demo")."""
+
+    name: str = "sgd"
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_params(cls, params: dict) -> "OptimizerSpec":
+        return cls(params.get("optimizer", "sgd"), float(params.get("weight_decay", 0.0)))
+
+    def make(self, model: nn.Module, lr) -> torch.optim.Optimizer:
+        groups = [{"params": params, "lr": group_lr} for params, group_lr in layer_group_lrs(model, lr)]
+        if self.name == "sgd":
+            return torch.optim.SGD(groups, lr=groups[-1]["lr"], momentum=0.9, weight_decay=self.weight_decay)
+        if self.name == "adamw":
+            return torch.optim.AdamW(groups, lr=groups[-1]["lr"], betas=(0.9, 0.99), eps=1e-5,
+                                     weight_decay=self.weight_decay)
+        raise ValueError(f"unknown optimizer {self.name!r}: sgd or adamw")
 
 
 class EpochLog:
@@ -232,13 +254,14 @@ class ResumePoint:
 def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: torch.device, log: EpochLog,
         phase: str, fit_index: int, warmup: bool = True, amp: bool = False, seed: int = 42,
         resume: ResumePoint | None = None,
-        on_cycle_end: Callable[[int], None] | None = None) -> list[list[float]]:
+        on_cycle_end: Callable[[int], None] | None = None,
+        optimizer_spec: OptimizerSpec = OptimizerSpec()) -> list[list[float]]:
     """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`).
 
     `on_cycle_end(cycle)` is called with the 1-based number of each SGDR cycle once its last epoch is validated.
     `model` may be wrapped in DistributedDataParallel (pipeline.distributed): it trains through the wrapper.
     """
-    optimizer = make_optimizer(distributed.unwrap(model), spec.lr)
+    optimizer = optimizer_spec.make(distributed.unwrap(model), spec.lr)
     n_batches = len(train_batches)
     scheduler = None
     warmup_iters = 0
@@ -294,7 +317,8 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
 def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], phase: str, device: torch.device,
              log: EpochLog, warmup: bool = True, amp: bool = False, seed: int = 42,
              resume: ResumePoint | None = None, schedules: list | None = None,
-             on_cycle_end: Callable[[int], None] | None = None) -> list[tuple[str, list[list[float]]]]:
+             on_cycle_end: Callable[[int], None] | None = None,
+             optimizer_spec: OptimizerSpec = OptimizerSpec()) -> list[tuple[str, list[list[float]]]]:
     """A phase's sequence of fits (the recipe's list); appends (title, lr history) per fit to `schedules`.
     `on_cycle_end` is called at the end of each SGDR cycle of the last fit only (see `fit`)."""
     schedules = [] if schedules is None else schedules
@@ -302,13 +326,13 @@ def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], p
         spec = FitSpec.from_config(fit_config)
         is_last = index == len(fits) - 1
         history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp, seed, resume,
-                      on_cycle_end if is_last else None)
+                      on_cycle_end if is_last else None, optimizer_spec)
         schedules.append((f"{phase}: {spec}", history))
     return schedules
 
 
 def lr_find(model: nn.Module, train_batches, device: torch.device, start_lr: float = 1e-5, end_lr: float = 10.0,
-            amp: bool = False, lr=None) -> dict:
+            amp: bool = False, lr=None, optimizer_spec: OptimizerSpec = OptimizerSpec()) -> dict:
     """fastai 0.7 `lr_find`: lr grows exponentially from start_lr to end_lr over at most one epoch, stopping once
     the EMA-smoothed loss exceeds 4x the best; the model's weights and buffers are restored afterwards.
 
@@ -318,8 +342,8 @@ def lr_find(model: nn.Module, train_batches, device: torch.device, start_lr: flo
     saved_state = copy.deepcopy(model.state_dict())
     n_steps = max(len(train_batches), 2)
     lrs_per_group = list(lr) if isinstance(lr, (list, tuple)) else None
-    optimizer = make_optimizer(model, [start_lr * value / lrs_per_group[-1] for value in lrs_per_group]
-                               if lrs_per_group else start_lr)
+    optimizer = optimizer_spec.make(model, [start_lr * value / lrs_per_group[-1] for value in lrs_per_group]
+                                    if lrs_per_group else start_lr)
     start_lrs = [group["lr"] for group in optimizer.param_groups]
     factor = (end_lr / start_lr) ** (1 / (n_steps - 1))
     lrs, losses, smoothed = [], [], []

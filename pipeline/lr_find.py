@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline import cli, plots, runtime
 from pipeline.data import read_split
-from pipeline.fit import lr_find
+from pipeline.fit import OptimizerSpec, lr_find
 from pipeline.io import write_csv
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, restore_model
@@ -41,8 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     model = runtime.on_device(model, device)
     model.unfreeze() if params.get("unfreeze", False) else model.freeze()
     model.bn_freeze(params.get("bn_freeze", False))
+    model.train_bn(params.get("train_bn", False))
     train_loader, _ = image_loaders(train, valid, args.cache_dir, params, device)
-    found = lr_find(model, train_loader, device, amp=amp, lr=params["lr"])
+    found = lr_find(model, train_loader, device, amp=amp, lr=params["lr"],
+                    optimizer_spec=OptimizerSpec.from_params(params))
     out_dir = Path(args.out_dir)
     write_csv(pd.DataFrame({key: found[key] for key in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")
     plots.lr_finder(found, out_dir / "lr_find.png")

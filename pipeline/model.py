@@ -118,6 +118,10 @@ def make_head(n_features: int, n_classes: int, ps=(0.25, 0.5), xtra_fc=(512,)) -
     return nn.Sequential(*layers)
 
 
+def is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
 class Classifier(nn.Module):
     """body -> AdaptiveConcatPool + flatten -> head, with fastai's three layer groups: the body's two (named
     submodules of the body, see `cut_body`) and the head."""
@@ -132,6 +136,7 @@ class Classifier(nn.Module):
         self.head = make_head(self.n_features, n_classes, ps, xtra_fc)
         self.n_trainable_groups = len(self.layer_groups)
         self.body_batchnorm_frozen = False
+        self.frozen_batchnorm_trains = False
 
     @property
     def layer_groups(self) -> list[nn.Module]:
@@ -146,12 +151,15 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
     def freeze_to(self, n: int) -> None:
-        """Train only layer groups n, n+1, ... (fastai `freeze_to`); freeze() is freeze_to(-1), unfreeze() is 0."""
+        """Train only layer groups n, n+1, ... (fastai `freeze_to`); freeze() is freeze_to(-1), unfreeze() is 0.
+        With `train_bn`, the BatchNorm layers of the frozen groups train too."""
         groups = self.layer_groups
         first_trainable = n % len(groups)
         for index, group in enumerate(groups):
-            for parameter in group.parameters():
-                parameter.requires_grad_(index >= first_trainable)
+            for module in group.modules():
+                trains = index >= first_trainable or (self.frozen_batchnorm_trains and is_batchnorm(module))
+                for parameter in module.parameters(recurse=False):
+                    parameter.requires_grad_(trains)
         self.n_trainable_groups = len(groups) - first_trainable
         self.train(self.training)
 
@@ -167,15 +175,25 @@ class Classifier(nn.Module):
         self.body_batchnorm_frozen = frozen
         self.train(self.training)
 
+    def train_bn(self, trains: bool = True) -> None:
+        """fastai v2's `train_bn`: the BatchNorm layers of frozen groups train (scale, shift and running statistics)
+        while the rest of those groups stays frozen. 0.7 kept them as they were; v2 trains them so that the
+        statistics move to the new images while only the head learns, before the body is unfrozen."""
+        self.frozen_batchnorm_trains = trains
+        self.freeze_to(len(self.layer_groups) - self.n_trainable_groups)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if mode:
-            # BatchNorm in frozen groups keeps its running statistics (eval mode), as fastai 0.7 did.
-            n_frozen = len(self.body_groups) if self.body_batchnorm_frozen else \
-                len(self.layer_groups) - self.n_trainable_groups
+            # BatchNorm in frozen groups keeps its running statistics (eval mode), as fastai 0.7 did, unless
+            # train_bn; bn_freeze keeps the whole body's.
+            if self.body_batchnorm_frozen:
+                n_frozen = len(self.body_groups)
+            else:
+                n_frozen = 0 if self.frozen_batchnorm_trains else len(self.layer_groups) - self.n_trainable_groups
             for group in self.layer_groups[:n_frozen]:
                 for module in group.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    if is_batchnorm(module):
                         module.eval()
         return self
 

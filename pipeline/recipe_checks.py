@@ -102,6 +102,9 @@ def finetune_problems(config: dict) -> list[str]:
         elif k > 1 and (not last_fit.get("cycle_len") or k > last_fit["n_cycle"]):
             problems.append(f"finetune[{index}].snapshots: {k} needs a last fit with cycle_len and at least {k} "
                             f"cycles (n_cycle); it has {last_fit}")
+        if step["bn_freeze"] and config["train"]["train_bn"]:
+            problems.append(f"finetune[{index}].bn_freeze keeps the body's BatchNorm statistics as pretrained, while "
+                            "train.train_bn trains them: choose one")
     return problems
 
 

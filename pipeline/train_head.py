@@ -17,7 +17,7 @@ import torch
 
 from pipeline import cli, distributed, plots, runtime
 from pipeline.data import read_split
-from pipeline.fit import EpochLog, ResumePoint, TensorBatches, lr_find, run_fits
+from pipeline.fit import EpochLog, OptimizerSpec, ResumePoint, TensorBatches, lr_find, run_fits
 from pipeline.io import file_digest, params_digest, read_json, remove_stale_temporaries, write_csv
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, build_seeded_classifier, checkpoint_meta, save_checkpoint
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.fail("the rebuilt backbone differs from the one that computed the activations; rerun precompute")
     model = runtime.on_device(model, device)
     seed, warmup = params.get("seed", 42), params.get("warmup", True)
+    optimizer = OptimizerSpec.from_params(params)
     log = EpochLog(out_dir / "log.csv")
     resume = ResumePoint(out_dir / "resume.pt", params_digest(params, activations / "manifest.json"), model, log)
     batch_size = params.get("batch_size", 64)
@@ -73,19 +74,20 @@ def main(argv: list[str] | None = None) -> None:
     if params.get("lr_find", True):
         runtime.seed_everything(seed)
         train_acts.generator.manual_seed(seed)
-        found = lr_find(model.head, train_acts, device, amp=amp)
+        found = lr_find(model.head, train_acts, device, amp=amp, optimizer_spec=optimizer)
         if main_rank:
             write_csv(pd.DataFrame({k: found[k] for k in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")
             plots.lr_finder(found, out_dir / "lr_find.png")
         print(f"lr_find: {len(found['lr'])} steps, suggested lr {found['suggested_lr']:.3g}", flush=True)
     # On the activations every rank (if several) fits the same head alike: seconds of work, not worth splitting.
     schedules = run_fits(model.head, train_acts, valid_acts, params["precomputed"], "precomputed", device, log,
-                         warmup, amp, seed, resume)
+                         warmup, amp, seed, resume, optimizer_spec=optimizer)
     if params.get("augmented"):
         model.freeze()
+        model.train_bn(params.get("train_bn", False))
         train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
         run_fits(distributed.wrap(model, device), train_loader, valid_loader, params["augmented"], "augmented",
-                 device, log, warmup, amp, seed, resume, schedules)
+                 device, log, warmup, amp, seed, resume, schedules, optimizer_spec=optimizer)
     if main_rank:
         plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
         plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")

@@ -231,8 +231,9 @@ def lr_find_names():
 
 def lr_find_params(wildcards):
     step = finetune_step(wildcards.name)
+    training = {key: config["train"][key] for key in ("optimizer", "weight_decay", "train_bn")}
     return as_params(arch=MODEL["arch"], size=step["size"], unfreeze=step["unfreeze"], bn_freeze=step["bn_freeze"],
-                     lr=step["fits"][0]["lr"],
+                     lr=step["fits"][0]["lr"], **training,
                      **TRANSFORMS, **LOADER, **RUNTIME, preprocessing=PREPROCESSING)
 
 

@@ -93,6 +93,22 @@ def test_bn_freeze_keeps_the_bodys_running_statistics_while_it_trains(classifier
     assert all(m.training for m in body_bn)
 
 
+def test_train_bn_trains_the_frozen_bodys_batchnorm_and_nothing_else_of_it(classifier):
+    classifier.freeze()
+    classifier.train_bn(True)
+    classifier.train()
+    body_bn = [m for m in classifier.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    trainable = {id(p) for p in classifier.body.parameters() if p.requires_grad}
+    assert trainable == {id(p) for m in body_bn for p in m.parameters()}
+    assert all(m.training for m in body_bn)
+    running_mean = body_bn[0].running_mean.clone()
+    classifier(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(body_bn[0].running_mean, running_mean)
+    classifier.train_bn(False)
+    assert not any(p.requires_grad for p in classifier.body.parameters())
+    assert not any(m.training for m in body_bn)
+
+
 def test_local_weights_file_is_loaded(tmp_path):
     reference = models.resnet18()
     torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
@@ -164,6 +180,26 @@ def test_a_frozen_fit_of_the_pretrained_body_leaves_its_weights_and_batchnorm_st
              [{"lr": 1e-2, "n_cycle": 1, "cycle_len": 1}], "frozen", torch.device("cpu"), EpochLog(None))
     assert state_digest(model.body) == before
     assert model.head[0].num_batches_tracked > 0  # the head's BatchNorm did learn
+
+
+def test_a_frozen_fit_with_train_bn_moves_the_bodys_batchnorm_only():
+    """fastai v2's train_bn, under AdamW: the body's BatchNorm learns the new images' statistics (and its scale and
+    shift); every other weight of the frozen body stays as pretrained."""
+    from pipeline.fit import EpochLog, OptimizerSpec, TensorBatches, run_fits
+
+    torch.manual_seed(0)
+    model = build_classifier("tf_efficientnet_lite0", "packaged", n_classes=3)
+    before = {name: value.clone() for name, value in model.body.state_dict().items()}
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 3, (32,))
+    model.freeze()
+    model.train_bn(True)
+    run_fits(model, TensorBatches(x, y, 8, True, torch.Generator().manual_seed(0)), TensorBatches(x, y, 8),
+             [{"lr": 1e-3, "n_cycle": 1, "cycle_len": 1}], "frozen", torch.device("cpu"), EpochLog(None),
+             optimizer_spec=OptimizerSpec("adamw", 0.01))
+    batchnorm = {f"{name}.{key}" for name, module in model.body.named_modules() if isinstance(module, nn.BatchNorm2d)
+                 for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    changed = {name for name, value in model.body.state_dict().items() if not torch.equal(value, before[name])}
+    assert changed == batchnorm
 
 
 def test_precompute_gives_the_pretrained_bodys_pooled_features(tmp_path):

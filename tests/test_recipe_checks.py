@@ -26,7 +26,7 @@ def with_defaults(recipe: dict) -> dict:
 def changed(recipe: dict, **sections) -> dict:
     recipe = copy.deepcopy(recipe)
     for section, value in sections.items():
-        recipe[section] = {**recipe[section], **value} if isinstance(value, dict) else value
+        recipe[section] = {**recipe.get(section, {}), **value} if isinstance(value, dict) else value
     return recipe
 
 
@@ -98,6 +98,14 @@ def test_the_lessons_size_plans_pass():
 def test_a_size_plan_that_cannot_be_what_was_meant_is_refused(steps, problem):
     problems = recipe_checks.finetune_problems(finetune(*steps))
     assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_bn_freeze_and_train_bn_together_are_refused():
+    recipe = with_defaults(changed(TINY, train={"train_bn": True},
+                                   finetune=[{"size": 32, "unfreeze": True, "bn_freeze": True, "fits": [fit()]}]))
+    assert recipe_checks.finetune_problems(recipe) == [
+        "finetune[0].bn_freeze keeps the body's BatchNorm statistics as pretrained, while train.train_bn trains "
+        "them: choose one"]
 
 
 def test_the_head_size_past_the_resize_cache_is_refused():
