@@ -6,7 +6,9 @@ each timed wall-clock end to end as a subprocess, each scored on the hidden test
 With --pretrained, both start from the same ImageNet weights: timm's tf_efficientnet_lite0 with the packaged
 EfficientNet-Lite0 tensors (converted once by this project's `pipeline.backbones`, handed to fastai as a timm state
 dict), normalised as timm's pretrained config says (mean = std = 0.5); fastai's `vision_learner` builds its own timm
-body and head on that arch, and `fine_tune`'s frozen epoch then unfrozen epochs are the same calls as below.
+body and head on that arch, and `fine_tune`'s frozen epoch then unfrozen epochs are the same calls as below. Ours
+then also trains as fastai does: `train: {optimizer: adamw, weight_decay: 0.01, train_bn: true}` and fastai's lrs
+(2e-3 frozen, slice(8e-4, 2e-3) unfrozen).
 
 The work, on a demo-built Dog Breed-layout data set (real JPEGs, mostly 150-600 px, 3 % over 1000 px; reused when
 present): resnet18 from scratch, batch 32, one frozen epoch of the head at the first size, then 3 unfrozen epochs at
@@ -69,8 +71,10 @@ def recipe(data: Path, out: Path, sizes: list[int], shorter_side: int, pretraine
     """The workflow recipe doing the work above (see config/schema.yaml for every key)."""
     unfrozen_lrs = [[2.0e-3, 5.0e-3, 5.0e-3]] + [[1.0e-3, 3.0e-3, 3.0e-3]] * (len(sizes) - 1)  # the old demo's
     model = {"arch": "resnet18", "weights": "none"}
-    if pretrained:
-        unfrozen_lrs = [[1.0e-3, 3.0e-3, 1.0e-2]] * len(sizes)  # the pretrained demo's
+    frozen_lr, train = 1.0e-2, {}
+    if pretrained:  # fastai's own choices (bench/fastai_same_work.py): Adam, wd 0.01, train_bn, its lrs
+        frozen_lr, train = 2.0e-3, {"optimizer": "adamw", "weight_decay": 0.01, "train_bn": True}
+        unfrozen_lrs = [[8.0e-4, 1.26e-3, 2.0e-3]] * len(sizes)  # slice(8e-4, 2e-3) over fastai's 3 groups
         model = {"arch": "tf_efficientnet_lite0", "weights": "packaged"}
     return {
         "data_dir": str(data), "out_dir": str(out), "seed": 42, "device": "auto",
@@ -80,9 +84,10 @@ def recipe(data: Path, out: Path, sizes: list[int], shorter_side: int, pretraine
         "model": {**model, "ps": [0.25, 0.5], "xtra_fc": [512]},  # = fastai v2's head
         "transforms": {"augmentation": "basic", "max_zoom": 1.1},
         "loader": {"batch_size": 32, "num_workers": 0},
+        "train": train,
         "head": {"size": sizes[0], "lr_find": False,
-                 "precomputed": [{"lr": 1.0e-2, "n_cycle": 1}],  # the schema's minimum: 1 epoch on activations
-                 "augmented": [{"lr": 1.0e-2, "n_cycle": 1, "cycle_len": 1}]},  # the frozen epoch
+                 "precomputed": [{"lr": frozen_lr, "n_cycle": 1}],  # the schema's minimum: 1 epoch on activations
+                 "augmented": [{"lr": frozen_lr, "n_cycle": 1, "cycle_len": 1}]},  # the frozen epoch
         "finetune": [{"size": size, "unfreeze": True, "fits": [{"lr": lrs, "n_cycle": 1, "cycle_len": EPOCHS}]}
                      for size, lrs in zip(sizes, unfrozen_lrs)],
         "tta": {"n_aug": N_AUG},

@@ -118,6 +118,9 @@ class OptimizerSpec:
     name: str = "sgd"
     weight_decay: float = 0.0
 
+    def __str__(self) -> str:
+        return f"{self.name}, weight decay {self.weight_decay:g}"
+
     @classmethod
     def from_params(cls, params: dict) -> "OptimizerSpec":
         return cls(params.get("optimizer", "sgd"), float(params.get("weight_decay", 0.0)))
@@ -284,7 +287,7 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
             scheduler.load_state_dict(saved["scheduler"])
         ema, iteration, lr_history = saved["ema"], saved["iteration"], list(saved["lr_history"])
         first_epoch = saved["epoch"] + 1
-    print(f"{phase}: {spec} = {spec.epochs} epochs of {n_batches} batches", flush=True)
+    print(f"{phase}: {spec} = {spec.epochs} epochs of {n_batches} batches ({optimizer_spec})", flush=True)
     for epoch in range(first_epoch, spec.epochs):
         started = time.perf_counter()
         seed_epoch(seed, phase, fit_index, epoch, train_batches)

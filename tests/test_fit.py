@@ -202,3 +202,11 @@ def test_each_epoch_iterates_its_batches_exactly_once():
     counted = CountedBatches(train.x, train.y, 16, shuffle=True, generator=torch.Generator())
     fit(model, counted, valid, FitSpec(0.05, 3), CPU, EpochLog(None), "t", 0)
     assert counted.iterations == 3
+
+
+@pytest.mark.workflow
+def test_the_training_stages_fit_with_the_recipes_optimizer(micro_run):
+    """The micro recipe asks for AdamW: every fit of the head and the fine-tune size says it used it."""
+    for log in ("train_head.log", "finetune_1_32.log"):
+        fits = [line for line in (micro_run.out / "logs" / log).read_text().splitlines() if " epochs of " in line]
+        assert fits and all(line.endswith("(adamw, weight decay 0.01)") for line in fits), (log, fits)
