@@ -128,8 +128,12 @@ def _check_passes(passes: np.ndarray, path: str, n_rows: int | None, n_classes: 
         cli.fail(f"{path} has {passes.shape[2]} classes but {split_csv} has {n_classes}")
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+RECIPE_KEYS = ("seed", "tta", "calibration")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True, help="for the class list only")
     parser.add_argument("--valid-rows", required=True, help="CSV aligned with --valid-passes: label, maybe fold")
     parser.add_argument("--valid-passes", required=True)
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("calibrate", params)
-    runtime.setup(args.threads, params.get("seed", 42), "cpu")  # two parameters on (N, C) arrays: no GPU needed
+    runtime.setup(args.threads, params["seed"], "cpu")  # two parameters on (N, C) arrays: no GPU needed
     if args.cv_metrics_in and not (args.cv_metrics and args.metrics):
         cli.fail("--cv-metrics-in needs --cv-metrics and --metrics to write to")
     _, classes = read_labeled_table(args.split_csv)
@@ -151,12 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     valid_passes, test_passes = np.load(args.valid_passes), np.load(args.test_passes)
     _check_passes(valid_passes, args.valid_passes, len(rows), len(classes), args.split_csv)
     _check_passes(test_passes, args.test_passes, None, len(classes), args.split_csv)
-    groups, method = cross_fit_groups(rows, params.get("seed", 42))
-    enabled = params.get("enabled", True)
+    groups, method = cross_fit_groups(rows, params["seed"])
+    enabled = params["enabled"]
     if enabled and len(np.unique(groups)) < 2:
         cli.fail(f"{args.valid_rows}: cross-fitting needs at least 2 groups of rows; set calibration.enabled: false")
     y = class_indices(rows["label"], classes).to_numpy()
-    report, probs = calibrate(valid_passes, y, groups, params.get("n_aug", 4), enabled)
+    report, probs = calibrate(valid_passes, y, groups, params["n_aug"], enabled)
     report["method"] = method if enabled else "not fitted (calibration disabled): fastai's TTA mean"
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)

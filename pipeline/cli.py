@@ -6,12 +6,49 @@ import json
 import os
 import sys
 import time
+from functools import partial
+
+from pipeline import recipe_defaults
 
 
-def stage_parser(doc: str | None) -> argparse.ArgumentParser:
+class StageParams(dict):
+    """A stage's slice with the schema's defaults filled in. A key read but missing has no default to fill (a derived
+    value the workflow passes, or a recipe key the schema requires): the stage stops, naming it.
+
+    `as_passed` is the slice as given on the command line: what resume keys and checkpoints hash, so the digests of a
+    workflow run stay those of the slice its rule wrote."""
+
+    def __init__(self, filled: dict, as_passed: dict):
+        super().__init__(filled)
+        self.as_passed = as_passed
+
+    def __missing__(self, key):
+        fail(f"--params has no {key!r}, which this stage needs and the recipe schema has no default for")
+
+
+def stage_params(recipe_keys: tuple[str, ...], text: str) -> StageParams:
+    """--params as this stage sees it: the JSON slice plus the schema's defaults of the keys the stage declares."""
+    try:
+        as_passed = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error})") from None
+    if not isinstance(as_passed, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, {\"key\": value, ...}")
+    try:
+        return StageParams(recipe_defaults.complete(as_passed, recipe_keys), as_passed)
+    except recipe_defaults.InvalidParams as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def stage_parser(doc: str | None, recipe_keys: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The common parser; `recipe_keys` are the schema names the stage's slice is spread from (see
+    pipeline.recipe_defaults), whose defaults fill the keys the slice leaves out."""
+    recipe_defaults.slice_validator(tuple(recipe_keys))  # a wrong declaration fails here, whatever the arguments
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=json.loads, default={},
-                        help="this stage's slice of the recipe, as JSON (Snakemake passes it; see `snakemake -p -n`)")
+    # A string default goes through `type` too: no --params at all still gets every default.
+    parser.add_argument("--params", type=partial(stage_params, tuple(recipe_keys)), default="{}",
+                        help="this stage's slice of the recipe, as JSON (Snakemake passes it; see `snakemake -p -n`); "
+                             "keys it leaves out take the recipe schema's defaults")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch / worker processes")
     return parser
 

@@ -24,6 +24,12 @@ from pipeline.io import atomic_path, params_digest, remove_stale_temporaries
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, checkpoint_meta, restore_model, save_checkpoint
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults): one `finetune` item less its lr_find (the
+# lr_find rule's job). The rule passes no ps / xtra_fc, so the checkpoint records their defaults, as it always has, even
+# where the recipe sets others (the restored head has the recipe's; the next size rebuilds it with the defaults' ps).
+RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "model.ps", "model.xtra_fc", "finetune.size", "finetune.unfreeze",
+               "finetune.bn_freeze", "finetune.snapshots", "finetune.fits", "transforms", "loader", "train")
+
 
 def snapshot_cycles(fits: list[dict], n_snapshots: int) -> list[int]:
     """The 1-based cycles of the last fit kept as snapshots, earliest first: the n_snapshots before its final one."""
@@ -51,7 +57,7 @@ def snapshot_staging(out_dir: Path, resume_key: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
     parser.add_argument("--checkpoint", required=True, help="model.pt of the previous stage")
@@ -69,23 +75,24 @@ def main(argv: list[str] | None = None) -> None:
         model, previous = restore_model(args.checkpoint, params["arch"], classes)
     except WeightsError as error:
         cli.fail(str(error))
-    unfreeze = params.get("unfreeze", False)
+    unfreeze = params["unfreeze"]
     print(f"from {args.checkpoint} (trained at {previous['size']}px) -> {params['size']}px, "
           f"{'all layer groups train' if unfreeze else 'body frozen, head trains'}", flush=True)
     model = runtime.on_device(model, device)
     model.unfreeze() if unfreeze else model.freeze()
-    model.bn_freeze(params.get("bn_freeze", False))
-    model.train_bn(params.get("train_bn", False))
+    model.bn_freeze(params["bn_freeze"])
+    model.train_bn(params["train_bn"])
     out_dir = Path(args.out_dir)
     main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
     if main_rank:
         remove_stale_temporaries(out_dir)
     log = EpochLog(out_dir / "log.csv")
     # The snapshot count is part of the key: a rerun asking for more must not resume past cycles it never staged.
-    resume_key = params_digest({**params, "n_snapshots": len(cycles)}, args.checkpoint)
+    # Digests of the slice as passed: a workflow run's resume key and checkpoint hash are those of its rule's slice.
+    resume_key = params_digest({**params.as_passed, "n_snapshots": len(cycles)}, args.checkpoint)
     resume = ResumePoint(out_dir / "resume.pt", resume_key, model, log)
     staging = snapshot_staging(out_dir, resume_key) if main_rank else None
-    meta = checkpoint_meta(params, classes, "finetune", model, amp)
+    meta = checkpoint_meta(params, classes, "finetune", model, amp, params_digest(params.as_passed))
 
     def stage_snapshot(cycle: int) -> None:
         if cycle in cycles and main_rank:
@@ -93,9 +100,8 @@ def main(argv: list[str] | None = None) -> None:
 
     train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
     schedules = run_fits(distributed.wrap(model, device), train_loader, valid_loader, params["fits"],
-                         f"size {params['size']}", device, log, params.get("warmup", True), amp,
-                         params.get("seed", 42), resume, on_cycle_end=stage_snapshot,
-                         optimizer_spec=OptimizerSpec.from_params(params))
+                         f"size {params['size']}", device, log, params["warmup"], amp, params["seed"], resume,
+                         on_cycle_end=stage_snapshot, optimizer_spec=OptimizerSpec.from_params(params))
     if main_rank:
         plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
         plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")

@@ -123,7 +123,8 @@ class OptimizerSpec:
 
     @classmethod
     def from_params(cls, params: dict) -> "OptimizerSpec":
-        return cls(params.get("optimizer", "sgd"), float(params.get("weight_decay", 0.0)))
+        """From a complete slice with train.optimizer and train.weight_decay."""
+        return cls(params["optimizer"], float(params["weight_decay"]))
 
     def make(self, model: nn.Module, lr) -> torch.optim.Optimizer:
         groups = [{"params": params, "lr": group_lr} for params, group_lr in layer_group_lrs(model, lr)]

@@ -73,8 +73,12 @@ def summarise(sizes: pd.DataFrame) -> dict:
             "modes": sizes["mode"].value_counts().to_dict(), "total_megabytes": round(sizes["bytes"].sum() / 1e6, 2)}
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+RECIPE_KEYS = ("data.layout", "data.suffix", "images.on_bad_image", "images.max_pixels")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--sizes-csv", required=True)
     parser.add_argument("--summary", required=True)
@@ -85,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     params = args.params
     started = cli.announce("image_stats", params)
     try:
-        sizes, bad = image_stats(args.data_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"),
-                                 args.threads, params.get("max_pixels"))
-        check_bad_images(bad, params.get("on_bad_image", "error"))
+        sizes, bad = image_stats(args.data_dir, params["layout"], params["suffix"], args.threads,
+                                 params["max_pixels"])
+        check_bad_images(bad, params["on_bad_image"])
     except DataError as error:
         cli.fail(str(error))
     write_csv(bad, args.bad_images)

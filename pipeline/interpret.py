@@ -66,8 +66,12 @@ def class_extremes(scored: pd.DataFrame, label: str, n: int) -> dict[str, pd.Dat
             "most uncertain": own.nsmallest(n, "margin")}
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults); `size` is the final size.
+RECIPE_KEYS = ("interpret",)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True, help="every labelled image, with its path in the cache")
     parser.add_argument("--valid-rows", required=True, help="CSV aligned with --valid-probs (split.csv or oof.csv)")
     parser.add_argument("--valid-probs", required=True)
@@ -96,15 +100,15 @@ def main(argv: list[str] | None = None) -> None:
     def picture(index: int) -> np.ndarray:
         return images[index][0].permute(1, 2, 0).numpy()
 
-    worst = scored.nlargest(params.get("top_losses", 9), "loss")
+    worst = scored.nlargest(params["top_losses"], "loss")
     plots.titled_images([picture(i) for i in worst.index],
                         [f"{row.label} / {row.predicted_label}\np {row.p_predicted:.2f} · loss {row.loss:.2f}"
                          for row in worst.itertuples()],
                         out_dir / "top_losses.png",
                         f"the {len(worst)} highest losses of {len(scored)} validation images "
                         "(actual / predicted, the predicted class's probability, loss)")
-    n_images = params.get("images_per_group", 3)
-    shown = classes_table.head(params.get("classes", 6))
+    n_images = params["images_per_group"]
+    shown = classes_table.head(params["classes"])
     grid = {row.label: {group: [(picture(i), f"{frame.at[i, 'predicted_label']} {frame.at[i, 'p_predicted']:.2f}")
                                 for i in frame.index]
                         for group, frame in class_extremes(scored, row.label, n_images).items()}

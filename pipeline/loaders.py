@@ -126,22 +126,23 @@ def overlapped(loader: DataLoader) -> DataLoader | Prefetched:
 
 
 def inference_loader(dataset: Dataset, params: dict, device: torch.device, seed: int = 0) -> DataLoader | Prefetched:
-    """The loader of a stage that only predicts (precompute, TTA, predict): in order, overlapped with the model."""
-    return overlapped(make_loader(dataset, params.get("batch_size", 64), False, params.get("num_workers", 0),
-                                  params.get("seed", 42) + seed, device))
+    """The loader of a stage that only predicts (precompute, TTA, predict): in order, overlapped with the model.
+    `params`: a complete slice of seed and the loader section."""
+    return overlapped(make_loader(dataset, params["batch_size"], False, params["num_workers"], params["seed"] + seed,
+                                  device))
 
 
 def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Path, params: dict,
                   device: torch.device) -> tuple[DataLoader, DataLoader | Prefetched]:
     """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`; under
-    torchrun, this rank's share of each (pipeline.distributed)."""
-    size, seed = params["size"], params.get("seed", 42)
+    torchrun, this rank's share of each (pipeline.distributed). `params`: a complete slice of size, seed and the
+    transforms and loader sections; preprocessing, when absent, is the default transform's."""
+    size, seed = params["size"], params["seed"]
     preprocessing = params.get("preprocessing")
-    augment = train_transform(size, params.get("max_zoom", 1.1), params.get("augmentation", "side_on"),
-                              preprocessing=preprocessing)
+    augment = train_transform(size, params["max_zoom"], params["augmentation"], preprocessing=preprocessing)
     train_set = ImageDataset(cache_dir, train["path"], train["y"], augment)
     valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size, preprocessing=preprocessing))
-    workers = params.get("num_workers", 0)
-    batch_size = distributed.per_rank_batch_size(params.get("batch_size", 64))
+    workers = params["num_workers"]
+    batch_size = distributed.per_rank_batch_size(params["batch_size"])
     return (make_loader(train_set, batch_size, True, workers, seed, device, distributed.train_sampler(train_set)),
             overlapped(make_loader(distributed.shard(valid_set), batch_size, False, workers, seed, device)))

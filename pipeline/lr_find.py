@@ -23,8 +23,13 @@ from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, restore_model
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults); `lr` is the size's first fit's.
+RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "finetune.size", "finetune.unfreeze", "finetune.bn_freeze",
+               "train.optimizer", "train.weight_decay", "train.train_bn", "transforms", "loader")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
     parser.add_argument("--checkpoint", required=True, help="model.pt the fine-tune size starts from")
@@ -39,9 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     except WeightsError as error:
         cli.fail(str(error))
     model = runtime.on_device(model, device)
-    model.unfreeze() if params.get("unfreeze", False) else model.freeze()
-    model.bn_freeze(params.get("bn_freeze", False))
-    model.train_bn(params.get("train_bn", False))
+    model.unfreeze() if params["unfreeze"] else model.freeze()
+    model.bn_freeze(params["bn_freeze"])
+    model.train_bn(params["train_bn"])
     train_loader, _ = image_loaders(train, valid, args.cache_dir, params, device)
     found = lr_find(model, train_loader, device, amp=amp, lr=params["lr"],
                     optimizer_spec=OptimizerSpec.from_params(params))

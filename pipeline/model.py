@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline import backbones
 from pipeline.backbones import Backbone, WeightsError
-from pipeline.io import atomic_path, params_digest
+from pipeline.io import atomic_path
 
 
 class AdaptiveConcatPool2d(nn.Module):
@@ -205,22 +205,24 @@ def build_classifier(arch: str, weights: str, n_classes: int, ps=(0.25, 0.5), xt
 
 
 def build_seeded_classifier(params: dict, n_classes: int) -> Classifier:
-    """The same backbone in every stage: seeded, so a from-scratch body is identical wherever it is rebuilt."""
-    torch.manual_seed(params.get("seed", 42))
-    return build_classifier(params["arch"], params.get("weights", "none"), n_classes,
-                            params.get("ps", [0.25, 0.5]), params.get("xtra_fc", [512]))
+    """The same backbone in every stage: seeded, so a from-scratch body is identical wherever it is rebuilt.
+    `params`: a complete slice of seed and the model section (pipeline.recipe_defaults fills one)."""
+    torch.manual_seed(params["seed"])
+    return build_classifier(params["arch"], params["weights"], n_classes, params["ps"], params["xtra_fc"])
 
 
-def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classifier, amp: bool) -> dict:
-    """Plain data only (loads with weights_only=True); params_hash ties the weights to the recipe that made them.
-    `images` says how the images reached the model (resize rule, augmentations, the backbone's preprocessing) and
-    `amp` whether it ran under bf16 autocast, for `pipeline.predict`."""
-    images = {**params.get("images", {}), "augmentation": params.get("augmentation", "side_on"),
-              "max_zoom": params.get("max_zoom", 1.1), "preprocessing": preprocessing_of(params)}
+def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classifier, amp: bool,
+                    params_hash: str) -> dict:
+    """Plain data only (loads with weights_only=True); params_hash ties the weights to the recipe slice that made
+    them (the stage hashes the slice as passed). `images` says how the images reached the model (resize rule,
+    augmentations, the backbone's preprocessing) and `amp` whether it ran under bf16 autocast, for `pipeline.predict`.
+    `params`: a complete slice of arch, size, ps, xtra_fc and the transforms section."""
+    images = {**params.get("images", {}), "augmentation": params["augmentation"], "max_zoom": params["max_zoom"],
+              "preprocessing": preprocessing_of(params)}
     return {"classes": classes, "arch": params["arch"], "size": params["size"], "stage": stage,
-            "ps": params.get("ps", [0.25, 0.5]), "xtra_fc": params.get("xtra_fc", [512]),
+            "ps": params["ps"], "xtra_fc": params["xtra_fc"],
             "n_features": model.n_features, "body_groups": model.body_groups, "images": images, "amp": amp,
-            "params_hash": params_digest(params)}
+            "params_hash": params_hash}
 
 
 def preprocessing_of(params: dict) -> dict:

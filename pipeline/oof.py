@@ -49,7 +49,7 @@ def scores(y: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float, flo
 
 def cv_metrics(y: np.ndarray, oof_passes: np.ndarray, fold_metrics: list[dict], classes: list[str],
                params: dict) -> dict:
-    n_aug = params.get("n_aug", 4)
+    n_aug = params["n_aug"]
     oof_logloss, oof_accuracy = scores(y, passes.tta_mean(oof_passes, n_aug), len(classes))
     no_tta_logloss, no_tta_accuracy = scores(y, oof_passes[passes.PLAIN], len(classes))
     folds = [{"fold": fold, "n_valid": metrics["n_valid"], **{key: metrics[key] for key in FOLD_SCORES}}
@@ -58,12 +58,16 @@ def cv_metrics(y: np.ndarray, oof_passes: np.ndarray, fold_metrics: list[dict], 
               for key in ("valid_logloss", "valid_accuracy") for stat in ("mean", "std")}
     return {"oof_logloss": oof_logloss, "oof_accuracy": oof_accuracy, "oof_logloss_no_tta": no_tta_logloss,
             "oof_accuracy_no_tta": no_tta_accuracy, "n_oof": len(y), "n_folds": len(folds),
-            "folds": folds, **spread, "n_aug": n_aug, "ensemble_average": params.get("average", "arithmetic"),
+            "folds": folds, **spread, "n_aug": n_aug, "ensemble_average": params["average"],
             "classes": classes}
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults); `folds` is the folds the run has.
+RECIPE_KEYS = ("tta", "ensemble")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True, help="the K-fold run's fold assignment")
     parser.add_argument("--fold-dirs", required=True, nargs="+", help="out_dir/folds/<k> of each fold, in order")
     parser.add_argument("--oof-csv", required=True)
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.fail(str(error))
     fold_metrics = [read_json(folder / "metrics.json") for folder in fold_dirs]
     test_passes = passes.average([np.load(folder / "tta" / "test_passes.npy") for folder in fold_dirs],
-                                 params.get("average", "arithmetic"))
+                                 params["average"])
     y = class_indices(rows["label"], classes).to_numpy()
     metrics = cv_metrics(y, oof_passes, fold_metrics, classes, params)
     oof_probs = passes.tta_mean(oof_passes, metrics["n_aug"])

@@ -23,6 +23,9 @@ from pipeline.model import WeightsError, build_seeded_classifier, preprocessing_
 from pipeline.transforms import valid_transform
 
 SPLITS = ("train", "valid", "test")
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults). The rule passes no ps / xtra_fc: the head
+# built alongside the body is never used here, and the body does not depend on them.
+RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model", "head.size", "loader")
 
 
 @torch.inference_mode()
@@ -39,7 +42,7 @@ def precompute_activations(model, loader, out_path: Path, device: torch.device, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         loader = inference_loader(dataset, params, device)
         precompute_activations(model, loader, out_dir / f"{name}.npy", device, amp, f"precompute {name}")
         print(f"{name}: {len(frame)} x {model.n_features} activations -> {out_dir / f'{name}.npy'}", flush=True)
-    write_json({"arch": params["arch"], "weights": params.get("weights", "none"),
+    write_json({"arch": params["arch"], "weights": params["weights"],
                 "weights_digest": params.get("weights_digest"), "preprocessing": preprocessing, "size": params["size"],
                 "n_features": model.n_features, "classes": classes, "split_digest": file_digest(args.split_csv),
                 "test_digest": file_digest(args.test_csv), "body_digest": body_digest,

@@ -22,12 +22,15 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import cli, passes, runtime
+from pipeline import cli, passes, recipe_defaults, runtime
 from pipeline.data import IMAGE_SUFFIXES, natural_key
 from pipeline.inference import tta_log_probs
 from pipeline.io import write_csv
 from pipeline.model import WeightsError, load_checkpoint, restore_model
 from pipeline.resize import resize_one
+
+# How the images of a checkpoint made before it recorded them were encoded and augmented: the recipe's defaults.
+IMAGE_DEFAULTS = ("images.jpeg_quality", "images.jpeg_draft", "transforms")
 
 
 def image_files(arguments: list[str]) -> list[Path]:
@@ -49,8 +52,7 @@ def resize_into(cache: Path, files: list[Path], images: dict) -> tuple[list[str]
         suffix = source.suffix.lower() if source.suffix.lower() in Image.registered_extensions() else ".png"
         name = f"{index}{suffix}"
         try:
-            resize_one(source, cache / name, images["shorter_side"], images.get("jpeg_quality", 90),
-                       images.get("jpeg_draft", True))
+            resize_one(source, cache / name, images["shorter_side"], images["jpeg_quality"], images["jpeg_draft"])
         except Exception as error:  # any unreadable file: reported, the batch goes on
             errors[source] = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             continue
@@ -60,7 +62,7 @@ def resize_into(cache: Path, files: list[Path], images: dict) -> tuple[list[str]
 
 def image_settings(meta: dict, args) -> dict:
     """How the run that made the checkpoint resized and augmented its images, with the command line's overrides."""
-    images = dict(meta.get("images", {}))
+    images = {**recipe_defaults.defaults(IMAGE_DEFAULTS), **meta.get("images", {})}
     overrides = {"shorter_side": args.shorter_side, "jpeg_quality": args.jpeg_quality,
                  "augmentation": args.augmentation, "max_zoom": args.max_zoom}
     images.update({key: value for key, value in overrides.items() if value is not None})
@@ -77,13 +79,14 @@ def print_top(path: Path, probs: np.ndarray, classes: list[str], k: int) -> None
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.stage_parser(__doc__)
+    defaults = recipe_defaults.defaults(("device", "loader.batch_size"))
     parser.add_argument("--checkpoint", required=True, help="a model.pt the pipeline wrote")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--tta", type=int, default=0, metavar="N", help="augmented passes besides the plain one")
     parser.add_argument("--csv", help="write path plus one probability column per class here")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"])
     parser.add_argument("--amp", choices=["auto", "on", "off"],
                         help="bf16 autocast (default: as the checkpoint was trained and evaluated; see the recipe's amp)")
     parser.add_argument("--shorter-side", type=int, help="override the checkpoint's resize rule")
@@ -103,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.fail(str(error))
     images = image_settings(meta, args)
     checkpoint_amp = "on" if meta.get("amp") else "off" if "amp" in meta else "auto"
-    device, amp = runtime.start({"device": args.device, "amp": args.amp or checkpoint_amp}, args.threads)
+    settings = {**recipe_defaults.defaults(runtime.RECIPE_KEYS), "device": args.device,
+                "amp": args.amp or checkpoint_amp}
+    device, amp = runtime.start(settings, args.threads)
     model = runtime.on_device(model, device).eval()
     classes = meta["classes"]
     files = image_files(args.images)
@@ -112,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="lesson2-predict-") as cache:
         cached, errors = resize_into(Path(cache), files, images)
         readable = [path for path in files if path not in errors]
-        params = {"size": meta["size"], "n_aug": args.tta, "batch_size": args.batch_size, "num_workers": 0,
-                  "preprocessing": images.get("preprocessing"),
-                  "max_zoom": images.get("max_zoom", 1.1), "augmentation": images.get("augmentation", "side_on")}
+        params = {**settings, "size": meta["size"], "n_aug": args.tta, "batch_size": args.batch_size,
+                  "num_workers": 0, "preprocessing": images.get("preprocessing"), "max_zoom": images["max_zoom"],
+                  "augmentation": images["augmentation"]}
         probs = np.empty((0, len(classes)))
         if cached:
             log_probs = tta_log_probs(model, pd.DataFrame({"path": cached}), cache, params, device, amp, "images")

@@ -23,16 +23,19 @@ def augmentation_preview(cache_dir: str, out: str, size: int, max_zoom: float, a
     plots.image_grid(views, out, f"{first.name}: {augmentation} at {size}px, max_zoom {max_zoom}")
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+RECIPE_KEYS = ("seed", "head.size", "transforms")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("augmentation_preview", params)
-    augmentation_preview(args.cache_dir, args.out, params["size"], params.get("max_zoom", 1.1),
-                         params.get("augmentation", "side_on"), params.get("seed", 42),
-                         params.get("preprocessing"))
+    augmentation_preview(args.cache_dir, args.out, params["size"], params["max_zoom"], params["augmentation"],
+                         params["seed"], params.get("preprocessing"))
     cli.finish("augmentation_preview", started)
 
 

@@ -8,7 +8,7 @@ images, the cache is rebuilt whenever the data, the code or its parameters chang
 data fingerprint), and each image is written atomically.
 
     python -m pipeline.resize --data-dir data/demo --bad-images out/stats/bad_images.csv --out-dir out/resized/340 \
-        --params '{"shorter_side": 340}'
+        --params '{"layout": "csv", "shorter_side": 340}'
 """
 from __future__ import annotations
 
@@ -63,20 +63,23 @@ def resize_cache(data_dir: str, out_dir: str, layout: str, suffix: str, shorter_
     return len(paths)
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+RECIPE_KEYS = ("data.layout", "data.suffix", "images.shorter_side", "images.jpeg_quality", "images.jpeg_draft")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--bad-images", help="bad_images.csv from the image-stats stage: left out")
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("resize", params)
-    shorter_side = params.get("shorter_side", 340)
+    shorter_side = params["shorter_side"]
     skip = read_bad_paths(args.bad_images)
     try:
-        n = resize_cache(args.data_dir, args.out_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"),
-                         shorter_side, params.get("jpeg_quality", 90), args.threads, skip,
-                         params.get("jpeg_draft", True))
+        n = resize_cache(args.data_dir, args.out_dir, params["layout"], params["suffix"],
+                         shorter_side, params["jpeg_quality"], args.threads, skip, params["jpeg_draft"])
     except DataError as error:
         cli.fail(str(error))
     print(f"resized {n} images to shorter side {shorter_side} -> {args.out_dir}", flush=True)

@@ -36,10 +36,14 @@ def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
     return chosen
 
 
+# The top-level recipe keys every torch stage's slice has, for its declaration (pipeline.recipe_defaults).
+RECIPE_KEYS = ("seed", "device", "amp")
+
+
 def start(params: dict, threads: int) -> tuple[torch.device, bool]:
-    """(device, use bf16 autocast) for a torch stage, from its params slice."""
-    device = setup(threads, params.get("seed", 42), params.get("device", "auto"))
-    return device, use_amp(params.get("amp", "auto"), device)
+    """(device, use bf16 autocast) for a torch stage, from its (complete) params slice."""
+    device = setup(threads, params["seed"], params["device"])
+    return device, use_amp(params["amp"], device)
 
 
 def seed_everything(seed: int) -> None:

@@ -56,17 +56,17 @@ def leave_out_bad(labeled: pd.DataFrame, bad_paths: set[str]) -> pd.DataFrame:
 
 def make_split(labeled: pd.DataFrame, params: dict) -> pd.DataFrame:
     split = labeled.copy()
-    method = params.get("method", "fastai")
-    if params.get("layout", "csv") == "folders":
+    method = params["method"]
+    if params["layout"] == "folders":
         pass  # the valid/ folder is the validation set
     elif method == "fastai":
-        val_idxs = get_cv_idxs(len(split), params.get("cv_idx", 4), params.get("val_pct", 0.2), params.get("seed", 42))
+        val_idxs = get_cv_idxs(len(split), params["cv_idx"], params["val_pct"], params["seed"])
         split["is_valid"] = np.isin(np.arange(len(split)), val_idxs)
     elif method == "stratified_kfold":
-        split["fold"] = stratified_folds(split["label"], params.get("n_folds", 5), params.get("seed", 42))
+        split["fold"] = stratified_folds(split["label"], params["n_folds"], params["seed"])
         if params.get("assign_folds"):  # a K-fold run: each fold's own split.csv is derived from this one
             return split[["id", "label", "fold", "path"]]
-        split["is_valid"] = split["fold"] == params.get("fold", 0)
+        split["is_valid"] = split["fold"] == params["fold"]
         return split[["id", "label", "is_valid", "path", "fold"]]
     else:
         raise DataError(f"unknown split method {method!r}")
@@ -97,8 +97,12 @@ def check_classes(counts: pd.DataFrame) -> None:
         print(f"warning: classes with no validation image: {', '.join(unvalidated)}", flush=True)
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults); a K-fold run adds `assign_folds`.
+RECIPE_KEYS = ("data.layout", "data.suffix", "split")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--bad-images", help="bad_images.csv from the image-stats stage")
     parser.add_argument("--split-csv", required=True)
@@ -109,14 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     started = cli.announce("split", params)
     bad_paths = read_bad_paths(args.bad_images)
     try:
-        labeled = read_labeled(args.data_dir, params.get("layout", "csv"), params.get("suffix", ".jpg"))
+        labeled = read_labeled(args.data_dir, params["layout"], params["suffix"])
         split = make_split(leave_out_bad(labeled, bad_paths), params)
         counts = class_counts(split)
         check_classes(counts)
         test = read_test(args.data_dir)
     except DataError as error:
         cli.fail(str(error))
-    if params.get("layout", "csv") == "csv":
+    if params["layout"] == "csv":
         unlabelled = unlabelled_images(args.data_dir, labeled)
         if unlabelled:
             print(f"skipping {len(unlabelled)} images in train/ without a row in labels.csv: "

@@ -80,8 +80,12 @@ def check_written(path: str | Path, submission: pd.DataFrame) -> None:
         raise SubmissionError(f"{path}: rows do not sum to 1")
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+RECIPE_KEYS = ("data.positive_class", "submission")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--probs", required=True, help="test probabilities from the calibrate stage")
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--split-csv", required=True)
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     test_ids = read_test_table(args.test_csv)["id"].tolist()
     try:
         submission = make_submission(np.load(args.probs), test_ids, classes, _read_sample(args.sample),
-                                     params.get("clip", 0.0), params.get("positive_class"))
+                                     params["clip"], params["positive_class"])
         write_csv(submission, args.out, float_format="%.10g")
         check_written(args.out, submission)
     except SubmissionError as error:

@@ -22,10 +22,13 @@ from pipeline.io import file_digest, params_digest, read_json, remove_stale_temp
 from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, build_seeded_classifier, checkpoint_meta, save_checkpoint
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model", "head", "transforms", "loader", "train")
+
 
 def check_activations(manifest: dict, params: dict, classes: list[str], split_csv: str) -> None:
     """Refuse activations computed for another split, backbone, weights or size: never a silently stale cache."""
-    expected = {"arch": params["arch"], "weights": params.get("weights", "none"),
+    expected = {"arch": params["arch"], "weights": params["weights"],
                 "weights_digest": params.get("weights_digest"), "size": params["size"],
                 "classes": classes, "split_digest": file_digest(split_csv)}
     wrong = {key: (manifest.get(key), value) for key, value in expected.items() if manifest.get(key) != value}
@@ -39,7 +42,7 @@ def load_activations(folder: Path, name: str, frame: pd.DataFrame) -> tuple[torc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--activations", required=True, help="folder written by the precompute stage")
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
@@ -48,7 +51,6 @@ def main(argv: list[str] | None = None) -> None:
     params = args.params
     started = cli.announce("train_head", params)
     device, amp = runtime.start(params, args.threads)
-    warmup = params.get("warmup", True)
     out_dir, activations = Path(args.out_dir), Path(args.activations)
     main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
     if main_rank:
@@ -63,15 +65,17 @@ def main(argv: list[str] | None = None) -> None:
     if runtime.state_digest(model.body) != manifest["body_digest"]:
         cli.fail("the rebuilt backbone differs from the one that computed the activations; rerun precompute")
     model = runtime.on_device(model, device)
-    seed, warmup = params.get("seed", 42), params.get("warmup", True)
+    seed, warmup = params["seed"], params["warmup"]
     optimizer = OptimizerSpec.from_params(params)
     log = EpochLog(out_dir / "log.csv")
-    resume = ResumePoint(out_dir / "resume.pt", params_digest(params, activations / "manifest.json"), model, log)
-    batch_size = params.get("batch_size", 64)
+    # Digests of the slice as passed: a workflow run's resume key and checkpoint hash are those of its rule's slice.
+    resume_key = params_digest(params.as_passed, activations / "manifest.json")
+    resume = ResumePoint(out_dir / "resume.pt", resume_key, model, log)
+    batch_size = params["batch_size"]
     train_acts = TensorBatches(*load_activations(activations, "train", train), batch_size, True, torch.Generator())
     valid_acts = TensorBatches(*load_activations(activations, "valid", valid), batch_size)
 
-    if params.get("lr_find", True):
+    if params["lr_find"]:
         runtime.seed_everything(seed)
         train_acts.generator.manual_seed(seed)
         found = lr_find(model.head, train_acts, device, amp=amp, optimizer_spec=optimizer)
@@ -82,9 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     # On the activations every rank (if several) fits the same head alike: seconds of work, not worth splitting.
     schedules = run_fits(model.head, train_acts, valid_acts, params["precomputed"], "precomputed", device, log,
                          warmup, amp, seed, resume, optimizer_spec=optimizer)
-    if params.get("augmented"):
+    if params["augmented"]:
         model.freeze()
-        model.train_bn(params.get("train_bn", False))
+        model.train_bn(params["train_bn"])
         train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
         run_fits(distributed.wrap(model, device), train_loader, valid_loader, params["augmented"], "augmented",
                  device, log, warmup, amp, seed, resume, schedules, optimizer_spec=optimizer)
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
         plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
         plots.batch_losses(log.batch_losses, out_dir / "batch_loss.png")
-        save_checkpoint(model, out_dir / "model.pt", checkpoint_meta(params, classes, "head", model, amp))
+        meta = checkpoint_meta(params, classes, "head", model, amp, params_digest(params.as_passed))
+        save_checkpoint(model, out_dir / "model.pt", meta)
     resume.finish()
     distributed.finish()
     cli.finish("train_head", started)

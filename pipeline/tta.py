@@ -46,8 +46,12 @@ def valid_metrics(valid_passes: np.ndarray, y: np.ndarray, n_aug: int, n_classes
             "n_aug": n_aug, "n_valid": int(len(y))}
 
 
+# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "tta", "transforms", "loader")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--cache-dir", required=True)
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     train, valid, classes = read_split(args.split_csv)
     test = read_test_table(args.test_csv)
     usable = test["usable"].to_numpy()
-    n_aug, y = params.get("n_aug", 4), valid["y"].to_numpy()
+    n_aug, y = params["n_aug"], valid["y"].to_numpy()
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
     valid_by_model, test_by_model, per_checkpoint = [], [], []

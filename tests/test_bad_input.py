@@ -129,7 +129,7 @@ def test_an_image_over_max_pixels_stops_the_stats_stage_or_is_left_out_of_every_
     run_split(tmp_path, out, '{"layout": "csv", "val_pct": 0.5, "cv_idx": 0, "seed": 1}')
     assert "huge" not in pd.read_csv(out / "split.csv")["id"].tolist()
     resize.main(["--data-dir", str(tmp_path), "--bad-images", str(out / "bad.csv"), "--out-dir", str(out / "r"),
-                 "--threads", "1", "--params", '{"shorter_side": 20}'])
+                 "--threads", "1", "--params", '{"layout": "csv", "shorter_side": 20}'])
     assert sorted(p.name for p in (out / "r" / "train").iterdir()) == [f"ok{i}.jpg" for i in range(4)]
 
 
@@ -231,7 +231,7 @@ def test_an_image_without_a_label_is_a_logged_skip(tmp_path, capsys):
     write_labels(tmp_path, "id,breed\na,x\nb,y\n", images=("a", "b", "stray"))
     (tmp_path / "test").mkdir()
     red_square().save(tmp_path / "test" / "t.jpg")
-    run_split(tmp_path, tmp_path, '{"val_pct": 0.5}', bad_images=False)
+    run_split(tmp_path, tmp_path, '{"layout": "csv", "val_pct": 0.5}', bad_images=False)
     assert "skipping 1 images in train/ without a row in labels.csv: train/stray.jpg" in capsys.readouterr().out
     assert "stray" not in pd.read_csv(tmp_path / "split.csv")["id"].tolist()
 
@@ -241,7 +241,7 @@ def test_a_class_left_without_training_images_is_an_error(tmp_path, capsys):
     (tmp_path / "test").mkdir()
     red_square().save(tmp_path / "test" / "t.jpg")
     with pytest.raises(SystemExit):
-        run_split(tmp_path, tmp_path, '{"val_pct": 0.5, "cv_idx": 0, "seed": 0}', bad_images=False)
+        run_split(tmp_path, tmp_path, '{"layout": "csv", "val_pct": 0.5, "cv_idx": 0, "seed": 0}', bad_images=False)
     assert "classes with no training image after the split" in capsys.readouterr().err
 
 

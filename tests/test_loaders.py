@@ -15,13 +15,18 @@ import torch
 from PIL import Image
 
 from conftest import REPO, Interrupted, InterruptedInEpoch, same_state, train_resumably
-from pipeline import fit, runtime
+from pipeline import fit, recipe_defaults, runtime
 from pipeline.fit import EpochLog, FitSpec
 from pipeline.loaders import ImageDataset, Prefetched, image_loaders, inference_loader
 from pipeline.model import build_classifier
 from pipeline.transforms import train_transform
 
 CPU = torch.device("cpu")
+
+
+def loader_params(params: dict) -> dict:
+    """`params` as a stage passes it to the loaders: with the schema's defaults for the keys it leaves out."""
+    return recipe_defaults.complete(params, ("seed", "transforms", "loader"))
 FITS = [{"lr": [1e-3, 3e-3, 1e-2], "n_cycle": 2, "cycle_len": 1}]
 
 
@@ -43,7 +48,7 @@ def image_split(tmp_path_factory):
 def train(image_split, workers, resume_path, interrupt_in_epoch=None):
     root, train_rows, valid_rows = image_split
     params = {"size": 16, "batch_size": 6, "num_workers": workers, "augmentation": "side_on", "seed": 3}
-    train_loader, valid_loader = image_loaders(train_rows, valid_rows, root, params, CPU)
+    train_loader, valid_loader = image_loaders(train_rows, valid_rows, root, loader_params(params), CPU)
     if interrupt_in_epoch is not None:
         train_loader = InterruptedInEpoch(train_loader, interrupt_in_epoch)
     torch.manual_seed(0)
@@ -69,7 +74,7 @@ def test_the_prefetching_inference_loader_gives_the_plain_loaders_batches_in_ord
     root, train_rows, _ = image_split
     dataset = ImageDataset(root, train_rows["path"], train_rows["y"], train_transform(16, 1.1, "side_on"))
     params = {"batch_size": 5, "num_workers": 0}
-    prefetched = inference_loader(dataset, params, CPU)
+    prefetched = inference_loader(dataset, loader_params(params), CPU)
     assert isinstance(prefetched, Prefetched) and len(prefetched) == 4 and prefetched.dataset is dataset
     torch.manual_seed(7)
     background = [(x.clone(), y.clone()) for x, y in prefetched]
@@ -86,7 +91,8 @@ def test_a_bad_image_stops_a_prefetched_pass_with_its_own_error_and_leaves_no_th
     for index in range(len(train_rows)):
         (tmp_path / f"{index}.jpg").symlink_to(root / f"{index}.jpg")
     paths = list(train_rows["path"][:7]) + ["broken.jpg"]
-    loader = inference_loader(ImageDataset(tmp_path, paths, None, train_transform(16)), {"batch_size": 4}, CPU)
+    loader = inference_loader(ImageDataset(tmp_path, paths, None, train_transform(16)),
+                              loader_params({"batch_size": 4, "num_workers": 0}), CPU)
     with pytest.raises(Exception, match="broken.jpg"):
         list(loader)
     for _ in zip(range(1), loader):  # a consumer that stops early: its producer thread must stop too
@@ -98,7 +104,8 @@ def test_a_bad_image_stops_a_prefetched_pass_with_its_own_error_and_leaves_no_th
 def test_training_runs_in_channels_last(image_split):
     """The model and every batch it trains and validates on are NHWC, the layout convolutions run fastest in."""
     root, train_rows, valid_rows = image_split
-    train_loader, valid_loader = image_loaders(train_rows, valid_rows, root, {"size": 16, "batch_size": 6}, CPU)
+    train_loader, valid_loader = image_loaders(train_rows, valid_rows, root,
+                                               loader_params({"size": 16, "batch_size": 6, "num_workers": 0}), CPU)
     model = runtime.on_device(build_classifier("resnet18", "none", n_classes=2), CPU)
     seen = []
     model.body[0].register_forward_pre_hook(lambda _, args: seen.append(

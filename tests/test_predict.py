@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from conftest import TEST_CORES
-from pipeline import backbones, predict
+from pipeline import backbones, predict, recipe_defaults, train_head
+from pipeline.io import params_digest
 from pipeline.model import Classifier, checkpoint_meta, cut_body, save_checkpoint
 
 workflow = pytest.mark.workflow  # reads the reference run's checkpoint and predictions
@@ -110,8 +111,10 @@ def small_checkpoint(tmp_path):
     backbone = backbones.resolve("resnet18")
     model = Classifier(*cut_body(backbone, backbones.create(backbone, "none", quiet=True)), 3, [0.25, 0.5], [512],
                        "resnet18")
-    params = {"arch": "resnet18", "size": 32, "images": {"shorter_side": 40}}
-    save_checkpoint(model, tmp_path / "model.pt", checkpoint_meta(params, ["a", "b", "c"], "head", model, False))
+    params = recipe_defaults.complete({"arch": "resnet18", "size": 32, "images": {"shorter_side": 40}},
+                                      train_head.RECIPE_KEYS)
+    save_checkpoint(model, tmp_path / "model.pt", checkpoint_meta(params, ["a", "b", "c"], "head", model, False,
+                                                                  params_digest(params)))
     Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "photo.jpg")
     return tmp_path / "model.pt", tmp_path / "photo.jpg"
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem
-from pipeline import demo, finetune, resize, split, tta
+from pipeline import demo, finetune, recipe_defaults, resize, split, tta
 from pipeline.data import read_split
 from pipeline.fit import EpochLog, ResumePoint, run_fits
+from pipeline.io import params_digest
 from pipeline.model import build_seeded_classifier, checkpoint_meta, restore_model, save_checkpoint
 
 CPU = torch.device("cpu")
@@ -85,12 +86,14 @@ def stage_inputs(tmp_path_factory) -> dict:
     data = root / "data"
     demo.build(data, "csv", n_labeled=40, n_test=5, classes=["zero", "one"], seed=1, large_fraction=0.0)
     split.main(["--data-dir", str(data), "--split-csv", str(root / "split.csv"), "--test-csv", str(root / "test.csv"),
-                "--class-counts", str(root / "class_counts.csv")])
+                "--class-counts", str(root / "class_counts.csv"), "--params", json.dumps({"layout": "csv"})])
     resize.main(["--data-dir", str(data), "--out-dir", str(root / "resized"), "--threads", "1",
-                 "--params", json.dumps({"shorter_side": 28})])
+                 "--params", json.dumps({"layout": "csv", "shorter_side": 28})])
     classes = read_split(root / "split.csv")[2]
-    head = build_seeded_classifier(PARAMS, len(classes))
-    save_checkpoint(head, root / "head.pt", checkpoint_meta(PARAMS, classes, "head", head, False))
+    head_params = recipe_defaults.complete(PARAMS, finetune.RECIPE_KEYS)
+    head = build_seeded_classifier(head_params, len(classes))
+    save_checkpoint(head, root / "head.pt", checkpoint_meta(head_params, classes, "head", head, False,
+                                                               params_digest(PARAMS)))
     return {"root": root, "classes": classes}
 
 
@@ -227,8 +230,6 @@ def test_tta_averages_the_snapshots_predictions_pass_by_pass(stage_inputs, clean
 def test_a_checkpoint_names_the_recipe_slice_that_made_it(stage_inputs, clean_run):
     """meta.params_hash is the digest of the stage's params, key order aside: two checkpoints with the same hash were
     trained by the same recipe slice, and one lr changed gives another."""
-    from pipeline.io import params_digest
-
     _, meta = load(clean_run / "model.pt", stage_inputs["classes"])
     assert meta["params_hash"] == params_digest(PARAMS) == params_digest(dict(reversed(list(PARAMS.items()))))
     assert params_digest({**PARAMS, "fits": [{**PARAMS["fits"][0], "lr": 1e-2}]}) != meta["params_hash"]

@@ -3,7 +3,13 @@ import pandas as pd
 import pytest
 
 from pipeline.data import DataError, read_folders, read_labels_csv
-from pipeline.split import class_counts, get_cv_idxs, make_split
+from pipeline import recipe_defaults, split as split_stage
+from pipeline.split import class_counts, get_cv_idxs
+
+
+def make_split(labeled, params):
+    """The split as the stage makes it from a slice: the schema's defaults for what `params` leaves out."""
+    return split_stage.make_split(labeled, recipe_defaults.complete(params, split_stage.RECIPE_KEYS))
 
 
 def fastai_07_get_cv_idxs(n, cv_idx=4, val_pct=0.2, seed=42):
@@ -38,7 +44,8 @@ def test_fastai_split_marks_those_rows_of_labels_csv_in_file_order(csv_data):
 
 def test_stratified_kfold_folds_partition_the_rows_and_keep_class_shares(csv_data):
     labeled = read_labels_csv(csv_data)
-    folds = [make_split(labeled, {"method": "stratified_kfold", "n_folds": 3, "fold": k, "seed": 0}) for k in range(3)]
+    folds = [make_split(labeled, {"layout": "csv", "method": "stratified_kfold", "n_folds": 3, "fold": k,
+                                    "seed": 0}) for k in range(3)]
     valid_sets = [set(np.flatnonzero(f["is_valid"])) for f in folds]
     assert set().union(*valid_sets) == set(range(len(labeled)))
     assert sum(len(v) for v in valid_sets) == len(labeled)
@@ -51,7 +58,7 @@ def test_stratified_kfold_names_classes_too_small_for_the_folds(csv_data):
     labeled = read_labels_csv(csv_data)
     labeled.loc[0, "label"] = "rare"
     with pytest.raises(DataError, match="rare"):
-        make_split(labeled, {"method": "stratified_kfold", "n_folds": 5, "fold": 0})
+        make_split(labeled, {"layout": "csv", "method": "stratified_kfold", "n_folds": 5, "fold": 0})
 
 
 def test_folder_layout_uses_the_valid_folder(folder_data):

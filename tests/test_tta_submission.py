@@ -7,7 +7,7 @@ from pipeline.data import read_labels_csv
 from pipeline.model import build_classifier
 from pipeline.resize import resize_cache
 from pipeline.submission import SubmissionError, make_submission
-from pipeline import passes
+from pipeline import passes, recipe_defaults, tta
 from pipeline.inference import tta_log_probs
 from pipeline.tta import valid_metrics
 
@@ -22,7 +22,7 @@ def cache(csv_data, tmp_path_factory):
 def test_tta_returns_a_plain_pass_and_n_aug_augmented_passes(csv_data, cache):
     frame = read_labels_csv(csv_data).head(10).assign(y=0)
     model = build_classifier("resnet18", "none", n_classes=3).eval()
-    params = {"size": 24, "n_aug": 4, "batch_size": 4}
+    params = recipe_defaults.complete({"size": 24, "n_aug": 4, "batch_size": 4, "num_workers": 0}, tta.RECIPE_KEYS)
     log_probs = tta_log_probs(model, frame, cache, params, torch.device("cpu"), False, "valid")
     assert log_probs.shape == (5, 10, 3)
     np.testing.assert_allclose(np.exp(log_probs).sum(axis=2), 1.0, rtol=1e-5)
