@@ -57,9 +57,9 @@ import yaml
 
 from common import machine, report
 from demo_scores import hidden_test
-from pipeline import demo, passes
+from pipeline import demo, passes, recipe_defaults
 from pipeline.data import read_labeled, read_labeled_table, read_test_table
-from pipeline.split import make_split
+from pipeline.split import RECIPE_KEYS, make_split
 
 REPO = Path(__file__).resolve().parents[1]
 N_AUG, EPOCHS = 4, 3
@@ -178,7 +178,8 @@ def main() -> None:
         demo.build(data, "csv", n_labeled=args.n, n_test=args.n_test, seed=0, large_fraction=0.03,
                    sizes=demo.ImageSizes())
     solution = pd.read_csv(data / "solution.csv", dtype={"id": str})
-    split = make_split(read_labeled(data, "csv"), {"method": "fastai"})  # the split stage's own call
+    split_params = recipe_defaults.complete({"layout": "csv", "method": "fastai"}, RECIPE_KEYS)
+    split = make_split(read_labeled(data, "csv"), split_params)  # the split stage's own call
     (work / "valid_ids.txt").write_text("\n".join(split.loc[split["is_valid"], "id"]) + "\n")
     figures = {"n": args.n, "n_test": args.n_test, "sizes": args.sizes, "shorter_side": shorter_side,
                "pretrained": args.pretrained}

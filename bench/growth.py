@@ -40,10 +40,11 @@ def measure(work: Path, n: int, arch: str, size: int) -> dict:
     out = work / f"out_{n}"
     quiet = dict(stdout=subprocess.DEVNULL)
     subprocess.run([PYTHON, "-m", "pipeline.split", "--data-dir", str(data), "--split-csv", str(out / "split.csv"),
-                    "--test-csv", str(out / "test.csv"), "--class-counts", str(out / "cc.csv")], env=ENV, check=True,
+                    "--test-csv", str(out / "test.csv"), "--class-counts", str(out / "cc.csv"),
+                    "--params", json.dumps({"layout": "csv"})], env=ENV, check=True,
                    **quiet)
     figures = {"resize": run_stage("resize", "--data-dir", str(data), "--out-dir", str(out / "resized"),
-                                   "--params", json.dumps({"shorter_side": 340}))}
+                                   "--params", json.dumps({"layout": "csv", "shorter_side": 340}))}
     params = json.dumps({"arch": arch, "weights": "none", "size": size, "batch_size": 32, "num_workers": 0,
                          "device": "cpu", "n_aug": 2})
     figures["precompute"] = run_stage("precompute", "--split-csv", str(out / "split.csv"), "--test-csv",

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from common import best_of, make_images, report
-from pipeline import demo, runtime
+from pipeline import demo, recipe_defaults, runtime
 from pipeline.data import read_labels_csv
 from pipeline.fit import EpochLog, FitSpec, OptimizerSpec, TensorBatches, fit, train_step
 from pipeline.loaders import ImageDataset, image_loaders, inference_loader
@@ -35,6 +35,11 @@ from pipeline.model import build_classifier
 from pipeline.precompute import precompute_activations
 from pipeline.resize import resize_cache
 from pipeline.transforms import valid_transform
+
+
+def loader_params(params: dict) -> dict:
+    """`params` as a stage passes it to the loaders: with the recipe schema's defaults for the keys it leaves out."""
+    return recipe_defaults.complete(params, ("seed", "transforms", "loader"))
 
 
 def synchronise(device: torch.device) -> None:
@@ -88,7 +93,7 @@ def main() -> None:
     # 1. precompute vs raw forward
     model.eval()
     loader = inference_loader(ImageDataset(cache, frame["path"], frame["y"], valid_transform(args.size)),
-                              {"batch_size": bs, "num_workers": args.workers}, device)
+                              loader_params({"batch_size": bs, "num_workers": args.workers}), device)
 
     @torch.inference_mode()
     def raw_forward():
@@ -116,8 +121,9 @@ def main() -> None:
 
     # 2. augmented fine-tune epoch vs raw train step
     model.unfreeze()
-    train_loader, valid_loader = image_loaders(frame, frame.head(bs), cache, {"size": args.size, "batch_size": bs,
-                                                                              "num_workers": args.workers}, device)
+    train_loader, valid_loader = image_loaders(frame, frame.head(bs), cache,
+                                               loader_params({"size": args.size, "batch_size": bs,
+                                                              "num_workers": args.workers}), device)
     optimizer = OptimizerSpec().make(model, 1e-3)
 
     def raw_train():
@@ -149,8 +155,8 @@ def main() -> None:
     figures = {"raw_images_per_s": round(n / raw_s, 1), "raw_contiguous_images_per_s": round(n / contiguous_s, 1),
                "stage_images_per_s": round(n / stage_s, 1)}
     if args.workers == 0:  # would one loader worker process overlap the augmentation better than none?
-        one_worker, _ = image_loaders(frame, frame.head(bs), cache, {"size": args.size, "batch_size": bs,
-                                                                     "num_workers": 1}, device)
+        one_worker, _ = image_loaders(frame, frame.head(bs), cache,
+                                      loader_params({"size": args.size, "batch_size": bs, "num_workers": 1}), device)
         figures["stage_one_worker_images_per_s"] = round(n / best_of(2, lambda: stage_train(one_worker)), 1)
     report("finetune", {**common, **figures, **peak_memory(device)}, raw_s / stage_s, ">= 0.85x", raw_s / stage_s >= 0.85)
 

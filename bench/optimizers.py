@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from common import machine  # puts the repository on sys.path
-from pipeline import runtime  # noqa: E402
+from pipeline import recipe_defaults, runtime  # noqa: E402
 from pipeline.data import read_split  # noqa: E402
 from pipeline.fit import EpochLog, OptimizerSpec, TensorBatches, run_fits  # noqa: E402
 from pipeline.io import read_json  # noqa: E402
@@ -50,7 +50,8 @@ def train_variant(recipe: dict, out: Path, train: dict, lrs: dict | None) -> dic
     seed, device = recipe["seed"], torch.device("cpu")
     optimizer = OptimizerSpec.from_params(train)
     train_rows, valid_rows, classes = read_split(out / "split.csv")
-    model = runtime.on_device(build_seeded_classifier({**recipe["model"], "seed": seed}, len(classes)), device)
+    model = runtime.on_device(build_seeded_classifier(
+        recipe_defaults.complete({**recipe["model"], "seed": seed}, ("seed", "model")), len(classes)), device)
     activations = out / "activations" / str(head["size"])
     loader_params = {**recipe["transforms"], **recipe["loader"], "seed": seed,
                      "preprocessing": read_json(activations / "manifest.json")["preprocessing"]}
