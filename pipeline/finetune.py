@@ -25,9 +25,8 @@ from pipeline.loaders import image_loaders
 from pipeline.model import WeightsError, checkpoint_meta, restore_model, save_checkpoint
 
 # Where the slice's keys come from in the recipe (pipeline.recipe_defaults): one `finetune` item less its lr_find (the
-# lr_find rule's job). The rule passes no ps / xtra_fc, so the checkpoint records their defaults, as it always has, even
-# where the recipe sets others (the restored head has the recipe's; the next size rebuilds it with the defaults' ps).
-RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "model.ps", "model.xtra_fc", "finetune.size", "finetune.unfreeze",
+# lr_find rule's job). No ps / xtra_fc: the head is the restored one, and its checkpoint records what it was built with.
+RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "finetune.size", "finetune.unfreeze",
                "finetune.bn_freeze", "finetune.snapshots", "finetune.fits", "transforms", "loader", "train")
 
 

@@ -134,6 +134,9 @@ class Classifier(nn.Module):
         self.pool = nn.Sequential(AdaptiveConcatPool2d(), nn.Flatten())
         self.n_features = 2 * feature_channels(arch, body)
         self.head = make_head(self.n_features, n_classes, ps, xtra_fc)
+        # What the head was built with, for its checkpoint: the next size and predict rebuild it from these.
+        self.ps = [module.p for module in self.head if isinstance(module, nn.Dropout)]
+        self.xtra_fc = list(xtra_fc)
         self.n_trainable_groups = len(self.layer_groups)
         self.body_batchnorm_frozen = False
         self.frozen_batchnorm_trains = False
@@ -216,11 +219,12 @@ def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classif
     """Plain data only (loads with weights_only=True); params_hash ties the weights to the recipe slice that made
     them (the stage hashes the slice as passed). `images` says how the images reached the model (resize rule,
     augmentations, the backbone's preprocessing) and `amp` whether it ran under bf16 autocast, for `pipeline.predict`.
-    `params`: a complete slice of arch, size, ps, xtra_fc and the transforms section."""
+    `params`: a complete slice of arch, size and the transforms section; ps and xtra_fc are the model's own (a
+    fine-tune size's slice has none: its head is the one it restored)."""
     images = {**params.get("images", {}), "augmentation": params["augmentation"], "max_zoom": params["max_zoom"],
               "preprocessing": preprocessing_of(params)}
     return {"classes": classes, "arch": params["arch"], "size": params["size"], "stage": stage,
-            "ps": params["ps"], "xtra_fc": params["xtra_fc"],
+            "ps": model.ps, "xtra_fc": model.xtra_fc,
             "n_features": model.n_features, "body_groups": model.body_groups, "images": images, "amp": amp,
             "params_hash": params_hash}
 

@@ -9,7 +9,7 @@ from torchvision import models
 
 from pipeline import backbones
 from pipeline.backbones import WeightsError
-from pipeline.model import build_classifier, load_checkpoint, restore_model, save_checkpoint
+from pipeline.model import build_classifier, checkpoint_meta, load_checkpoint, restore_model, save_checkpoint
 
 # The same stage tests for a torchvision backbone (the lesson's ResNet) and a timm one (the demo's, pretrained).
 BACKBONES = {"resnet34": "none", "tf_efficientnet_lite0": "packaged"}
@@ -155,6 +155,19 @@ def test_checkpoint_round_trip_and_metadata_checks(tmp_path):
         load_checkpoint(tmp_path / "model.pt", {"classes": ["a", "c"]})
     with pytest.raises(WeightsError, match="arch"):
         restore_model(tmp_path / "model.pt", "resnet34", ["a", "b"])
+
+
+def test_a_fine_tune_checkpoint_keeps_the_heads_own_dropouts_for_the_next_size(tmp_path):
+    """A fine-tune size's slice carries no ps: its checkpoint must record the restored head's, or the next size (and
+    predict) would rebuild the head with the schema's default dropouts instead of the recipe's."""
+    from pipeline import recipe_defaults
+
+    model = build_classifier("resnet18", "none", n_classes=2, ps=[0.1, 0.25])
+    params = recipe_defaults.complete({"arch": "resnet18", "size": 32}, ("model.arch", "transforms"))
+    save_checkpoint(model, tmp_path / "model.pt", checkpoint_meta(params, ["a", "b"], "finetune", model, False, "0"))
+    restored, meta = restore_model(tmp_path / "model.pt", "resnet18", ["a", "b"])
+    assert meta["ps"] == [0.1, 0.25] and meta["xtra_fc"] == [512]
+    assert [m.p for m in restored.head if isinstance(m, nn.Dropout)] == [0.1, 0.25]
 
 
 def test_a_checkpoint_restores_either_library_bit_for_bit(classifier, tmp_path):

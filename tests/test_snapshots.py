@@ -90,7 +90,7 @@ def stage_inputs(tmp_path_factory) -> dict:
     resize.main(["--data-dir", str(data), "--out-dir", str(root / "resized"), "--threads", "1",
                  "--params", json.dumps({"layout": "csv", "shorter_side": 28})])
     classes = read_split(root / "split.csv")[2]
-    head_params = recipe_defaults.complete(PARAMS, finetune.RECIPE_KEYS)
+    head_params = recipe_defaults.complete(PARAMS, (*finetune.RECIPE_KEYS, "model.ps", "model.xtra_fc"))
     head = build_seeded_classifier(head_params, len(classes))
     save_checkpoint(head, root / "head.pt", checkpoint_meta(head_params, classes, "head", head, False,
                                                                params_digest(PARAMS)))
