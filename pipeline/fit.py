@@ -113,7 +113,7 @@ class OptimizerSpec:
     `sgd` is fastai 0.7's: momentum 0.9, weight decay as L2 (0.7's default: none). `adamw` is fastai v2's default:
     Adam with betas (0.9, 0.99) and eps 1e-5, weight decay decoupled. On features far from ImageNet's (the demo's
     digits) it is what lets the unfrozen body recover from its BatchNorm's shift at the lesson's few epochs
-    (README, "The demo")."""
+    (README, "Why AdamW")."""
 
     name: str = "sgd"
     weight_decay: float = 0.0

@@ -26,7 +26,7 @@ def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
         chosen = torch.device("cuda", gpus.pick(count, distributed.local_rank()))
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
-        # Speed over bit-exactness on GPU: cuDNN autotuning picks kernels per run (see README, Determinism).
+        # Speed over bit-exactness on GPU: cuDNN autotuning picks kernels per run (see docs/reruns.md, Determinism).
         torch.backends.cudnn.benchmark = True
     else:
         torch.use_deterministic_algorithms(True)
