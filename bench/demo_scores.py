@@ -44,7 +44,7 @@ def run_scores(out: Path, solution: pd.DataFrame, passes_file: str) -> dict:
                           ("logloss_no_tta", "accuracy_no_tta", "logloss_tta", "accuracy_tta", "logloss_calibrated",
                            "accuracy_calibrated", "plain_weight", "temperature")} | {"chosen": calibration["chosen"]},
         "hidden_test": {
-            "no_tta": hidden_test(test_passes[passes.PLAIN], ids, classes, solution),
+            "no_tta": hidden_test(passes.plain(test_passes), ids, classes, solution),
             "tta_mean": hidden_test(passes.tta_mean(test_passes, calibration["n_aug"]), ids, classes, solution),
             "submission": hidden_test(submission[classes].to_numpy(), submission["id"].tolist(), classes, solution),
         },

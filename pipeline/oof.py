@@ -51,7 +51,7 @@ def cv_metrics(y: np.ndarray, oof_passes: np.ndarray, fold_metrics: list[dict], 
                params: dict) -> dict:
     n_aug = params["n_aug"]
     oof_logloss, oof_accuracy = scores(y, passes.tta_mean(oof_passes, n_aug), len(classes))
-    no_tta_logloss, no_tta_accuracy = scores(y, oof_passes[passes.PLAIN], len(classes))
+    no_tta_logloss, no_tta_accuracy = scores(y, passes.plain(oof_passes), len(classes))
     folds = [{"fold": fold, "n_valid": metrics["n_valid"], **{key: metrics[key] for key in FOLD_SCORES}}
              for fold, metrics in zip(params["folds"], fold_metrics)]
     spread = {f"fold_{key}_{stat}": float(getattr(np, stat)([fold[key] for fold in folds]))

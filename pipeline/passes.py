@@ -16,6 +16,13 @@ def from_log_probs(log_probs: np.ndarray) -> np.ndarray:
     return np.stack([probs[0], augmented])
 
 
+def plain(passes: np.ndarray) -> np.ndarray:
+    """The plain pass in float64, as every stage scores it: scikit-learn's log_loss clips at its input dtype's eps, so
+    a float32 pass would cap a confidently wrong row at 15.9 nats (float64: 36) and report another log loss than the
+    calibrate stage, which works in float64, reports for the same pass."""
+    return passes[PLAIN].astype(np.float64)
+
+
 def tta_mean(passes: np.ndarray, n_aug: int) -> np.ndarray:
     """fastai 0.7's TTA prediction: the equal mean of the plain and the n_aug augmented passes, in float64 and
     renormalised (passes stored as float32 sum to 1 only to ~1e-7, which scikit-learn's log_loss warns about)."""

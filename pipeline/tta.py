@@ -38,7 +38,7 @@ def with_prior_for_unusable(probs: np.ndarray, usable: np.ndarray, prior: np.nda
 
 def valid_metrics(valid_passes: np.ndarray, y: np.ndarray, n_aug: int, n_classes: int) -> dict:
     labels = list(range(n_classes))
-    plain, averaged = valid_passes[passes.PLAIN], passes.tta_mean(valid_passes, n_aug)
+    plain, averaged = passes.plain(valid_passes), passes.tta_mean(valid_passes, n_aug)
     return {"valid_accuracy": float(accuracy_score(y, averaged.argmax(1))),
             "valid_logloss": float(log_loss(y, averaged, labels=labels)),
             "valid_accuracy_no_tta": float(accuracy_score(y, plain.argmax(1))),

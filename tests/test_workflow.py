@@ -71,7 +71,7 @@ def test_the_calibration_figures_are_the_passes_log_losses_and_the_submitted_pro
     valid = split[split["is_valid"]]
     classes = sorted(split["label"].unique())
     y = valid["label"].map(classes.index).to_numpy()
-    plain, augmented = np.load(out / "tta" / "valid_passes.npy")  # float32, as the stages score them
+    plain, augmented = np.load(out / "tta" / "valid_passes.npy").astype(np.float64)  # as the stages score them
     n_aug = calibration["n_aug"]
     tta_mean = (plain + n_aug * augmented) / (n_aug + 1)
     submitted = np.load(out / "calibration" / "valid_probs.npy")
