@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"from {args.checkpoint} (trained at {previous['size']}px) -> {params['size']}px, "
           f"{'all layer groups train' if unfreeze else 'body frozen, head trains'}", flush=True)
     model = runtime.on_device(model, device)
-    model.unfreeze() if unfreeze else model.freeze()
-    model.bn_freeze(params["bn_freeze"])
-    model.train_bn(params["train_bn"])
+    model.train_as_size(params)
     out_dir = Path(args.out_dir)
     main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
     if main_rank:

@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     except WeightsError as error:
         cli.fail(str(error))
     model = runtime.on_device(model, device)
-    model.unfreeze() if params["unfreeze"] else model.freeze()
-    model.bn_freeze(params["bn_freeze"])
-    model.train_bn(params["train_bn"])
+    model.train_as_size(params)
     train_loader, _ = image_loaders(train, valid, args.cache_dir, params, device)
     found = lr_find(model, train_loader, device, amp=amp, lr=params["lr"],
                     optimizer_spec=OptimizerSpec.from_params(params))

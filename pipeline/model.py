@@ -185,6 +185,13 @@ class Classifier(nn.Module):
         self.frozen_batchnorm_trains = trains
         self.freeze_to(len(self.layer_groups) - self.n_trainable_groups)
 
+    def train_as_size(self, params: dict) -> None:
+        """What trains at a fine-tune size (its slice's unfreeze and bn_freeze, the recipe's train_bn): the size's
+        fits and its lr_find must see the same model."""
+        self.unfreeze() if params["unfreeze"] else self.freeze()
+        self.bn_freeze(params["bn_freeze"])
+        self.train_bn(params["train_bn"])
+
     def train(self, mode: bool = True):
         super().train(mode)
         if mode:
