@@ -15,14 +15,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pandas as pd
-
-from pipeline import cli, distributed, plots, runtime
+from pipeline import cli, distributed, runtime
 from pipeline.data import read_split
-from pipeline.fit import EpochLog, FitSpec, OptimizerSpec, ResumePoint, run_fits
-from pipeline.io import atomic_path, params_digest, remove_stale_temporaries
+from pipeline.fit import FitSpec
+from pipeline.io import atomic_path
 from pipeline.loaders import image_loaders
-from pipeline.model import WeightsError, checkpoint_meta, restore_model, save_checkpoint
+from pipeline.model import WeightsError, restore_model, save_checkpoint
+from pipeline.training import TrainingRun
 
 # Where the slice's keys come from in the recipe (pipeline.recipe_defaults): one `finetune` item less its lr_find (the
 # lr_find rule's job). No ps / xtra_fc: the head is the restored one, and its checkpoint records what it was built with.
@@ -66,52 +65,38 @@ def main(argv: list[str] | None = None) -> None:
                              "final one, earliest first (the final cycle's are model.pt)")
     args = parser.parse_args(argv)
     params = args.params
-    started = cli.announce("finetune", params)
     cycles = snapshot_cycles(params["fits"], len(args.snapshots))
-    device, amp = runtime.start(params, args.threads)
+    run = TrainingRun("finetune", params, args.threads, args.out_dir)
     train, valid, classes = read_split(args.split_csv)
     try:
         model, previous = restore_model(args.checkpoint, params["arch"], classes)
     except WeightsError as error:
         cli.fail(str(error))
-    unfreeze = params["unfreeze"]
     print(f"from {args.checkpoint} (trained at {previous['size']}px) -> {params['size']}px, "
-          f"{'all layer groups train' if unfreeze else 'body frozen, head trains'}", flush=True)
-    model = runtime.on_device(model, device)
+          f"{'all layer groups train' if params['unfreeze'] else 'body frozen, head trains'}", flush=True)
+    model = runtime.on_device(model, run.device)
     model.train_as_size(params)
-    out_dir = Path(args.out_dir)
-    main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
-    if main_rank:
-        remove_stale_temporaries(out_dir)
-    log = EpochLog(out_dir / "log.csv")
     # The snapshot count is part of the key: a rerun asking for more must not resume past cycles it never staged.
-    # Digests of the slice as passed: a workflow run's resume key and checkpoint hash are those of its rule's slice.
-    resume_key = params_digest({**params.as_passed, "n_snapshots": len(cycles)}, args.checkpoint)
-    resume = ResumePoint(out_dir / "resume.pt", resume_key, model, log)
-    staging = snapshot_staging(out_dir, resume_key) if main_rank else None
-    meta = checkpoint_meta(params, classes, "finetune", model, amp, params_digest(params.as_passed))
+    resume_key = run.resume_point(model, args.checkpoint, n_snapshots=len(cycles))
+    staging = snapshot_staging(run.out_dir, resume_key) if run.main_rank else None
+    meta = run.checkpoint_meta(model, classes, "finetune")
 
     def stage_snapshot(cycle: int) -> None:
-        if cycle in cycles and main_rank:
+        if cycle in cycles and run.main_rank:
             save_checkpoint(model, staging / f"cycle_{cycle}.pt", {**meta, "snapshot_cycle": cycle})
 
-    train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, device)
-    schedules = run_fits(distributed.wrap(model, device), train_loader, valid_loader, params["fits"],
-                         f"size {params['size']}", device, log, params["warmup"], amp, params["seed"], resume,
-                         on_cycle_end=stage_snapshot, optimizer_spec=OptimizerSpec.from_params(params))
-    if main_rank:
-        plots.lr_schedules(schedules, out_dir / "lr_schedule.png")
-        plots.training_curves(pd.DataFrame(log.rows), out_dir / "curves.png")
-        plots.batch_losses(log.batch_losses, out_dir / "batch_loss.png")
+    train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, run.device)
+    schedules = run.fit(distributed.wrap(model, run.device), train_loader, valid_loader, params["fits"],
+                        f"size {params['size']}", on_cycle_end=stage_snapshot)
+    if run.main_rank:
         for cycle, path in zip(cycles, args.snapshots):
             # Copied, not moved: a job killed before it finishes loses these outputs; its rerun needs them staged.
             with atomic_path(path) as tmp:
                 shutil.copyfile(staging / f"cycle_{cycle}.pt", tmp)
-        save_checkpoint(model, out_dir / "model.pt", meta)
+    run.save(model, schedules, meta)
+    if run.main_rank:
         shutil.rmtree(staging, ignore_errors=True)
-    resume.finish()
-    distributed.finish()
-    cli.finish("finetune", started)
+    run.finish()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem
-from pipeline import demo, finetune, recipe_defaults, resize, split, tta
+from pipeline import demo, finetune, plots, recipe_defaults, resize, split, training, tta
 from pipeline.data import read_split
 from pipeline.fit import EpochLog, ResumePoint, run_fits
 from pipeline.io import params_digest
@@ -76,7 +76,7 @@ PARAMS = {"arch": "resnet18", "weights": "none", "size": 24, "unfreeze": False, 
 def no_plots(monkeypatch):
     # A third of each stage run is drawing its figures, which these tests do not look at.
     for figure in ("lr_schedules", "training_curves"):
-        monkeypatch.setattr(finetune.plots, figure, lambda *args, **kwargs: None)
+        monkeypatch.setattr(plots, figure, lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")
@@ -145,13 +145,13 @@ def kill_in_epoch(epoch):
 
 def kill_while_writing_the_model(monkeypatch):
     # Training is over and the snapshots are on their paths: Snakemake will delete them before the rerun.
-    real_save = finetune.save_checkpoint
+    real_save = training.save_checkpoint
 
     def save_checkpoint(model, path, meta):
         if Path(path).name == "model.pt":
             raise Interrupted
         real_save(model, path, meta)
-    monkeypatch.setattr(finetune, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(training, "save_checkpoint", save_checkpoint)
 
 
 @pytest.mark.parametrize("kill", [kill_in_epoch(1), kill_while_writing_the_model],

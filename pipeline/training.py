@@ -1,0 +1,65 @@
+"""What every training stage (train_head, finetune) does around its fits: start, resume, plot, save, finish.
+
+A stage builds its model and its batches; a `TrainingRun` holds the rest: the device, the epoch log, the resume
+point, the optimiser the recipe asks for, and the outputs both stages write (log.csv, lr_schedule.png, curves.png,
+batch_loss.png, model.pt), written by rank 0 alone under torchrun.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from torch import nn
+
+from pipeline import cli, distributed, plots, runtime
+from pipeline.fit import EpochLog, OptimizerSpec, ResumePoint, run_fits
+from pipeline.io import params_digest, remove_stale_temporaries
+from pipeline.model import Classifier, checkpoint_meta, save_checkpoint
+
+
+class TrainingRun:
+    """One training stage's run, writing into `out_dir`; `params` is its filled slice (cli.stage_parser)."""
+
+    def __init__(self, stage: str, params, threads: int | None, out_dir: str | Path):
+        self.stage, self.params, self.out_dir = stage, params, Path(out_dir)
+        self.started = cli.announce(stage, params)
+        self.device, self.amp = runtime.start(params, threads)
+        self.main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
+        if self.main_rank:
+            remove_stale_temporaries(self.out_dir)
+        self.log = EpochLog(self.out_dir / "log.csv")
+        self.optimizer = OptimizerSpec.from_params(params)
+        self.resume: ResumePoint | None = None
+        # Digests of the slice as passed: a workflow run's resume key and checkpoint hash are those of its rule's slice.
+        self.params_hash = params_digest(params.as_passed)
+
+    def resume_point(self, model: nn.Module, input_file: str | Path, **key_extras) -> str:
+        """Resume an interrupted run of this slice on this input (and `key_extras`); returns the resume key."""
+        key = params_digest({**self.params.as_passed, **key_extras}, input_file)
+        self.resume = ResumePoint(self.out_dir / "resume.pt", key, model, self.log)
+        return key
+
+    def fit(self, model: nn.Module, train_batches, valid_batches, fits: list[dict], phase: str,
+            schedules: list | None = None, on_cycle_end: Callable[[int], None] | None = None) -> list:
+        """The recipe's `fits` in order (pipeline.fit.run_fits), resumable, logged under `phase`."""
+        return run_fits(model, train_batches, valid_batches, fits, phase, self.device, self.log, self.params["warmup"],
+                        self.amp, self.params["seed"], self.resume, schedules, on_cycle_end=on_cycle_end,
+                        optimizer_spec=self.optimizer)
+
+    def checkpoint_meta(self, model: Classifier, classes: list[str], kind: str) -> dict:
+        return checkpoint_meta(self.params, classes, kind, model, self.amp, self.params_hash)
+
+    def save(self, model: Classifier, schedules: list, meta: dict) -> None:
+        """The three training plots and model.pt (rank 0)."""
+        if self.main_rank:
+            plots.lr_schedules(schedules, self.out_dir / "lr_schedule.png")
+            plots.training_curves(pd.DataFrame(self.log.rows), self.out_dir / "curves.png")
+            plots.batch_losses(self.log.batch_losses, self.out_dir / "batch_loss.png")
+            save_checkpoint(model, self.out_dir / "model.pt", meta)
+
+    def finish(self) -> None:
+        """Once every output is written: the resume point goes, torchrun's process group ends."""
+        self.resume.finish()
+        distributed.finish()
+        cli.finish(self.stage, self.started)
