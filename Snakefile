@@ -18,18 +18,10 @@ include: "rules/common.smk"
 include: "rules/prepare.smk"
 include: "rules/features.smk"
 include: "rules/finetune.smk"
-include: "rules/predict.smk"
+include: "rules/results.smk"
 
 
 rule all:
     input:
-        out("submission.csv"),
-        out("metrics.json"),
-        out("stats/summary.json"),
-        out("plots/augmentations.png"),
-        for_every_fold(model_out("tta/confusion_matrix.png")),
-        [out("oof.csv"), out("cv_metrics.json")] if KFOLD else [],
-        rules.interpret.output,
-        rules.report_tables.output,
-        [plot for name in lr_find_names() for plot in for_every_fold(model_out(f"finetune/{name}/lr_find.png"))],
+        final_outputs(),
     default_target: True

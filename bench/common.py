@@ -10,13 +10,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py` from anywhere
 
-from pipeline import demo  # noqa: E402
+from pipeline.stages import demo_data  # noqa: E402
 
 
-def make_images(folder: Path, n: int, sizes: demo.ImageSizes, large_fraction: float, seed: int = 0) -> Path:
+def make_images(folder: Path, n: int, sizes: demo_data.ImageSizes, large_fraction: float, seed: int = 0) -> Path:
     """A Kaggle-layout data set of n labelled + n//4 test images; reused when it already exists."""
     if not (folder / "labels.csv").exists():
-        demo.build(folder, "csv", n_labeled=n, n_test=max(1, n // 4), seed=seed, large_fraction=large_fraction,
+        demo_data.build(folder, "csv", n_labeled=n, n_test=max(1, n // 4), seed=seed, large_fraction=large_fraction,
                    sizes=sizes)
     return folder
 

@@ -57,9 +57,10 @@ import yaml
 
 from common import machine, report
 from demo_scores import hidden_test
-from pipeline import demo, passes, recipe_defaults
+from pipeline import passes, recipe_defaults
 from pipeline.data import read_labeled, read_labeled_table, read_test_table
-from pipeline.split import RECIPE_KEYS, make_split
+from pipeline.stages import demo_data
+from pipeline.stages.split import RECIPE_KEYS, make_split
 
 REPO = Path(__file__).resolve().parents[1]
 N_AUG, EPOCHS = 4, 3
@@ -175,8 +176,8 @@ def main() -> None:
     work = args.work.resolve()
     data = work / f"data_{args.n}_{args.n_test}"
     if not (data / "labels.csv").exists():
-        demo.build(data, "csv", n_labeled=args.n, n_test=args.n_test, seed=0, large_fraction=0.03,
-                   sizes=demo.ImageSizes())
+        demo_data.build(data, "csv", n_labeled=args.n, n_test=args.n_test, seed=0, large_fraction=0.03,
+                   sizes=demo_data.ImageSizes())
     solution = pd.read_csv(data / "solution.csv", dtype={"id": str})
     split_params = recipe_defaults.complete({"layout": "csv", "method": "fastai"}, RECIPE_KEYS)
     split = make_split(read_labeled(data, "csv"), split_params)  # the split stage's own call

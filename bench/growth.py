@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from common import make_images, report
-from pipeline import demo
 from pipeline.data import read_split
 from pipeline.model import build_classifier, save_checkpoint
+from pipeline.stages import demo_data
 
 PYTHON = sys.executable
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -36,10 +36,10 @@ def run_stage(module: str, *args: str) -> tuple[float, float]:
 
 
 def measure(work: Path, n: int, arch: str, size: int) -> dict:
-    data = make_images(work / f"data_{n}", n, demo.ImageSizes(short=(375, 376), aspect=(4 / 3, 4 / 3)), 0.0)
+    data = make_images(work / f"data_{n}", n, demo_data.ImageSizes(short=(375, 376), aspect=(4 / 3, 4 / 3)), 0.0)
     out = work / f"out_{n}"
     quiet = dict(stdout=subprocess.DEVNULL)
-    subprocess.run([PYTHON, "-m", "pipeline.split", "--data-dir", str(data), "--split-csv", str(out / "split.csv"),
+    subprocess.run([PYTHON, "-m", "pipeline.stages.split", "--data-dir", str(data), "--split-csv", str(out / "split.csv"),
                     "--test-csv", str(out / "test.csv"), "--class-counts", str(out / "cc.csv"),
                     "--params", json.dumps({"layout": "csv"})], env=ENV, check=True,
                    **quiet)

@@ -17,13 +17,20 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("split", "images", "resize", "preview", "precompute", "train_head", "lr_find", "finetune", "tta", "oof",
-          "calibrate", "interpret", "tables", "submission", "predict")
+STAGES = sorted(path.stem for path in (Path(__file__).resolve().parents[1] / "pipeline/stages").glob("[!_]*.py"))
+
+
+def dotted(tree: Path, stage: str) -> str | None:
+    """The stage's module in `tree`: pipeline.stages.<stage>, or pipeline.<stage> in a checkout before stages/."""
+    for name in (f"pipeline.stages.{stage}", f"pipeline.{stage}"):
+        if (tree / (name.replace(".", "/") + ".py")).is_file():
+            return name
+    return None
 
 
 def import_seconds(tree: Path, module: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import pipeline.{module}"], check=True, cwd=tree,
+    subprocess.run([sys.executable, "-c", f"import {dotted(tree, module)}"], check=True, cwd=tree,
                    env={**os.environ, "PYTHONPATH": str(tree)})
     return time.perf_counter() - started
 
@@ -31,7 +38,7 @@ def import_seconds(tree: Path, module: str) -> float:
 def costliest(tree: Path, module: str, n: int = 3) -> str:
     """The n outside packages with the largest cumulative import time (-X importtime: each package's outermost
     import includes everything it imported)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import pipeline.{module}"], cwd=tree,
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {dotted(tree, module)}"], cwd=tree,
                             env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True)
     totals: dict[str, int] = {}
     for line in result.stderr.splitlines():
@@ -51,17 +58,17 @@ def main() -> None:
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
     trees = {"this": here, **({"other": args.tree.resolve()} if args.tree else {})}
-    modules = [m for m in STAGES if all((tree / "pipeline" / f"{m}.py").is_file() for tree in trees.values())]
+    modules = [m for m in STAGES if all(dotted(tree, m) for tree in trees.values())]
     seconds = {(name, m): [] for name in trees for m in modules}
     for _ in range(args.repeat):
         for module in modules:
             for name, tree in trees.items():
                 seconds[name, module].append(import_seconds(tree, module))
-    header = f"{'stage':<12}" + "".join(f"{name + ' (s)':>12}" for name in trees) + "   costliest imports (this tree)"
+    header = f"{'stage':<21}" + "".join(f"{name + ' (s)':>12}" for name in trees) + "   costliest imports (this tree)"
     print(header)
     for module in modules:
         medians = "".join(f"{statistics.median(seconds[name, module]):>12.2f}" for name in trees)
-        print(f"{module:<12}{medians}   {costliest(here, module)}")
+        print(f"{module:<21}{medians}   {costliest(here, module)}")
 
 
 if __name__ == "__main__":

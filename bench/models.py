@@ -27,13 +27,14 @@ import pandas as pd
 import torch
 
 from common import best_of, make_images, report
-from pipeline import demo, recipe_defaults, runtime
+from pipeline import recipe_defaults, runtime
 from pipeline.data import read_labels_csv
 from pipeline.fit import EpochLog, FitSpec, OptimizerSpec, TensorBatches, fit, train_step
 from pipeline.loaders import ImageDataset, image_loaders, inference_loader
 from pipeline.model import build_classifier
-from pipeline.precompute import precompute_activations
-from pipeline.resize import resize_cache
+from pipeline.stages import demo_data
+from pipeline.stages.precompute import precompute_activations
+from pipeline.stages.resize import resize_cache
 from pipeline.transforms import valid_transform
 
 
@@ -76,7 +77,7 @@ def main() -> None:
     device = runtime.setup(args.threads, 0, args.device)
     amp = runtime.use_amp(args.amp, device)
     shorter_side = max(340, args.size)
-    data = make_images(args.work / f"data_{args.n}", args.n, demo.ImageSizes(short=(375, 376), aspect=(4 / 3, 4 / 3)),
+    data = make_images(args.work / f"data_{args.n}", args.n, demo_data.ImageSizes(short=(375, 376), aspect=(4 / 3, 4 / 3)),
                        0.0)
     cache = args.work / f"resized_{shorter_side}_{args.n}"
     if not cache.exists():

@@ -25,7 +25,7 @@ from pipeline.fit import EpochLog, OptimizerSpec, TensorBatches, run_fits  # noq
 from pipeline.io import read_json  # noqa: E402
 from pipeline.loaders import image_loaders  # noqa: E402
 from pipeline.model import build_seeded_classifier  # noqa: E402
-from pipeline.train_head import load_activations  # noqa: E402
+from pipeline.stages.train_head import load_activations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SGD_LRS = {"head": 1.0e-2, "body": [1.0e-3, 3.0e-3, 1.0e-2]}  # the demo's lrs before AdamW (0.7's 1e-2)

@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from common import best_of, make_images, report
-from pipeline import demo
 from pipeline.data import all_images
-from pipeline.resize import resize_cache, resized_size
+from pipeline.resizing import resized_size
+from pipeline.stages import demo_data
+from pipeline.stages.resize import resize_cache
 
 
 def naive_loop(data_dir: Path, out_dir: Path, paths: list[str], shorter_side: int, quality: int) -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_resize")
     args = parser.parse_args()
-    sizes = demo.ImageSizes(short=(375, 376), large_short=(2000, 3000), aspect=(4 / 3, 4 / 3))
+    sizes = demo_data.ImageSizes(short=(375, 376), large_short=(2000, 3000), aspect=(4 / 3, 4 / 3))
     data = make_images(args.work / f"data_{args.n}_{args.large_fraction}", args.n, sizes, args.large_fraction)
     paths = all_images(data, "csv", ".jpg")["path"].tolist()
     naive_dir, stage_dir = args.work / "naive", args.work / "stage"

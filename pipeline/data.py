@@ -13,6 +13,7 @@ import re
 import warnings
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
@@ -163,6 +164,30 @@ def read_labeled_table(split_csv: str | Path) -> tuple[pd.DataFrame, list[str]]:
 def class_indices(labels: pd.Series, classes: list[str]) -> pd.Series:
     """Each label's position in the sorted class list: the integer targets every stage scores against."""
     return labels.map({name: index for index, name in enumerate(classes)})
+
+
+def class_counts(split: pd.DataFrame) -> pd.DataFrame:
+    """Images per class: n_train / n_valid for one split; for a K-fold assignment, n_fold_<k> per fold."""
+    if "is_valid" in split:
+        parts, columns = np.where(split["is_valid"], "n_valid", "n_train"), ["n_train", "n_valid"]
+    else:
+        parts = "n_fold_" + split["fold"].astype(str)
+        columns = [f"n_fold_{fold}" for fold in sorted(split["fold"].unique())]
+    counts = (split.assign(part=parts)
+              .pivot_table(index="label", columns="part", values="id", aggfunc="count", fill_value=0)
+              .reindex(columns=columns, fill_value=0))
+    return counts.rename_axis(columns=None).reset_index()
+
+
+def check_classes(counts: pd.DataFrame) -> None:
+    if "n_train" not in counts:
+        return  # a K-fold assignment: every class is in every fold (stratified_folds made sure)
+    untrained = counts.loc[counts["n_train"] == 0, "label"].tolist()
+    if untrained:
+        raise DataError(f"classes with no training image after the split: {', '.join(untrained)}")
+    unvalidated = counts.loc[counts["n_valid"] == 0, "label"].tolist()
+    if unvalidated:
+        print(f"warning: classes with no validation image: {', '.join(unvalidated)}", flush=True)
 
 
 def read_split(split_csv: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:

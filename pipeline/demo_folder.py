@@ -13,6 +13,14 @@ from pathlib import Path
 
 OWNER_MARKER = ".built-by-lesson2-demo"
 BUILT_MARKER = ".lesson2-demo-complete.json"
+# The demo's class names (the recipe checks read them before the builder runs).
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def default_classes(layout: str) -> list[str]:
+    """The classes a demo recipe without `demo.classes` builds: all ten digits, or two for Dogs vs Cats' layout."""
+    return DIGIT_NAMES if layout == "csv" else ["one", "seven"]
+
 
 
 class NotTheDemoFolder(RuntimeError):
@@ -56,6 +64,6 @@ def claim(folder: str | Path) -> Path:
             else:
                 entry.unlink()
     else:
-        owner.write_text("This folder was created by the lesson2-pipeline demo builder (pipeline/demo.py), which may "
-                         "delete and rebuild everything in it. Keep your own data elsewhere.\n")
+        owner.write_text("This folder was created by the lesson2-pipeline demo builder (pipeline/stages/demo_data.py), "
+                         "which may delete and rebuild everything in it. Keep your own data elsewhere.\n")
     return folder

@@ -1,5 +1,5 @@
 """Predictions of a trained model over images: one pass, or TTA's plain pass plus augmented ones (fastai 0.7's
-`learn.TTA()`); the TTA stage and `pipeline.predict` both call these."""
+`learn.TTA()`); the TTA stage and `pipeline.stages.predict` both call these."""
 from __future__ import annotations
 
 import numpy as np

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from pipeline.data import DataError, read_folders, read_labels_csv
-from pipeline.demo import default_classes
+from pipeline.demo_folder import default_classes
 
 # How each JSON-schema constraint reads as an instruction.
 CONSTRAINTS = {

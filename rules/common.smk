@@ -13,7 +13,7 @@ from pipeline import recipe_checks, slurm_check
 from pipeline.backbone_check import BackboneProblem, checked_backbone
 from pipeline.data import data_fingerprint
 from pipeline.demo_folder import BUILT_MARKER, ownership_problem
-from pipeline.deps import module_files
+from pipeline.deps import UnknownModule, module_files
 from pipeline.run_lock import OutDirInUse, hold
 
 
@@ -65,9 +65,20 @@ def out(path):
     return f"{OUT}/{path}"
 
 
-def code(module):
+def code(stage):
     """The stage's module and every pipeline module it imports: an edit to any of them reruns the stage."""
-    return module_files(module)
+    try:
+        return module_files(f"pipeline.stages.{stage}")
+    except UnknownModule as problem:
+        raise WorkflowError(f"the code of stage {stage}: {problem}")
+
+
+def stage_shell(stage, arguments, launch="{PYTHON}", before=None):
+    """A rule's shell line: `python -m pipeline.stages.<stage> <arguments>` with this workflow's pipeline/ first on
+    the path, its output also in the rule's log. A template, placeholders ({PYTHON}, {input.x:q}, ...) and all: the
+    code rerun trigger compares it, so it must not hold the interpreter's path (a moved venv would rerun everything)."""
+    command = f"{{STAGE_ENV}} {launch} -m pipeline.stages.{stage} {arguments} 2>&1 | tee {{log:q}}"
+    return f"{before} && {command}" if before else command
 
 
 def as_params(**slice_):
@@ -126,7 +137,7 @@ WEIGHTS = {"weights_digest": BACKBONE["weights_digest"], "preprocessing": PREPRO
 HEAD = config["head"]
 FINETUNE = config["finetune"]
 RESIZED = out(f"resized/{config['images']['shorter_side']}")
-# How the cache resized the images: the training stages keep it in each checkpoint, for pipeline.predict.
+# How the cache resized the images: the training stages keep it in each checkpoint, for pipeline.stages.predict.
 RESIZE_RULE = {key: config["images"][key] for key in ("shorter_side", "jpeg_quality", "jpeg_draft")}
 FINAL_SIZE = FINETUNE[-1]["size"] if FINETUNE else HEAD["size"]
 
@@ -246,6 +257,24 @@ def training_report(path, name, stage):
     """A training figure in the report: category Training, one subcategory per stage (and fold)."""
     subcategory = f"fold {{fold}}, {stage}" if KFOLD else stage
     return report(path, caption=caption(name), category="2. Training", subcategory=subcategory)
+
+
+def final_outputs():
+    """What a plain `snakemake` builds: the submission, the scores, and every figure and table the report shows.
+    Called by `rule all` once every rule file is included (it names rules' outputs)."""
+    lr_find_plots = [plot for name in lr_find_names()
+                     for plot in for_every_fold(model_out(f"finetune/{name}/lr_find.png"))]
+    return [
+        out("submission.csv"),
+        out("metrics.json"),
+        out("stats/summary.json"),
+        out("plots/augmentations.png"),
+        *for_every_fold(model_out("tta/confusion_matrix.png")),
+        *([out("oof.csv"), out("cv_metrics.json")] if KFOLD else []),
+        *rules.interpret.output,
+        *rules.report_tables.output,
+        *lr_find_plots,
+    ]
 
 
 # One run per out_dir, from whichever working directory: held from the first job to the end of the run (a dry run,

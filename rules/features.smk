@@ -24,9 +24,11 @@ rule precompute:
     benchmark:
         model_out("benchmarks/precompute.tsv")
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.precompute --split-csv {input.split:q} --test-csv {input.test:q} "
-        "--cache-dir {input.cache:q} --out-dir {params.out_dir:q} --threads {threads} --params {params.p:q} "
-        "2>&1 | tee {log:q}"
+        stage_shell(
+            "precompute",
+            "--split-csv {input.split:q} --test-csv {input.test:q} --cache-dir {input.cache:q} "
+            "--out-dir {params.out_dir:q} --threads {threads} --params {params.p:q}",
+        )
 
 
 rule train_head:
@@ -58,6 +60,10 @@ rule train_head:
     benchmark:
         model_out("benchmarks/train_head.tsv")
     shell:
-        "{STAGE_ENV} {TRAINING_LAUNCH} -m pipeline.train_head --split-csv {input.split:q} "
-        "--activations {params.activations:q} --cache-dir {input.cache:q} --out-dir {params.out_dir:q} "
-        "--threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "train_head",
+            "--split-csv {input.split:q} --activations {params.activations:q} "
+            "--cache-dir {input.cache:q} --out-dir {params.out_dir:q} --threads {threads} --params "
+            "{params.p:q}",
+            launch="{TRAINING_LAUNCH}",
+        )

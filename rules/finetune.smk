@@ -30,9 +30,13 @@ rule finetune:
     benchmark:
         model_out("benchmarks/finetune_{name}.tsv")
     shell:
-        "mkdir -p {output.snapshots:q} && {STAGE_ENV} {TRAINING_LAUNCH} -m pipeline.finetune "
-        "--split-csv {input.split:q} --cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} "
-        "--out-dir {params.out_dir:q} --threads {threads} {params.snapshots} --params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "finetune",
+            "--split-csv {input.split:q} --cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} "
+            "--out-dir {params.out_dir:q} --threads {threads} {params.snapshots} --params {params.p:q}",
+            launch="{TRAINING_LAUNCH}",
+            before="mkdir -p {output.snapshots:q}",
+        )
 
 
 if lr_find_names():
@@ -61,6 +65,8 @@ if lr_find_names():
         benchmark:
             model_out("benchmarks/lr_find_{name}.tsv")
         shell:
-            "{STAGE_ENV} {PYTHON} -m pipeline.lr_find --split-csv {input.split:q} --cache-dir {input.cache:q} "
-            "--checkpoint {input.checkpoint:q} --out-dir {params.out_dir:q} --threads {threads} --params {params.p:q} "
-            "2>&1 | tee {log:q}"
+            stage_shell(
+                "lr_find",
+                "--split-csv {input.split:q} --cache-dir {input.cache:q} --checkpoint {input.checkpoint:q} "
+                "--out-dir {params.out_dir:q} --threads {threads} --params {params.p:q}",
+            )

@@ -9,7 +9,7 @@ if DEMO:
         """Builds the embedded demo data set from scikit-learn's digits, into a folder the builder creates (or finds
         empty) and marks as its own; it refuses any other folder. Its one output is the completion mark."""
         input:
-            code=code("demo"),
+            code=code("demo_data"),
         output:
             DEMO_BUILT,
         params:
@@ -18,10 +18,12 @@ if DEMO:
         log:
             out("logs/demo_data.log"),
         shell:
-            "{STAGE_ENV} {PYTHON} -m pipeline.demo {DATA:q} --layout {LAYOUT} "
-            "--n-labeled {config[demo][n_labeled]} --n-test {config[demo][n_test]} "
-            "--seed {config[demo][seed]} --large-fraction {config[demo][large_fraction]} {params.classes} "
-            "2>&1 | tee {log:q}"
+            stage_shell(
+                "demo_data",
+                "{DATA:q} --layout {LAYOUT} --n-labeled {config[demo][n_labeled]} "
+                "--n-test {config[demo][n_test]} --seed {config[demo][seed]} "
+                "--large-fraction {config[demo][large_fraction]} {params.classes}",
+            )
 
 
 # Seconds of work each: on a cluster they run where Snakemake runs rather than wait in the queue.
@@ -46,9 +48,11 @@ rule split:
     log:
         out("logs/split.log"),
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.split --data-dir {DATA:q} --bad-images {input.bad_images:q} "
-        "--split-csv {output.split:q} "
-        "--test-csv {output.test:q} --class-counts {output.counts:q} --params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "split",
+            "--data-dir {DATA:q} --bad-images {input.bad_images:q} --split-csv {output.split:q} "
+            "--test-csv {output.test:q} --class-counts {output.counts:q} --params {params.p:q}",
+        )
 
 
 if KFOLD:
@@ -60,21 +64,23 @@ if KFOLD:
         """One fold's split.csv: the images of fold k are its validation set, the other folds its training set."""
         input:
             split=out("split.csv"),
-            code=code("folds"),
+            code=code("fold_split"),
         output:
             model_out("split.csv"),
         log:
             model_out("logs/fold_split.log"),
         shell:
-            "{STAGE_ENV} {PYTHON} -m pipeline.folds --split-csv {input.split:q} --fold {wildcards.fold} "
-            "--out {output:q} 2>&1 | tee {log:q}"
+            stage_shell(
+                "fold_split",
+                "--split-csv {input.split:q} --fold {wildcards.fold} --out {output:q}",
+            )
 
 
 rule image_stats:
     """sizes.csv, size histograms, a summary and the unreadable images, in one parallel decoding pass."""
     input:
         **data_inputs(),
-        code=code("images"),
+        code=code("image_stats"),
     output:
         sizes=out("stats/sizes.csv"),
         summary=out("stats/summary.json"),
@@ -94,10 +100,12 @@ rule image_stats:
     benchmark:
         out("benchmarks/image_stats.tsv")
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.images --data-dir {DATA:q} --sizes-csv {output.sizes:q} "
-        "--summary {output.summary:q} --plot-all {output.plot_all:q} --plot-small {output.plot_small:q} "
-        "--bad-images {output.bad_images:q} "
-        "--threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "image_stats",
+            "--data-dir {DATA:q} --sizes-csv {output.sizes:q} --summary {output.summary:q} "
+            "--plot-all {output.plot_all:q} --plot-small {output.plot_small:q} "
+            "--bad-images {output.bad_images:q} --threads {threads} --params {params.p:q}",
+        )
 
 
 rule resize:
@@ -122,16 +130,18 @@ rule resize:
     benchmark:
         out("benchmarks/resize.tsv")
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.resize --data-dir {DATA:q} --bad-images {input.bad_images:q} "
-        "--out-dir {output:q} --threads {threads} "
-        "--params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "resize",
+            "--data-dir {DATA:q} --bad-images {input.bad_images:q} --out-dir {output:q} "
+            "--threads {threads} --params {params.p:q}",
+        )
 
 
 rule augmentation_preview:
     """The lesson's plots(ims): one training image under six random training augmentations."""
     input:
         cache=RESIZED,
-        code=code("preview"),
+        code=code("augmentation_preview"),
     output:
         report(out("plots/augmentations.png"), caption=caption("augmentations"), category="1. Data"),
     params:
@@ -139,5 +149,7 @@ rule augmentation_preview:
     log:
         out("logs/augmentation_preview.log"),
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.preview --cache-dir {input.cache:q} --out {output:q} "
-        "--params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "augmentation_preview",
+            "--cache-dir {input.cache:q} --out {output:q} --params {params.p:q}",
+        )

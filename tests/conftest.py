@@ -15,8 +15,9 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline import demo, demo_folder
+from pipeline import demo_folder
 from pipeline.fit import EpochLog, ResumePoint, TensorBatches, run_fits
+from pipeline.stages import demo_data
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -26,7 +27,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def csv_data(tmp_path_factory) -> Path:
     """A small Kaggle Dog Breed-layout data set (3 digit classes)."""
     path = tmp_path_factory.mktemp("csv_data") / "data"
-    demo.build(path, "csv", n_labeled=60, n_test=12, classes=["zero", "one", "two"], seed=1, large_fraction=0.1)
+    demo_data.build(path, "csv", n_labeled=60, n_test=12, classes=["zero", "one", "two"], seed=1, large_fraction=0.1)
     return path
 
 
@@ -34,7 +35,7 @@ def csv_data(tmp_path_factory) -> Path:
 def folder_data(tmp_path_factory) -> Path:
     """A small Dogs vs Cats-layout data set (2 digit classes)."""
     path = tmp_path_factory.mktemp("folder_data") / "data"
-    demo.build(path, "folders", n_labeled=40, n_test=10, classes=["one", "seven"], seed=1, large_fraction=0.0)
+    demo_data.build(path, "folders", n_labeled=40, n_test=10, classes=["one", "seven"], seed=1, large_fraction=0.0)
     return path
 
 
@@ -66,7 +67,7 @@ def build_user_data(path: Path, recipe: Path) -> Path:
     """The data set a recipe's `demo:` section describes, built by hand and then made a user's own: no demo marks."""
     keys = yaml.safe_load(recipe.read_text())
     spec = keys["demo"]
-    demo.build(path, keys["data"]["layout"], spec["n_labeled"], spec["n_test"], spec.get("classes"), spec["seed"],
+    demo_data.build(path, keys["data"]["layout"], spec["n_labeled"], spec["n_test"], spec.get("classes"), spec["seed"],
                spec["large_fraction"])
     for mark in (demo_folder.OWNER_MARKER, demo_folder.BUILT_MARKER):
         (path / mark).unlink()

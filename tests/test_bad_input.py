@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import images, resize, split
 from pipeline.data import DataError, inspect_image, load_rgb, read_labels_csv, read_test
-from pipeline.resize import resize_one
+from pipeline.resizing import resize_one
+from pipeline.stages import image_stats, resize, split
+from pipeline.stages.tta import class_prior, with_prior_for_unusable
 from pipeline.transforms import valid_transform
-from pipeline.tta import class_prior, with_prior_for_unusable
 
 
 def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
@@ -68,7 +68,7 @@ def data_with_bad_images(tmp_path):
 
 def run_image_stats(data_dir, out, params: str) -> None:
     """The image-stats stage as its rule runs it, writing into `out` (bad images: out/bad.csv)."""
-    images.main(["--data-dir", str(data_dir), "--sizes-csv", str(out / "s.csv"), "--summary", str(out / "s.json"),
+    image_stats.main(["--data-dir", str(data_dir), "--sizes-csv", str(out / "s.csv"), "--summary", str(out / "s.json"),
                  "--plot-all", str(out / "a.png"), "--plot-small", str(out / "b.png"), "--bad-images",
                  str(out / "bad.csv"), "--threads", "1", "--params", params])
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
-from pipeline.calibrate import cross_fitted, main
+from pipeline.stages.calibrate import cross_fitted, main
 
 CLASSES = ["akita", "beagle", "corgi", "pug"]  # sorted: the order of the passes' columns
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from conftest import checksums
-from pipeline import demo, demo_folder
+from pipeline import demo_folder
+from pipeline.stages import demo_data
 
 
 def small_build(folder: Path, **kwargs) -> None:

@@ -142,5 +142,5 @@ def test_torch_jobs_ask_for_one_gpu_per_process_only_on_a_gpu_and_cpu_jobs_for_n
         {"precompute": other, "lr_find": other, "tta": other}
     for rule in ("split", "image_stats", "resize", "calibrate", "interpret", "report_tables", "submission"):
         assert resources[rule].get("gpu", "0") == "0", rule  # CPU stages never hold a GPU
-    launches = "-m torch.distributed.run --standalone --nproc-per-node 2 -m pipeline.train_head"
+    launches = "-m torch.distributed.run --standalone --nproc-per-node 2 -m pipeline.stages.train_head"
     assert (launches in result.stdout) == (devices == 2)

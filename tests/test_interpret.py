@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import interpret
+from pipeline.stages import interpret
 
 CLASSES = ["cat", "dog", "fox"]
 # Six validation images, their labels and predicted probabilities (cat, dog, fox).

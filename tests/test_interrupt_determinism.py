@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import CONFIGS, REPO, TEST_CORES, same_state, snakemake, write_override
-from pipeline import train_head
+from pipeline.stages import train_head
 
 pytestmark = pytest.mark.workflow
 MICRO = CONFIGS / "micro_csv.yaml"

@@ -217,7 +217,7 @@ def test_a_frozen_fit_with_train_bn_moves_the_bodys_batchnorm_only():
 
 def test_precompute_gives_the_pretrained_bodys_pooled_features(tmp_path):
     """The precompute stage's activations equal max- and average-pooled maps of the body, computed by hand."""
-    from pipeline.precompute import precompute_activations
+    from pipeline.stages.precompute import precompute_activations
 
     torch.manual_seed(0)
     model = build_classifier("tf_efficientnet_lite0", "packaged", n_classes=3).eval()

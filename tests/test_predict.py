@@ -1,4 +1,4 @@
-"""`python -m pipeline.predict` on raw images, against the pipeline's own predictions for the same images."""
+"""`python -m pipeline.stages.predict` on raw images, against the pipeline's own predictions for the same images."""
 import re
 
 import numpy as np
@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from conftest import TEST_CORES
-from pipeline import backbones, predict, recipe_defaults, train_head
+from pipeline import backbones, recipe_defaults
 from pipeline.io import params_digest
 from pipeline.model import Classifier, checkpoint_meta, cut_body, save_checkpoint
+from pipeline.stages import predict, train_head
 
 workflow = pytest.mark.workflow  # reads the reference run's checkpoint and predictions
 

@@ -131,6 +131,6 @@ def test_a_value_the_schema_refuses_is_an_argument_error_naming_its_key(capsys):
 def test_no_stage_or_core_module_keeps_a_default_of_its_own_for_a_schema_key():
     top_level = yaml.safe_load(SCHEMA.read_text())["properties"]
     known = {key for name in top_level for key in recipe_defaults.declared_keys((name,))}  # every flat key there is
-    fallbacks = [f"{path.name}: params.get({key!r}, ...)" for path in sorted((REPO / "pipeline").glob("*.py"))
+    fallbacks = [f"{path.name}: params.get({key!r}, ...)" for path in sorted((REPO / "pipeline").rglob("*.py"))
                  for key in re.findall(r"params\.get\(\s*[\"'](\w+)[\"']\s*,", path.read_text()) if key in known]
     assert fallbacks == []

@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data import load_rgb
-from pipeline.resize import resize_one, resized_size
+from pipeline.resizing import resize_one, resized_size
 
 
 def test_fastai_resize_rule():

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem
-from pipeline import demo, finetune, plots, recipe_defaults, resize, split, training, tta
+from pipeline import plots, recipe_defaults, training
 from pipeline.data import read_split
 from pipeline.fit import EpochLog, ResumePoint, run_fits
 from pipeline.io import params_digest
 from pipeline.model import build_seeded_classifier, checkpoint_meta, restore_model, save_checkpoint
+from pipeline.stages import demo_data, finetune, resize, split, tta
 
 CPU = torch.device("cpu")
 # Cycles of 1, 2 and 4 epochs in the last fit: they end after its epochs 0, 2 and 6.
@@ -84,7 +85,7 @@ def stage_inputs(tmp_path_factory) -> dict:
     """A split, a resize cache and a from-scratch 'head' checkpoint: what the fine-tune stage reads."""
     root = tmp_path_factory.mktemp("snapshot_inputs")
     data = root / "data"
-    demo.build(data, "csv", n_labeled=40, n_test=5, classes=["zero", "one"], seed=1, large_fraction=0.0)
+    demo_data.build(data, "csv", n_labeled=40, n_test=5, classes=["zero", "one"], seed=1, large_fraction=0.0)
     split.main(["--data-dir", str(data), "--split-csv", str(root / "split.csv"), "--test-csv", str(root / "test.csv"),
                 "--class-counts", str(root / "class_counts.csv"), "--params", json.dumps({"layout": "csv"})])
     resize.main(["--data-dir", str(data), "--out-dir", str(root / "resized"), "--threads", "1",

@@ -2,9 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import DataError, read_folders, read_labels_csv
-from pipeline import recipe_defaults, split as split_stage
-from pipeline.split import class_counts, get_cv_idxs
+from pipeline import recipe_defaults
+from pipeline.data import DataError, class_counts, read_folders, read_labels_csv
+from pipeline.stages import split as split_stage
+from pipeline.stages.split import get_cv_idxs
 
 
 def make_split(labeled, params):

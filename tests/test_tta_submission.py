@@ -3,13 +3,14 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline import passes, recipe_defaults
 from pipeline.data import read_labels_csv
-from pipeline.model import build_classifier
-from pipeline.resize import resize_cache
-from pipeline.submission import SubmissionError, make_submission
-from pipeline import passes, recipe_defaults, tta
 from pipeline.inference import tta_log_probs
-from pipeline.tta import valid_metrics
+from pipeline.model import build_classifier
+from pipeline.stages import tta
+from pipeline.stages.resize import resize_cache
+from pipeline.stages.submission import SubmissionError, make_submission
+from pipeline.stages.tta import valid_metrics
 
 
 @pytest.fixture(scope="module")

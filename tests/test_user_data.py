@@ -30,7 +30,7 @@ def test_a_demo_recipe_pointed_at_a_users_data_stops_before_any_job_and_changes_
     before = checksums(data)
     time.sleep(0.05)
     workflow = copy_workflow(tmp_path / "fresh clone")
-    for module in (workflow / "pipeline").glob("*.py"):  # `touch pipeline/*.py`: the code is newer than the data
+    for module in (workflow / "pipeline").rglob("*.py"):  # `touch pipeline/**/*.py`: the code is newer than the data
         os.utime(module)
     out = tmp_path / "out"
     configfiles = [CONFIGS / recipe] if recipe else []

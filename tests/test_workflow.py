@@ -219,12 +219,12 @@ def test_turning_a_sizes_lr_find_on_or_off_never_reruns_its_fits(csv_run, tmp_pa
 
 
 @pytest.mark.parametrize("module, expected", [
-    ("submission.py", {"submission"}),
-    ("tta.py", AFTER_TTA),
+    ("stages/submission.py", {"submission"}),
+    ("stages/tta.py", AFTER_TTA),
     # shared modules: exactly the stages that import them (directly or not), and what depends on those
     ("transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
     ("data.py", {"image_stats", "resize", "split", "augmentation_preview"} | FROM_THE_CACHE),
-], ids=["submission.py", "tta.py", "transforms.py", "data.py"])
+], ids=["stages/submission.py", "stages/tta.py", "transforms.py", "data.py"])
 def test_editing_a_module_reruns_the_stages_that_import_it_and_their_dependents(csv_run, module, expected):
     workflow, work = csv_run
     with restored_afterwards(workflow / "pipeline" / module) as original:

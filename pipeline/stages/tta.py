@@ -4,7 +4,7 @@ prediction is the mean of the passes' probabilities (`valid_probs.npy`, `test_pr
 augmented passes' mean are also kept apart (`*_passes.npy`, see `pipeline.passes`) for the calibrate stage.
 With several checkpoints (a snapshot ensemble: the ends of the last SGDR cycles), each pass is averaged over them.
 
-    python -m pipeline.tta --split-csv out/split.csv --test-csv out/test.csv --cache-dir out/resized/340 \
+    python -m pipeline.stages.tta --split-csv out/split.csv --test-csv out/test.csv --cache-dir out/resized/340 \
         --checkpoint out/finetune/2_299/model.pt --out-dir out/tta --metrics out/metrics.json --params '{...}'
 """
 from __future__ import annotations

@@ -7,8 +7,8 @@ and the hidden test labels in `solution.csv` (which no stage reads; the tests sc
 It writes only into a folder it creates itself or finds empty (see `pipeline/demo_folder.py`): pointed at a folder
 that holds anyone else's files, it stops without touching them.
 
-    python -m pipeline.demo data/demo --layout csv --n-labeled 1000 --n-test 300
-    python -m pipeline.demo data/demo_folders --layout folders --classes zero one
+    python -m pipeline.stages.demo_data data/demo --layout csv --n-labeled 1000 --n-test 300
+    python -m pipeline.stages.demo_data data/demo_folders --layout folders --classes zero one
 """
 from __future__ import annotations
 
@@ -23,16 +23,9 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import cli, demo_folder
+from pipeline.demo_folder import DIGIT_NAMES, default_classes
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.parallel import map_chunks
-
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def default_classes(layout: str) -> list[str]:
-    """The classes a demo recipe without `demo.classes` builds: all ten digits, or two for Dogs vs Cats' layout."""
-    return DIGIT_NAMES if layout == "csv" else ["one", "seven"]
-
 
 @dataclass(frozen=True)
 class ImageSizes:

@@ -5,7 +5,7 @@ Passes are TTA's (2, N, C) probabilities: [0] the plain pass, [1] the mean of th
 = softmax(log(w * plain + (1 - w) * augmented) / T); fastai's TTA mean is w = 1/(n_aug+1), T = 1. The valid rows'
 cross-fit groups are their `fold` (a K-fold run's OOF rows) or, without one, 5 random parts.
 
-    python -m pipeline.calibrate --split-csv out/split.csv --valid-rows out/split.csv \
+    python -m pipeline.stages.calibrate --split-csv out/split.csv --valid-rows out/split.csv \
         --valid-passes out/tta/valid_passes.npy --test-passes out/tta/test_passes.npy --out-dir out/calibration \
         --params '{"enabled": true, "n_aug": 4, "seed": 42}' \
         [--cv-metrics-in out/oof/cv_metrics.json --cv-metrics out/cv_metrics.json --metrics out/metrics.json]

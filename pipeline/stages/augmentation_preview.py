@@ -1,6 +1,7 @@
 """The lesson's `plots(ims)`: one training image from the resize cache under six random training augmentations.
 
-    python -m pipeline.preview --cache-dir out/resized/340 --out out/plots/augmentations.png --params '{"size": 224}'
+    python -m pipeline.stages.augmentation_preview --cache-dir out/resized/340 --out out/plots/augmentations.png \
+        --params '{"size": 224}'
 """
 from __future__ import annotations
 

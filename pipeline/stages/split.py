@@ -2,14 +2,15 @@
 
 Default: fastai 0.7's `get_cv_idxs` over `labels.csv` rows in file order (exactly the indices the lesson used).
 Option: stratified K-fold (scikit-learn): one fold chosen in the recipe, or, for a K-fold run (`assign_folds`), every
-image's validation fold in a `fold` column, from which `pipeline.folds` derives each fold's split. The folder
+image's validation fold in a `fold` column, from which `pipeline.stages.fold_split` derives each fold's split. The folder
 layout's `valid/` is the validation set as is. Images the image-stats stage found unreadable (`bad_images.csv`, only non-empty with
 `on_bad_image: skip`) are left out of the split; test images are never dropped: `test.csv` (id, path, usable) keeps
 every one, and the TTA stage gives an unusable one the training class prior. Writes `split.csv` (id, label,
 is_valid, path), `test.csv` and a class-count table.
 
-    python -m pipeline.split --data-dir data/demo --bad-images out/stats/bad_images.csv --split-csv out/split.csv \
-        --test-csv out/test.csv --class-counts out/class_counts.csv --params '{"layout": "csv", "method": "fastai"}'
+    python -m pipeline.stages.split --data-dir data/demo --bad-images out/stats/bad_images.csv \
+        --split-csv out/split.csv --test-csv out/test.csv --class-counts out/class_counts.csv \
+        --params '{"layout": "csv", "method": "fastai"}'
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import cli
-from pipeline.data import DataError, read_bad_paths, read_labeled, read_test, unlabelled_images
+from pipeline.data import (DataError, check_classes, class_counts, read_bad_paths, read_labeled, read_test,
+                           unlabelled_images)
 from pipeline.io import write_csv
 
 
@@ -71,30 +73,6 @@ def make_split(labeled: pd.DataFrame, params: dict) -> pd.DataFrame:
     else:
         raise DataError(f"unknown split method {method!r}")
     return split[["id", "label", "is_valid", "path"]]
-
-
-def class_counts(split: pd.DataFrame) -> pd.DataFrame:
-    """Images per class: n_train / n_valid for one split; for a K-fold assignment, n_fold_<k> per fold."""
-    if "is_valid" in split:
-        parts, columns = np.where(split["is_valid"], "n_valid", "n_train"), ["n_train", "n_valid"]
-    else:
-        parts = "n_fold_" + split["fold"].astype(str)
-        columns = [f"n_fold_{fold}" for fold in sorted(split["fold"].unique())]
-    counts = (split.assign(part=parts)
-              .pivot_table(index="label", columns="part", values="id", aggfunc="count", fill_value=0)
-              .reindex(columns=columns, fill_value=0))
-    return counts.rename_axis(columns=None).reset_index()
-
-
-def check_classes(counts: pd.DataFrame) -> None:
-    if "n_train" not in counts:
-        return  # a K-fold assignment: every class is in every fold (stratified_folds made sure)
-    untrained = counts.loc[counts["n_train"] == 0, "label"].tolist()
-    if untrained:
-        raise DataError(f"classes with no training image after the split: {', '.join(untrained)}")
-    unvalidated = counts.loc[counts["n_valid"] == 0, "label"].tolist()
-    if unvalidated:
-        print(f"warning: classes with no validation image: {', '.join(unvalidated)}", flush=True)
 
 
 # Where the slice's keys come from in the recipe (pipeline.recipe_defaults); a K-fold run adds `assign_folds`.

@@ -33,9 +33,12 @@ rule tta:
     benchmark:
         model_out("benchmarks/tta.tsv")
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.tta --split-csv {input.split:q} --test-csv {input.test:q} "
-        "--cache-dir {input.cache:q} --checkpoint {params.checkpoints} --out-dir {params.out_dir:q} "
-        "--metrics {output.metrics:q} --threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "tta",
+            "--split-csv {input.split:q} --test-csv {input.test:q} --cache-dir {input.cache:q} "
+            "--checkpoint {params.checkpoints} --out-dir {params.out_dir:q} "
+            "--metrics {output.metrics:q} --threads {threads} --params {params.p:q}",
+        )
 
 
 if KFOLD:
@@ -70,9 +73,11 @@ if KFOLD:
         log:
             out("logs/oof.log"),
         shell:
-            "{STAGE_ENV} {PYTHON} -m pipeline.oof --split-csv {input.split:q} --fold-dirs {params.fold_dirs} "
-            "--oof-csv {output.oof:q} --out-dir {params.out_dir:q} --plots-dir {params.plots_dir:q} "
-            "--params {params.p:q} 2>&1 | tee {log:q}"
+            stage_shell(
+                "oof",
+                "--split-csv {input.split:q} --fold-dirs {params.fold_dirs} --oof-csv {output.oof:q} "
+                "--out-dir {params.out_dir:q} --plots-dir {params.plots_dir:q} --params {params.p:q}",
+            )
 
 
 def calibration_inputs():
@@ -129,9 +134,12 @@ rule calibrate:
     log:
         out("logs/calibrate.log"),
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.calibrate --split-csv {input.split:q} --valid-rows {input.rows:q} "
-        "--valid-passes {input.valid_passes:q} --test-passes {input.test_passes:q} --out-dir {params.out_dir:q} "
-        "{params.cv_reports} --threads {threads} --params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "calibrate",
+            "--split-csv {input.split:q} --valid-rows {input.rows:q} "
+            "--valid-passes {input.valid_passes:q} --test-passes {input.test_passes:q} --out-dir "
+            "{params.out_dir:q} {params.cv_reports} --threads {threads} --params {params.p:q}",
+        )
 
 
 rule interpret:
@@ -155,9 +163,11 @@ rule interpret:
     log:
         out("logs/interpret.log"),
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.interpret --split-csv {input.split:q} --valid-rows {input.rows:q} "
-        "--valid-probs {input.probs:q} --cache-dir {input.cache:q} --out-dir {params.out_dir:q} "
-        "--params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "interpret",
+            "--split-csv {input.split:q} --valid-rows {input.rows:q} --valid-probs {input.probs:q} "
+            "--cache-dir {input.cache:q} --out-dir {params.out_dir:q} --params {params.p:q}",
+        )
 
 
 rule report_tables:
@@ -169,7 +179,7 @@ rule report_tables:
         most_confused=rules.interpret.output.most_confused,
         class_counts=out("class_counts.csv"),
         cv_metrics=out("cv_metrics.json") if KFOLD else [],
-        code=code("tables"),
+        code=code("report_tables"),
     output:
         report(out("report/tables.html"), caption=caption("tables"), category="3. Results", subcategory="tables"),
     params:
@@ -177,9 +187,12 @@ rule report_tables:
     log:
         out("logs/report_tables.log"),
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.tables --metrics {input.metrics:q} --calibration {input.calibration:q} "
-        "--per-class {input.per_class:q} --most-confused {input.most_confused:q} "
-        "--class-counts {input.class_counts:q} {params.cv_metrics} --out {output:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "report_tables",
+            "--metrics {input.metrics:q} --calibration {input.calibration:q} "
+            "--per-class {input.per_class:q} --most-confused {input.most_confused:q} "
+            "--class-counts {input.class_counts:q} {params.cv_metrics} --out {output:q}",
+        )
 
 
 rule submission:
@@ -198,5 +211,8 @@ rule submission:
     log:
         out("logs/submission.log"),
     shell:
-        "{STAGE_ENV} {PYTHON} -m pipeline.submission --probs {input.probs:q} --test-csv {input.test:q} "
-        "--split-csv {input.split:q} {params.sample} --out {output:q} --params {params.p:q} 2>&1 | tee {log:q}"
+        stage_shell(
+            "submission",
+            "--probs {input.probs:q} --test-csv {input.test:q} --split-csv {input.split:q} "
+            "{params.sample} --out {output:q} --params {params.p:q}",
+        )

@@ -2,14 +2,13 @@
 images are the validation set and every other fold's the training set. Writes a split.csv like a single split's
 (id, label, is_valid, path, fold), so every later stage of the fold runs exactly as in a single-split run.
 
-    python -m pipeline.folds --split-csv out/split.csv --fold 2 --out out/folds/2/split.csv
+    python -m pipeline.stages.fold_split --split-csv out/split.csv --fold 2 --out out/folds/2/split.csv
 """
 from __future__ import annotations
 
 from pipeline import cli
-from pipeline.data import DataError, read_labeled_table
+from pipeline.data import DataError, check_classes, class_counts, read_labeled_table
 from pipeline.io import write_csv
-from pipeline.split import check_classes, class_counts
 
 
 def fold_split(assignment, fold: int):

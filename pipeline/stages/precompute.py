@@ -5,7 +5,7 @@ centre crop) at the first training size (test: the usable images, in test.csv or
 split's activations are ever held in RAM at once. `manifest.json` records what determines the cache (split,
 backbone, weights, size, a digest of the backbone's weights) and the head stage checks it.
 
-    python -m pipeline.precompute --split-csv out/split.csv --test-csv out/test.csv --cache-dir out/resized/340 \
+    python -m pipeline.stages.precompute --split-csv out/split.csv --test-csv out/test.csv --cache-dir out/resized/340 \
         --out-dir out/activations/224 --params '{"arch": "resnet34", "weights": "imagenet", "size": 224}'
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Stage 4 - train the classifier head: lr_find and fits on the precomputed activations, then fits with
 augmentation through the frozen body (fastai 0.7: `precompute=True` fits, then `precompute=False`).
 
-    python -m pipeline.train_head --split-csv out/split.csv --activations out/activations/224 \
+    python -m pipeline.stages.train_head --split-csv out/split.csv --activations out/activations/224 \
         --cache-dir out/resized/340 --out-dir out/head --params '{...}'
 
 Writes model.pt (weights + metadata), log.csv (one row per epoch), lr_find.csv/.png, lr_schedule.png, curves.png,

@@ -6,8 +6,9 @@ As 0.7's `set_data`, a new size starts frozen unless the recipe unfreezes it.
 With `--snapshots`, also keeps the weights at the end of earlier SGDR cycles of the last fit (a snapshot ensemble,
 0.7's `cycle_save_name`): with k-1 paths, the k-1 cycles before the final one, whose weights are model.pt.
 
-    python -m pipeline.finetune --split-csv out/split.csv --cache-dir out/resized/340 --checkpoint out/head/model.pt \
-        --out-dir out/finetune/1_299 --params '{"size": 299, "unfreeze": false, "fits": [...], ...}' \
+    python -m pipeline.stages.finetune --split-csv out/split.csv --cache-dir out/resized/340 \
+        --checkpoint out/head/model.pt --out-dir out/finetune/1_299 \
+        --params '{"size": 299, "unfreeze": false, "fits": [...], ...}' \
         --snapshots out/finetune/1_299/snapshots/cycle_1.pt out/finetune/1_299/snapshots/cycle_2.pt
 """
 from __future__ import annotations

@@ -7,41 +7,18 @@ grey level or two of a full decode. Unlike 0.7, which skipped existing outputs a
 images, the cache is rebuilt whenever the data, the code or its parameters change (Snakemake's rerun triggers plus a
 data fingerprint), and each image is written atomically.
 
-    python -m pipeline.resize --data-dir data/demo --bad-images out/stats/bad_images.csv --out-dir out/resized/340 \
-        --params '{"layout": "csv", "shorter_side": 340}'
+    python -m pipeline.stages.resize --data-dir data/demo --bad-images out/stats/bad_images.csv \
+        --out-dir out/resized/340 --params '{"layout": "csv", "shorter_side": 340}'
 """
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 
-from PIL import Image
-
 from pipeline import cli
-from pipeline.data import DataError, all_images, load_rgb, read_bad_paths, upright_size
-from pipeline.io import atomic_path
+from pipeline.data import DataError, all_images, read_bad_paths
 from pipeline.parallel import map_chunks
-
-
-def resized_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
-    """fastai 0.7: ratio = targ/min(w, h); each side max(floor(side*ratio), targ). 500x375 -> 453x340."""
-    ratio = shorter_side / min(width, height)
-    return max(math.floor(width * ratio), shorter_side), max(math.floor(height * ratio), shorter_side)
-
-
-def resize_one(source: Path, destination: Path, shorter_side: int, jpeg_quality: int, draft: bool = True) -> None:
-    with Image.open(source) as header:
-        target = resized_size(*upright_size(header), shorter_side)  # from the full size, whatever draft decodes
-    # A draft whose shorter side is still >= shorter_side has both sides >= the target's.
-    image = load_rgb(source, (shorter_side, shorter_side) if draft else None)
-    image = image.resize(target, Image.BILINEAR)
-    is_jpeg = destination.suffix.lower() in (".jpg", ".jpeg")
-    with atomic_path(destination) as tmp:
-        if is_jpeg:
-            image.save(tmp, format="JPEG", quality=jpeg_quality)
-        else:
-            image.save(tmp, format=Image.registered_extensions()[destination.suffix.lower()])
+from pipeline.resizing import resize_one
 
 
 def resize_paths(data_dir: str, out_dir: str, shorter_side: int, jpeg_quality: int, draft: bool,

@@ -4,9 +4,10 @@ Every image is decoded once here, so this is the first stage to meet a bad file:
 (empty, not an image, truncated, over the decompression-bomb limit) stops the stage with the full list of bad
 files; with `on_bad_image: skip` they are listed in `bad_images.csv`, which the later stages leave out.
 
-    python -m pipeline.images --data-dir data/demo --sizes-csv out/stats/sizes.csv --summary out/stats/summary.json \
-        --plot-all out/plots/sizes_all.png --plot-small out/plots/sizes_under_1000.png \
-        --bad-images out/stats/bad_images.csv --params '{"layout": "csv", "on_bad_image": "error"}'
+    python -m pipeline.stages.image_stats --data-dir data/demo --sizes-csv out/stats/sizes.csv \
+        --summary out/stats/summary.json --plot-all out/plots/sizes_all.png \
+        --plot-small out/plots/sizes_under_1000.png --bad-images out/stats/bad_images.csv \
+        --params '{"layout": "csv", "on_bad_image": "error"}'
 """
 from __future__ import annotations
 

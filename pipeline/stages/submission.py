@@ -5,8 +5,9 @@ when there is none), every test id exactly once, rows summing to 1. Binary (Dogs
 `id,label` with label = P(positive class). `clip` bounds probabilities to [clip, 1-clip] (log loss punishes
 confident mistakes without limit); multi-class rows are renormalised after clipping.
 
-    python -m pipeline.submission --probs out/calibration/test_probs.npy --test-csv out/test.csv --split-csv out/split.csv \
-        --sample data/dogbreeds/sample_submission.csv --out out/submission.csv --params '{"clip": 0.0}'
+    python -m pipeline.stages.submission --probs out/calibration/test_probs.npy --test-csv out/test.csv \
+        --split-csv out/split.csv --sample data/dogbreeds/sample_submission.csv --out out/submission.csv \
+        --params '{"clip": 0.0}'
 """
 from __future__ import annotations
 

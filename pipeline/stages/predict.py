@@ -1,6 +1,6 @@
 """Try a trained model on your own images (fastai 0.7's `learn.predict_array`, for files): the top classes of each.
 
-    python -m pipeline.predict --checkpoint outputs/demo/finetune/2_48/model.pt photo.jpg more_photos/ \
+    python -m pipeline.stages.predict --checkpoint outputs/demo/finetune/2_48/model.pt photo.jpg more_photos/ \
         [--top-k 5] [--tta 4] [--csv predictions.csv]
 
 Each image goes the way the test images went in the pipeline: the resize rule (shorter side, JPEG re-encoding) into a
@@ -27,7 +27,7 @@ from pipeline.data import IMAGE_SUFFIXES, natural_key
 from pipeline.inference import tta_log_probs
 from pipeline.io import write_csv
 from pipeline.model import WeightsError, load_checkpoint, restore_model
-from pipeline.resize import resize_one
+from pipeline.resizing import resize_one
 
 # How the images of a checkpoint made before it recorded them were encoded and augmented: the recipe's defaults.
 IMAGE_DEFAULTS = ("images.jpeg_quality", "images.jpeg_draft", "transforms")

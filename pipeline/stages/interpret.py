@@ -13,7 +13,7 @@ the validation set of a single split, or a K-fold run's out-of-fold predictions)
 
 Images come from the resize cache under the validation transform without normalisation: what the model saw.
 
-    python -m pipeline.interpret --split-csv out/split.csv --valid-rows out/split.csv \
+    python -m pipeline.stages.interpret --split-csv out/split.csv --valid-rows out/split.csv \
         --valid-probs out/calibration/valid_probs.npy --cache-dir out/resized/340 --out-dir out/interpret \
         --params '{"size": 299, "top_losses": 9, "classes": 6, "images_per_group": 3}'
 """

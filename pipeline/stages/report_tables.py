@@ -1,7 +1,7 @@
 """The report's tables: the run's scores and the interpret stage's tables on one HTML page, which
 `snakemake --report` shows inline (it offers CSV and JSON files only as downloads).
 
-    python -m pipeline.tables --metrics out/metrics.json --calibration out/calibration/calibration.json \
+    python -m pipeline.stages.report_tables --metrics out/metrics.json --calibration out/calibration/calibration.json \
         --per-class out/interpret/per_class.csv --most-confused out/interpret/most_confused.csv \
         --class-counts out/class_counts.csv [--cv-metrics out/cv_metrics.json] --out out/report/tables.html
 """

@@ -7,7 +7,7 @@ average (arithmetic, or geometric with `average: geometric`), pass by pass, so t
 the plain pass against the augmented ones. Also writes the per-fold scores (`cv_metrics.json`, before calibration),
 a plot of them and the OOF confusion matrix.
 
-    python -m pipeline.oof --split-csv out/split.csv --fold-dirs out/folds/0 out/folds/1 out/folds/2 \
+    python -m pipeline.stages.oof --split-csv out/split.csv --fold-dirs out/folds/0 out/folds/1 out/folds/2 \
         --oof-csv out/oof.csv --out-dir out/oof --plots-dir out/plots --params '{"folds": [0, 1, 2], "n_aug": 4}'
 """
 from __future__ import annotations

@@ -6,8 +6,9 @@ group), every group's lr sweeps together in the fit's ratios, as 0.7's `lr_find(
 x-axis is the last group's lr. Its own job, reading the checkpoint and writing only the plot: the size's fits never
 see it, so turning it on or off never reruns them.
 
-    python -m pipeline.lr_find --split-csv out/split.csv --cache-dir out/resized/340 --checkpoint out/head/model.pt \
-        --out-dir out/finetune/1_224 --params '{"size": 224, "unfreeze": true, "lr": [1e-4, 1e-3, 1e-2], ...}'
+    python -m pipeline.stages.lr_find --split-csv out/split.csv --cache-dir out/resized/340 \
+        --checkpoint out/head/model.pt --out-dir out/finetune/1_224 \
+        --params '{"size": 224, "unfreeze": true, "lr": [1e-4, 1e-3, 1e-2], ...}'
 """
 from __future__ import annotations
 
