@@ -25,13 +25,13 @@ ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def run_stage(module: str, *args: str) -> tuple[float, float]:
-    """(seconds, peak MiB) of `python -m pipeline.<module> ...` in a fresh process."""
+    """(seconds, peak MiB) of `python -m pipeline.stages.<module> ...` in a fresh process."""
     started = time.perf_counter()
     pid = os.fork()
     if pid == 0:
-        os.execve(PYTHON, [PYTHON, "-m", f"pipeline.{module}", *args], ENV)
+        os.execve(PYTHON, [PYTHON, "-m", f"pipeline.stages.{module}", *args], ENV)
     _, status, usage = os.wait4(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, f"pipeline.{module} failed"
+    assert os.waitstatus_to_exitcode(status) == 0, f"pipeline.stages.{module} failed"
     return time.perf_counter() - started, usage.ru_maxrss / 1024
 
 

@@ -9,7 +9,7 @@ from pipeline.stages import demo_data
 
 
 def small_build(folder: Path, **kwargs) -> None:
-    demo.build(folder, "csv", n_labeled=12, n_test=3, classes=["zero", "one"], large_fraction=0.0, **kwargs)
+    demo_data.build(folder, "csv", n_labeled=12, n_test=3, classes=["zero", "one"], large_fraction=0.0, **kwargs)
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_a_folder_with_someone_elses_files_is_refused_before_anything_is_written
 def test_the_command_line_builder_stops_with_the_reason_and_leaves_the_folder_alone(user_data, capsys):
     before = checksums(user_data)
     with pytest.raises(SystemExit):
-        demo.main([str(user_data), "--n-labeled", "12", "--n-test", "3", "--classes", "zero", "one"])
+        demo_data.main([str(user_data), "--n-labeled", "12", "--n-test", "3", "--classes", "zero", "one"])
     assert "recipe without `demo:`" in capsys.readouterr().err
     assert checksums(user_data) == before
 

@@ -63,14 +63,14 @@ def start(workdir, *args):
 
 
 def kill_stage_when(process, module, ready, timeout=600):
-    """SIGKILL the job running `python -m pipeline.<module>` once `ready()` is true; return its pid."""
+    """SIGKILL the job running `python -m pipeline.stages.<module>` once `ready()` is true; return its pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         running = False
         for child in psutil.Process(process.pid).children(recursive=True):
             try:
                 # the stage's own python (not its shell, nor one of its forked workers, which share its command line)
-                stage = ["-m", f"pipeline.{module}"]
+                stage = ["-m", f"pipeline.stages.{module}"]
                 if child.cmdline()[1:3] == stage and child.parent().cmdline()[1:3] != stage:
                     running = True
                     if ready():
@@ -83,7 +83,7 @@ def kill_stage_when(process, module, ready, timeout=600):
         # Fast only while the stage runs (a resize is over in a second); walking the process tree every 5 ms for
         # the whole run would keep a core busy beside the test run's other worker.
         time.sleep(0.005 if running else 0.05)
-    pytest.fail(f"pipeline.{module} finished before it could be killed:\n{process.communicate()[0][-3000:]}")
+    pytest.fail(f"pipeline.stages.{module} finished before it could be killed:\n{process.communicate()[0][-3000:]}")
 
 
 def resume_point(out, folder):
