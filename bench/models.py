@@ -29,7 +29,7 @@ import torch
 from common import best_of, make_images, report
 from pipeline import recipe_defaults, runtime
 from pipeline.data import read_labels_csv
-from pipeline.fit import EpochLog, FitSpec, OptimizerSpec, TensorBatches, fit, train_step
+from pipeline.fit import DEFAULT_OPTIMIZER, EpochLog, FitSpec, TensorBatches, fit, train_step
 from pipeline.loaders import ImageDataset, image_loaders, inference_loader
 from pipeline.model import build_classifier
 from pipeline.stages import demo_data
@@ -125,7 +125,7 @@ def main() -> None:
     train_loader, valid_loader = image_loaders(frame, frame.head(bs), cache,
                                                loader_params({"size": args.size, "batch_size": bs,
                                                               "num_workers": args.workers}), device)
-    optimizer = OptimizerSpec().make(model, 1e-3)
+    optimizer = DEFAULT_OPTIMIZER.make(model, 1e-3)
 
     def raw_train():
         model.train()

@@ -17,7 +17,7 @@ from torch.profiler import profile
 
 import common  # noqa: F401  (puts the repository on sys.path)
 from pipeline import runtime
-from pipeline.fit import OptimizerSpec, train_step
+from pipeline.fit import DEFAULT_OPTIMIZER, train_step
 from pipeline.model import build_classifier
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     amp = runtime.use_amp("auto", device)
     model = runtime.on_device(build_classifier(args.arch, "none", 10), device)
     model.unfreeze()
-    optimizer = OptimizerSpec().make(model, 1e-3)
+    optimizer = DEFAULT_OPTIMIZER.make(model, 1e-3)
     x, y = torch.randn(args.batch_size, 3, args.size, args.size), torch.randint(0, 10, (args.batch_size,))
     for _ in range(2):  # warm-up: oneDNN / cuDNN pick and build their kernels
         train_step(model, optimizer, x, y, device, amp)

@@ -32,11 +32,13 @@ from torch import nn
 from tqdm import tqdm  # not tqdm.auto: its bar calls iter() on a DataLoader at creation, starting a
 # second set of loader workers each epoch and drawing from the loader's generator
 
-from pipeline import distributed
+from pipeline import distributed, recipe_defaults
 from pipeline.io import atomic_path
 from pipeline.runtime import batch_on_device
 
 EMA_BETA = 0.98
+# The schema's defaults (their one home, config/schema.yaml) for fits called without a recipe: tests, benchmarks.
+DEFAULTS = recipe_defaults.defaults(("seed", "train.warmup", "train.optimizer", "train.weight_decay"))
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class FitSpec:
 
     @classmethod
     def from_config(cls, fit: dict) -> "FitSpec":
-        return cls(fit["lr"], fit["n_cycle"], fit.get("cycle_len"), fit.get("cycle_mult", 1))
+        """From one item of a recipe's `fits`, the schema filling what it omits."""
+        fit = recipe_defaults.complete_fit(fit)
+        return cls(fit["lr"], fit["n_cycle"], fit["cycle_len"], fit["cycle_mult"])
 
     @property
     def epochs(self) -> int:
@@ -115,8 +119,8 @@ class OptimizerSpec:
     digits) it is what lets the unfrozen body recover from its BatchNorm's shift at the lesson's few epochs
     (README, "Why AdamW")."""
 
-    name: str = "sgd"
-    weight_decay: float = 0.0
+    name: str
+    weight_decay: float
 
     def __str__(self) -> str:
         return f"{self.name}, weight decay {self.weight_decay:g}"
@@ -134,6 +138,9 @@ class OptimizerSpec:
             return torch.optim.AdamW(groups, lr=groups[-1]["lr"], betas=(0.9, 0.99), eps=1e-5,
                                      weight_decay=self.weight_decay)
         raise ValueError(f"unknown optimizer {self.name!r}: sgd or adamw")
+
+
+DEFAULT_OPTIMIZER = OptimizerSpec.from_params(DEFAULTS)
 
 
 class EpochLog:
@@ -256,10 +263,11 @@ class ResumePoint:
 
 
 def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: torch.device, log: EpochLog,
-        phase: str, fit_index: int, warmup: bool = True, amp: bool = False, seed: int = 42,
+        phase: str, fit_index: int, warmup: bool = DEFAULTS["warmup"], amp: bool = False,
+        seed: int = DEFAULTS["seed"],
         resume: ResumePoint | None = None,
         on_cycle_end: Callable[[int], None] | None = None,
-        optimizer_spec: OptimizerSpec = OptimizerSpec()) -> list[list[float]]:
+        optimizer_spec: OptimizerSpec = DEFAULT_OPTIMIZER) -> list[list[float]]:
     """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`).
 
     `on_cycle_end(cycle)` is called with the 1-based number of each SGDR cycle once its last epoch is validated.
@@ -319,10 +327,10 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
 
 
 def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], phase: str, device: torch.device,
-             log: EpochLog, warmup: bool = True, amp: bool = False, seed: int = 42,
+             log: EpochLog, warmup: bool = DEFAULTS["warmup"], amp: bool = False, seed: int = DEFAULTS["seed"],
              resume: ResumePoint | None = None, schedules: list | None = None,
              on_cycle_end: Callable[[int], None] | None = None,
-             optimizer_spec: OptimizerSpec = OptimizerSpec()) -> list[tuple[str, list[list[float]]]]:
+             optimizer_spec: OptimizerSpec = DEFAULT_OPTIMIZER) -> list[tuple[str, list[list[float]]]]:
     """A phase's sequence of fits (the recipe's list); appends (title, lr history) per fit to `schedules`.
     `on_cycle_end` is called at the end of each SGDR cycle of the last fit only (see `fit`)."""
     schedules = [] if schedules is None else schedules
@@ -336,7 +344,7 @@ def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], p
 
 
 def lr_find(model: nn.Module, train_batches, device: torch.device, start_lr: float = 1e-5, end_lr: float = 10.0,
-            amp: bool = False, lr=None, optimizer_spec: OptimizerSpec = OptimizerSpec()) -> dict:
+            amp: bool = False, lr=None, optimizer_spec: OptimizerSpec = DEFAULT_OPTIMIZER) -> dict:
     """fastai 0.7 `lr_find`: lr grows exponentially from start_lr to end_lr over at most one epoch, stopping once
     the EMA-smoothed loss exceeds 4x the best; the model's weights and buffers are restored afterwards.
 

@@ -108,6 +108,24 @@ def complete(params: dict, names: tuple[str, ...]) -> dict:
     return filled
 
 
+@cache
+def fit_validator():
+    """A validator, filling defaults, for one item of a `fits` list (the schema's `$defs.fit`)."""
+    schema = recipe_schema()
+    fit = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/fit"}
+    return _filling_defaults(validators.validator_for(fit))(fit)
+
+
+def complete_fit(fit: dict) -> dict:
+    """A copy of one `fits` item with the schema's defaults for what it omits (cycle_len, cycle_mult)."""
+    filled = copy.deepcopy(fit)
+    errors = list(fit_validator().iter_errors(filled))
+    if errors:
+        error = best_match(errors)
+        raise InvalidParams(f"fit {fit}: {key_path(error.absolute_path) or 'the fit'}: {error.message}")
+    return filled
+
+
 def defaults(names: tuple[str, ...]) -> dict:
     """The schema's defaults of the declared keys, by flat key (keys without a default are left out)."""
     return complete({}, names)

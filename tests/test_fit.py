@@ -9,7 +9,8 @@ from torch import nn
 
 from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem, train_resumably
 from pipeline import fit as fit_module
-from pipeline.fit import EpochLog, FitSpec, OptimizerSpec, ResumePoint, TensorBatches, fit, lr_find, run_fits
+from pipeline.fit import (DEFAULT_OPTIMIZER, EpochLog, FitSpec, OptimizerSpec, ResumePoint, TensorBatches, fit, lr_find,
+                          run_fits)
 from pipeline.model import build_classifier
 
 CPU = torch.device("cpu")
@@ -62,11 +63,11 @@ def test_fit_learns_a_separable_problem():
 def test_differential_learning_rates_map_onto_the_three_layer_groups():
     model = build_classifier("resnet18", "none", n_classes=2)
     model.unfreeze()
-    optimizer = OptimizerSpec().make(model, [1e-4, 1e-3, 1e-2])
+    optimizer = DEFAULT_OPTIMIZER.make(model, [1e-4, 1e-3, 1e-2])
     assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 1e-3, 1e-2]
     assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 0
     model.freeze()
-    assert [group["lr"] for group in OptimizerSpec().make(model, [1e-4, 1e-3, 1e-2]).param_groups] == [1e-2]
+    assert [group["lr"] for group in DEFAULT_OPTIMIZER.make(model, [1e-4, 1e-3, 1e-2]).param_groups] == [1e-2]
 
 
 def test_adamw_is_fastai_v2s_adam_with_decoupled_weight_decay_per_layer_group():
@@ -78,7 +79,7 @@ def test_adamw_is_fastai_v2s_adam_with_decoupled_weight_decay_per_layer_group():
     assert optimizer.defaults["betas"] == (0.9, 0.99) and optimizer.defaults["eps"] == 1e-5
     assert optimizer.defaults["weight_decay"] == 0.01
     with pytest.raises(ValueError, match="unknown optimizer 'adam': sgd or adamw"):
-        OptimizerSpec("adam").make(model, 1e-3)
+        OptimizerSpec("adam", 0.0).make(model, 1e-3)
 
 
 def test_lr_find_restores_weights_and_stops_when_the_loss_explodes():

@@ -11,15 +11,16 @@ from snakemake.utils import validate
 
 from conftest import REPO
 from pipeline import cli, recipe_defaults
+from pipeline.fit import FitSpec
 
 SCHEMA = REPO / "config" / "schema.yaml"
 # Every stage that parses a recipe slice, with the keys it declares.
-STAGES = ["split", "images", "resize", "preview", "precompute", "train_head", "lr_find", "finetune", "tta", "oof",
-          "calibrate", "interpret", "submission"]
+STAGES = ["split", "image_stats", "resize", "augmentation_preview", "precompute", "train_head", "lr_find", "finetune",
+          "tta", "oof", "calibrate", "interpret", "submission"]
 
 
 def stage(name):
-    return importlib.import_module(f"pipeline.{name}")
+    return importlib.import_module(f"pipeline.stages.{name}")
 
 
 def schema_default(section: str, key: str):
@@ -59,7 +60,7 @@ def test_the_head_stage_gets_every_default_of_its_sections_and_keeps_what_it_is_
     params = params_of_main("train_head", *paths, params=given)
     assert params["weights"] == "imagenet" and params["lr_find"] is True and params["warmup"] is True
     assert params["num_workers"] == 0  # given, so kept
-    assert params["precomputed"] == [{"lr": 0.01, "n_cycle": 1, "cycle_mult": 1}]  # a fit's own default too
+    assert params["precomputed"] == [{"lr": 0.01, "n_cycle": 1, "cycle_len": None, "cycle_mult": 1}]  # a fit's too
     # Keys the schema does not know (derived values the workflow passes) go through as they are.
     assert params["preprocessing"] == {"mean": [0.5] * 3} and params["weights_digest"] == "abc"
     # What the stage hashes for its resume key and checkpoint: the slice as given.
@@ -115,7 +116,8 @@ def test_an_ambiguous_or_unknown_declaration_is_refused_before_any_argument_is_r
 
 def test_a_required_key_the_slice_lacks_stops_the_stage_with_one_line_naming_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:  # the preview's size: no default (it is the head's, or derived)
-        stage("preview").main(["--cache-dir", str(tmp_path), "--out", str(tmp_path / "p.png"), "--params", "{}"])
+        stage("augmentation_preview").main(["--cache-dir", str(tmp_path), "--out", str(tmp_path / "p.png"),
+                                            "--params", "{}"])
     assert stopped.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: --params has no 'size'"), err
@@ -134,3 +136,11 @@ def test_no_stage_or_core_module_keeps_a_default_of_its_own_for_a_schema_key():
     fallbacks = [f"{path.name}: params.get({key!r}, ...)" for path in sorted((REPO / "pipeline").rglob("*.py"))
                  for key in re.findall(r"params\.get\(\s*[\"'](\w+)[\"']\s*,", path.read_text()) if key in known]
     assert fallbacks == []
+
+
+def test_a_fit_gets_the_schemas_defaults_for_what_it_omits_and_a_bad_value_names_its_key():
+    fit = yaml.safe_load(SCHEMA.read_text())["$defs"]["fit"]["properties"]
+    spec = FitSpec.from_config({"lr": 0.1, "n_cycle": 2})
+    assert (spec.cycle_len, spec.cycle_mult) == (fit["cycle_len"]["default"], fit["cycle_mult"]["default"]) == (None, 1)
+    with pytest.raises(recipe_defaults.InvalidParams, match=r"cycle_mult: 0 is less than the minimum of 1"):
+        FitSpec.from_config({"lr": 0.1, "n_cycle": 2, "cycle_len": 1, "cycle_mult": 0})
