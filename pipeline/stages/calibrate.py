@@ -132,6 +132,26 @@ def _check_passes(passes: np.ndarray, path: str, n_rows: int | None, n_classes: 
 RECIPE_KEYS = ("seed", "tta", "calibration")
 
 
+def read_inputs(args) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray]:
+    """The validation rows, the classes, and the valid and test passes, checked against each other."""
+    _, classes = read_labeled_table(args.split_csv)
+    rows = read_rows(args.valid_rows)
+    if unknown := sorted(set(rows["label"]) - set(classes)):
+        cli.fail(f"{args.valid_rows} has labels that {args.split_csv} lacks: {unknown[:10]}")
+    valid_passes, test_passes = np.load(args.valid_passes), np.load(args.test_passes)
+    _check_passes(valid_passes, args.valid_passes, len(rows), len(classes), args.split_csv)
+    _check_passes(test_passes, args.test_passes, None, len(classes), args.split_csv)
+    return rows, classes, valid_passes, test_passes
+
+
+def reliability_plot(report: dict, probs: dict, y: np.ndarray, path: Path) -> None:
+    """No TTA, fastai's TTA mean and the chosen calibration, each with its out-of-sample log loss."""
+    shown = {"no TTA": "plain", "TTA mean": "tta_mean", f"calibrated ({report['chosen']})": report["chosen"]}
+    curves = {f"{label}, log loss {report['candidates'][key]:.4f}": (probs[key].argmax(1) == y, probs[key].max(1))
+              for label, key in shown.items()}
+    plots.reliability(curves, path, f"valid, out of sample; chosen: {report['chosen']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True, help="for the class list only")
@@ -148,13 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     runtime.setup(args.threads, params["seed"], "cpu")  # two parameters on (N, C) arrays: no GPU needed
     if args.cv_metrics_in and not (args.cv_metrics and args.metrics):
         cli.fail("--cv-metrics-in needs --cv-metrics and --metrics to write to")
-    _, classes = read_labeled_table(args.split_csv)
-    rows = read_rows(args.valid_rows)
-    if unknown := sorted(set(rows["label"]) - set(classes)):
-        cli.fail(f"{args.valid_rows} has labels that {args.split_csv} lacks: {unknown[:10]}")
-    valid_passes, test_passes = np.load(args.valid_passes), np.load(args.test_passes)
-    _check_passes(valid_passes, args.valid_passes, len(rows), len(classes), args.split_csv)
-    _check_passes(test_passes, args.test_passes, None, len(classes), args.split_csv)
+    rows, classes, valid_passes, test_passes = read_inputs(args)
     groups, method = cross_fit_groups(rows, params["seed"])
     enabled = params["enabled"]
     if enabled and len(np.unique(groups)) < 2:
@@ -167,10 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     save_npy(probs[report["chosen"]], out_dir / "valid_probs.npy")
     save_npy(calibrated_probs(test_passes, report["plain_weight"], report["temperature"]).astype(np.float32),
              out_dir / "test_probs.npy")
-    shown = {"no TTA": "plain", "TTA mean": "tta_mean", f"calibrated ({report['chosen']})": report["chosen"]}
-    curves = {f"{label}, log loss {report['candidates'][key]:.4f}": (probs[key].argmax(1) == y, probs[key].max(1))
-              for label, key in shown.items()}
-    plots.reliability(curves, out_dir / "reliability.png", f"valid, out of sample; chosen: {report['chosen']}")
+    reliability_plot(report, probs, y, out_dir / "reliability.png")
     write_json(report, out_dir / "calibration.json")
     if args.cv_metrics_in:
         cv_metrics, metrics = kfold_reports(read_json(args.cv_metrics_in), report)

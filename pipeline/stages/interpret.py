@@ -70,32 +70,22 @@ def class_extremes(scored: pd.DataFrame, label: str, n: int) -> dict[str, pd.Dat
 RECIPE_KEYS = ("interpret",)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
-    parser.add_argument("--split-csv", required=True, help="every labelled image, with its path in the cache")
-    parser.add_argument("--valid-rows", required=True, help="CSV aligned with --valid-probs (split.csv or oof.csv)")
-    parser.add_argument("--valid-probs", required=True)
-    parser.add_argument("--cache-dir", required=True)
-    parser.add_argument("--out-dir", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("interpret", params)
-    labelled, classes = read_labeled_table(args.split_csv)
-    rows = read_rows(args.valid_rows).drop(columns=["path"], errors="ignore")
+def read_scored(split_csv: str, valid_rows: str, valid_probs: str) -> tuple[pd.DataFrame, list[str]]:
+    """The validation rows with their image paths and probabilities, scored (scored_rows); and the classes."""
+    labelled, classes = read_labeled_table(split_csv)
+    rows = read_rows(valid_rows).drop(columns=["path"], errors="ignore")
     rows = rows.merge(labelled[["id", "path"]], on="id", how="left", validate="one_to_one")
-    probs = np.load(args.valid_probs)
+    probs = np.load(valid_probs)
     if probs.shape != (len(rows), len(classes)):
-        cli.fail(f"{args.valid_probs} has shape {probs.shape}; {args.valid_rows} needs ({len(rows)}, {len(classes)})")
-    out_dir = Path(args.out_dir)
-    remove_stale_temporaries(out_dir)
-    scored = scored_rows(rows, probs, classes)
-    classes_table = per_class(scored)
-    write_csv(classes_table, out_dir / "per_class.csv")
-    confused = most_confused(scored)
-    write_csv(confused, out_dir / "most_confused.csv")
+        cli.fail(f"{valid_probs} has shape {probs.shape}; {valid_rows} needs ({len(rows)}, {len(classes)})")
+    return scored_rows(rows, probs, classes), classes
 
-    images = ImageDataset(args.cache_dir, scored["path"], transform=valid_transform(params["size"], normalise=False,
-                                                                    preprocessing=params.get("preprocessing")))
+
+def draw(scored: pd.DataFrame, classes_table: pd.DataFrame, n_classes: int, params, cache_dir: str,
+         out_dir: Path) -> None:
+    """top_losses.png (the highest losses) and by_class.png (lesson 1's extremes of the worst classes)."""
+    images = ImageDataset(cache_dir, scored["path"], transform=valid_transform(params["size"], normalise=False,
+                                                                preprocessing=params.get("preprocessing")))
 
     def picture(index: int) -> np.ndarray:
         return images[index][0].permute(1, 2, 0).numpy()
@@ -115,8 +105,27 @@ def main(argv: list[str] | None = None) -> None:
             for row in shown.itertuples()}
     row_titles = [f"{row.label}\nacc {row.accuracy:.2f}\nloss {row.log_loss:.2f}" for row in shown.itertuples()]
     plots.class_extremes(grid, row_titles, n_images, out_dir / "by_class.png",
-                         f"the {len(shown)} classes of {len(classes)} with the highest log loss "
+                         f"the {len(shown)} classes of {n_classes} with the highest log loss "
                          "(each image titled with the predicted class and its probability)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser.add_argument("--split-csv", required=True, help="every labelled image, with its path in the cache")
+    parser.add_argument("--valid-rows", required=True, help="CSV aligned with --valid-probs (split.csv or oof.csv)")
+    parser.add_argument("--valid-probs", required=True)
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    params = args.params
+    started = cli.announce("interpret", params)
+    scored, classes = read_scored(args.split_csv, args.valid_rows, args.valid_probs)
+    out_dir = Path(args.out_dir)
+    remove_stale_temporaries(out_dir)
+    classes_table, confused = per_class(scored), most_confused(scored)
+    write_csv(classes_table, out_dir / "per_class.csv")
+    write_csv(confused, out_dir / "most_confused.csv")
+    draw(scored, classes_table, len(classes), params, args.cache_dir, out_dir)
     top = confused.head(3).itertuples()
     print(f"{int((~scored['correct']).sum())} of {len(scored)} wrong; most confused: "
           + ("; ".join(f"{row.actual} as {row.predicted} x{row.count}" for row in top) or "none"), flush=True)

@@ -77,7 +77,7 @@ def print_top(path: Path, probs: np.ndarray, classes: list[str], k: int) -> None
     print(f"{path}: " + ", ".join(f"{classes[i]} {probs[i]:.3f}" for i in best), flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def argument_parser():
     parser = cli.stage_parser(__doc__)
     defaults = recipe_defaults.defaults(("device", "loader.batch_size"))
     parser.add_argument("--checkpoint", required=True, help="a model.pt the pipeline wrote")
@@ -93,17 +93,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jpeg-quality", type=int, help="override the checkpoint's resize cache JPEG quality")
     parser.add_argument("--augmentation", choices=["side_on", "top_down", "basic", "none"], help="override, for --tta")
     parser.add_argument("--max-zoom", type=float, help="override, for --tta")
+    return parser
+
+
+def load_model(checkpoint: str):
+    """The model a pipeline checkpoint holds, and its meta; one line naming the file when it is not one."""
+    try:
+        _, meta = load_checkpoint(checkpoint, {})
+        if not isinstance(meta.get("arch"), str) or not meta.get("classes"):
+            raise WeightsError(f"checkpoint {checkpoint} does not name its arch and classes: not a model.pt the "
+                               "pipeline wrote")
+        return restore_model(checkpoint, meta["arch"], meta["classes"])
+    except (OSError, WeightsError) as error:
+        cli.fail(str(error))
+
+
+def predict_files(model, meta: dict, files: list[Path], images: dict, params: dict, device, amp: bool):
+    """Class probabilities of each readable file (resized as the pipeline's own images were, in a temporary cache);
+    (readable files, probabilities, {unreadable file: error})."""
+    with tempfile.TemporaryDirectory(prefix="lesson2-predict-") as cache:
+        cached, errors = resize_into(Path(cache), files, images)
+        probs = np.empty((0, len(meta["classes"])))
+        if cached:
+            log_probs = tta_log_probs(model, pd.DataFrame({"path": cached}), cache, params, device, amp, "images")
+            probs = passes.tta_mean(passes.from_log_probs(log_probs), params["n_aug"])
+    return [path for path in files if path not in errors], probs, errors
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.tta < 0 or args.batch_size < 1:
         parser.error("--top-k and --batch-size must be >= 1, --tta >= 0 (augmented passes besides the plain one)")
-    try:
-        _, meta = load_checkpoint(args.checkpoint, {})
-        if not isinstance(meta.get("arch"), str) or not meta.get("classes"):
-            raise WeightsError(f"checkpoint {args.checkpoint} does not name its arch and classes: not a model.pt the "
-                               "pipeline wrote")
-        model, meta = restore_model(args.checkpoint, meta["arch"], meta["classes"])
-    except (OSError, WeightsError) as error:
-        cli.fail(str(error))
+    model, meta = load_model(args.checkpoint)
     images = image_settings(meta, args)
     checkpoint_amp = "on" if meta.get("amp") else "off" if "amp" in meta else "auto"
     settings = {**recipe_defaults.defaults(runtime.RECIPE_KEYS), "device": args.device,
@@ -114,16 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     files = image_files(args.images)
     if not files:
         cli.fail(f"no image files in {' '.join(args.images)}")
-    with tempfile.TemporaryDirectory(prefix="lesson2-predict-") as cache:
-        cached, errors = resize_into(Path(cache), files, images)
-        readable = [path for path in files if path not in errors]
-        params = {**settings, "size": meta["size"], "n_aug": args.tta, "batch_size": args.batch_size,
-                  "num_workers": 0, "preprocessing": images.get("preprocessing"), "max_zoom": images["max_zoom"],
-                  "augmentation": images["augmentation"]}
-        probs = np.empty((0, len(classes)))
-        if cached:
-            log_probs = tta_log_probs(model, pd.DataFrame({"path": cached}), cache, params, device, amp, "images")
-            probs = passes.tta_mean(passes.from_log_probs(log_probs), args.tta)
+
+    params = {**settings, "size": meta["size"], "n_aug": args.tta, "batch_size": args.batch_size, "num_workers": 0,
+              "preprocessing": images.get("preprocessing"), "max_zoom": images["max_zoom"],
+              "augmentation": images["augmentation"]}
+    readable, probs, errors = predict_files(model, meta, files, images, params, device, amp)
+
     for path, row in zip(readable, probs):
         print_top(path, row, classes, args.top_k)
     if args.csv:

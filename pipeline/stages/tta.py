@@ -50,6 +50,41 @@ def valid_metrics(valid_passes: np.ndarray, y: np.ndarray, n_aug: int, n_classes
 RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "tta", "transforms", "loader")
 
 
+def ensemble_passes(checkpoints: list[str], params, classes: list[str], valid: pd.DataFrame, test: pd.DataFrame,
+                    cache_dir: str, device, amp: bool) -> tuple[np.ndarray, np.ndarray, list[dict], int]:
+    """Each checkpoint's TTA passes on valid and test, averaged over the checkpoints (a snapshot ensemble when several);
+    also each checkpoint's own validation scores and the size the last one was trained at."""
+    valid_by_model, test_by_model, per_checkpoint = [], [], []
+    for checkpoint in checkpoints:
+        try:
+            model, meta = restore_model(checkpoint, params["arch"], classes)
+        except WeightsError as error:
+            cli.fail(str(error))
+        model = runtime.on_device(model, device)
+        sized = {**params, "size": meta["size"],
+                 "preprocessing": meta.get("images", {}).get("preprocessing", params.get("preprocessing"))}
+        for images, name, found in ((valid, "valid", valid_by_model), (test, "test", test_by_model)):
+            found.append(passes.from_log_probs(tta_log_probs(model, images, cache_dir, sized, device, amp, name)))
+        per_checkpoint.append({"checkpoint": Path(checkpoint).name,
+                               **valid_metrics(valid_by_model[-1], valid["y"].to_numpy(), params["n_aug"],
+                                               len(classes))})
+    return passes.average(valid_by_model), passes.average(test_by_model), per_checkpoint, meta["size"]
+
+
+def report(metrics: dict, valid_passes: np.ndarray, y: np.ndarray, classes: list[str], n_aug: int,
+           confusion_png: Path) -> None:
+    """The confusion matrix under TTA, and the scores (each snapshot's too) in the log."""
+    if "snapshots" in metrics:
+        print("snapshot ensemble: " + "; ".join(f"{row['checkpoint']} log loss {row['valid_logloss']:.4f}"
+                                                for row in metrics["snapshots"])
+              + f" -> {metrics['valid_logloss']:.4f} averaged", flush=True)
+    matrix = confusion_matrix(y, passes.tta_mean(valid_passes, n_aug).argmax(1), labels=range(len(classes)))
+    plots.confusion_matrix(matrix, classes, confusion_png,
+                           f"valid, TTA ({n_aug} aug): accuracy {metrics['valid_accuracy']:.3f}")
+    print(f"valid accuracy {metrics['valid_accuracy_no_tta']:.4f} -> {metrics['valid_accuracy']:.4f} with TTA; "
+          f"log loss {metrics['valid_logloss_no_tta']:.4f} -> {metrics['valid_logloss']:.4f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = cli.stage_parser(__doc__, RECIPE_KEYS)
     parser.add_argument("--split-csv", required=True)
@@ -69,44 +104,23 @@ def main(argv: list[str] | None = None) -> None:
     n_aug, y = params["n_aug"], valid["y"].to_numpy()
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
-    valid_by_model, test_by_model, per_checkpoint = [], [], []
-    for checkpoint in args.checkpoint:
-        try:
-            model, meta = restore_model(checkpoint, params["arch"], classes)
-        except WeightsError as error:
-            cli.fail(str(error))
-        model = runtime.on_device(model, device)
-        sized = {**params, "size": meta["size"],
-                 "preprocessing": meta.get("images", {}).get("preprocessing", params.get("preprocessing"))}
-        valid_by_model.append(passes.from_log_probs(tta_log_probs(model, valid, args.cache_dir, sized, device, amp,
-                                                                  "valid")))
-        test_by_model.append(passes.from_log_probs(tta_log_probs(model, test[usable], args.cache_dir, sized, device,
-                                                                 amp, "test")))
-        per_checkpoint.append({"checkpoint": Path(checkpoint).name,
-                               **valid_metrics(valid_by_model[-1], y, n_aug, len(classes))})
+
+    valid_passes, test_usable, per_checkpoint, size = ensemble_passes(args.checkpoint, params, classes, valid,
+                                                                      test[usable], args.cache_dir, device, amp)
     # Metrics from the float32 passes the stage saves, so that calibrate, reading them, scores the very same numbers.
-    valid_passes = passes.average(valid_by_model).astype(np.float32)
-    test_usable = passes.average(test_by_model)
-    prior = class_prior(train, len(classes))
-    unusable = test.loc[~usable, "path"].tolist()
+    valid_passes = valid_passes.astype(np.float32)
+    prior, unusable = class_prior(train, len(classes)), test.loc[~usable, "path"].tolist()
     test_passes = np.stack([with_prior_for_unusable(test_usable[index], usable, prior, unusable if index == 0 else [])
                             for index in range(2)])
+    metrics = {**valid_metrics(valid_passes, y, n_aug, len(classes)), "size": size, "classes": classes,
+               **({"snapshots": per_checkpoint} if len(per_checkpoint) > 1 else {})}
+
     save_npy(valid_passes, out_dir / "valid_passes.npy")
     save_npy(test_passes.astype(np.float32), out_dir / "test_passes.npy")
     save_npy(passes.tta_mean(valid_passes, n_aug), out_dir / "valid_probs.npy")
     save_npy(passes.tta_mean(test_passes, n_aug), out_dir / "test_probs.npy")
-    metrics = {**valid_metrics(valid_passes, y, n_aug, len(classes)), "size": meta["size"], "classes": classes}
-    if len(per_checkpoint) > 1:
-        metrics["snapshots"] = per_checkpoint
-        print("snapshot ensemble: " + "; ".join(f"{row['checkpoint']} log loss {row['valid_logloss']:.4f}"
-                                                for row in per_checkpoint)
-              + f" -> {metrics['valid_logloss']:.4f} averaged", flush=True)
-    matrix = confusion_matrix(y, passes.tta_mean(valid_passes, n_aug).argmax(1), labels=range(len(classes)))
-    plots.confusion_matrix(matrix, classes, out_dir / "confusion_matrix.png",
-                           f"valid, TTA ({n_aug} aug): accuracy {metrics['valid_accuracy']:.3f}")
     write_json(metrics, args.metrics)
-    print(f"valid accuracy {metrics['valid_accuracy_no_tta']:.4f} -> {metrics['valid_accuracy']:.4f} with TTA; "
-          f"log loss {metrics['valid_logloss_no_tta']:.4f} -> {metrics['valid_logloss']:.4f}", flush=True)
+    report(metrics, valid_passes, y, classes, n_aug, out_dir / "confusion_matrix.png")
     cli.finish("tta", started)
 
 
