@@ -79,15 +79,18 @@ def summary(root):
     for folder in folders:
         names = sorted(n for n, p in modules.items() if p.parent == folder)
         staged = [modules[n].stem for n in names if n in stages]
-        core = [modules[n].stem for n in names if n not in stages]
-        out.append(f"- {folder.relative_to(root)}/ stages ({len(staged)}): {', '.join(staged) or 'none'}")
-        out.append(f"- {folder.relative_to(root)}/ core ({len(core)}): {', '.join(core) or 'none'}")
+        # A package's __init__ only marks the folder as a package: neither stage nor core.
+        core = [modules[n].stem for n in names if n not in stages and modules[n].name != "__init__.py"]
+        for kind, found in (("stages", staged), ("core", core)):
+            if found:
+                out.append(f"- {folder.relative_to(root)}/ {kind} ({len(found)}): {', '.join(found)}")
     out.append("")
 
     out += import_section("Stage-to-stage imports", stages, stages, imports)
     out += import_section("Core-to-stage imports", set(modules) - stages, stages, imports)
 
-    lengths = [(length, f"{name}:{qualname}") for name, tree in trees.items() for qualname, length in functions(tree.body)]
+    lengths = [(length, f"{name}:{qualname}")
+               for name, tree in trees.items() for qualname, length in functions(tree.body)]
     out += ["## Longest functions", "", "```"]
     out += [f"{length:5d}  {where}" for length, where in sorted(lengths, key=lambda x: (-x[0], x[1]))[:10]]
     out += ["```", ""]
