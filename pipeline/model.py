@@ -101,6 +101,16 @@ def feature_channels(arch: str, body: nn.Module) -> int:
     return small[1]
 
 
+class Float32LogSoftmax(nn.LogSoftmax):
+    """fastai's final LogSoftmax, always in float32. Under bf16 autocast (`amp`, on a GPU or a CPU with native bf16)
+    the Linear before it hands it bf16 logits, and a bf16 log-softmax rounds every log-probability to 3 significant
+    digits: rows of exp() then sum to 1 only within about 0.5%, and every log loss scored from them is off."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 def make_head(n_features: int, n_classes: int, ps=(0.25, 0.5), xtra_fc=(512,)) -> nn.Sequential:
     """fastai's head: [BN, Dropout, Linear, ReLU] per extra layer, then BN, Dropout, Linear(C), LogSoftmax."""
     sizes = [n_features, *xtra_fc, n_classes]
@@ -110,7 +120,7 @@ def make_head(n_features: int, n_classes: int, ps=(0.25, 0.5), xtra_fc=(512,)) -
     layers: list[nn.Module] = []
     for index, (n_in, n_out, p) in enumerate(zip(sizes[:-1], sizes[1:], ps)):
         layers += [nn.BatchNorm1d(n_in), nn.Dropout(p), nn.Linear(n_in, n_out)]
-        layers.append(nn.ReLU(inplace=True) if index < len(sizes) - 2 else nn.LogSoftmax(dim=1))
+        layers.append(nn.ReLU(inplace=True) if index < len(sizes) - 2 else Float32LogSoftmax(dim=1))
     for layer in layers:
         if isinstance(layer, nn.Linear):
             nn.init.kaiming_normal_(layer.weight)
