@@ -8,6 +8,8 @@ its mean is then the crop's mean rather than the whole image's.
 Normalisation and the resize interpolation follow the backbone's preprocessing (`pipeline.backbones`): ImageNet
 statistics and bilinear for torchvision's models, the pretrained config's for timm's (mean = std = 0.5, bicubic
 for EfficientNet-Lite0); 0.7 always used ImageNet statistics.
+Beyond fastai 0.7, two opt-in training regularisers from timm (its --aa and --reprob): an auto-augment policy on the
+uint8 crop and random erasing last; both are training only and never part of TTA, which keeps the defaults.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 AUGMENTATIONS = ("side_on", "top_down", "basic", "none")
+AUTO_AUGMENTS = ("none", "trivial_augment", "rand_augment")
+_AUTO_AUGMENT_POLICIES = {"trivial_augment": v2.TrivialAugmentWide, "rand_augment": v2.RandAugment}
 # What a torchvision model's weights were trained with, for callers that name no backbone.
 DEFAULT_PREPROCESSING = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
 
@@ -81,10 +85,22 @@ def interpolation_mode(preprocessing: dict) -> v2.InterpolationMode:
     return v2.InterpolationMode(preprocessing.get("interpolation", "bilinear"))
 
 
+def _policy_interpolation(preprocessing: dict) -> v2.InterpolationMode:
+    # The policies' shear/translate/rotate run on the uint8 tensor, where torchvision's affine and rotate accept
+    # only nearest and bilinear; a bicubic backbone (EfficientNet-Lite0) would raise, so it gets the closest one.
+    mode = interpolation_mode(preprocessing)
+    supported = (v2.InterpolationMode.NEAREST, v2.InterpolationMode.BILINEAR)
+    return mode if mode in supported else v2.InterpolationMode.BILINEAR
+
+
 def train_transform(size: int, max_zoom: float = 1.1, augmentation: str = "side_on", normalise: bool = True,
-                    preprocessing: dict | None = None):
+                    preprocessing: dict | None = None, auto_augment: str = "none", random_erasing: float = 0.0):
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
+    if auto_augment not in AUTO_AUGMENTS:
+        raise ValueError(f"auto_augment must be one of {AUTO_AUGMENTS}, got {auto_augment!r}")
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing!r}")
     preprocessing = preprocessing or DEFAULT_PREPROCESSING
     steps = [v2.ToImage(), RandomZoom(size, max_zoom, interpolation=interpolation_mode(preprocessing))]
     if augmentation == "side_on":
@@ -93,11 +109,16 @@ def train_transform(size: int, max_zoom: float = 1.1, augmentation: str = "side_
         steps += [RandomRotateReflect(10, p=0.75), RandomDihedral()]
     elif augmentation == "basic":  # 0.7's transforms_basic: no flip, for images whose mirror means something else
         steps.append(RandomRotateReflect(10, p=0.75))
-    steps += [v2.RandomCrop(size), v2.ToDtype(torch.float32, scale=True)]
+    steps.append(v2.RandomCrop(size))
+    if auto_augment != "none":  # where timm puts it: after crop and flip, on uint8, which the policies' ops expect
+        steps.append(_AUTO_AUGMENT_POLICIES[auto_augment](interpolation=_policy_interpolation(preprocessing)))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
     if augmentation != "none":
         steps.append(RandomLighting(0.05, 0.05))
     if normalise:
         steps.append(v2.Normalize(preprocessing["mean"], preprocessing["std"]))
+    if random_erasing > 0:  # last, as timm's --reprob: N(0, 1) noise matches the statistics of a normalised image
+        steps.append(v2.RandomErasing(p=random_erasing, value="random"))
     return v2.Compose(steps)
 
 

@@ -1,10 +1,13 @@
-"""fastai 0.7's augmentations: which symmetries each kind draws, and what max_zoom does to the crop."""
+"""fastai 0.7's augmentations: which symmetries each kind draws, and what max_zoom does to the crop; and the two
+training regularisers beyond 0.7 (timm's auto-augment and random erasing), off unless asked for."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
-from pipeline.transforms import RandomZoom, train_transform, valid_transform
+from pipeline.transforms import (AUTO_AUGMENTS, DEFAULT_PREPROCESSING, RandomLighting, RandomRotateReflect, RandomZoom,
+                                 train_transform, valid_transform)
 
 COLOURS = {(230, 20, 20): "red", (20, 230, 20): "green", (20, 20, 230): "blue", (230, 230, 20): "yellow"}
 
@@ -59,3 +62,71 @@ def test_max_zoom_scales_the_shorter_side_up_to_that_factor_on_three_draws_in_fo
     assert {RandomZoom(32, 1.0)(image).shape[-1] for _ in range(20)} == {32}
     zoomed = train_transform(32, max_zoom=1.5, augmentation="none", normalise=False)(quadrants())
     assert zoomed.shape == (3, 32, 32)  # cropped back to the training size after the zoom
+
+
+def noise(side: int = 40) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+
+def drawn(transform, image: Image.Image, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return transform(image)
+
+
+def test_by_default_training_and_tta_draw_exactly_the_lesson_augmentations_with_neither_regulariser():
+    lesson = v2.Compose([v2.ToImage(), RandomZoom(32, 1.1), RandomRotateReflect(10, p=0.75),
+                         v2.RandomHorizontalFlip(0.5), v2.RandomCrop(32), v2.ToDtype(torch.float32, scale=True),
+                         RandomLighting(0.05, 0.05),
+                         v2.Normalize(DEFAULT_PREPROCESSING["mean"], DEFAULT_PREPROCESSING["std"])])
+    default, explicit = train_transform(32), train_transform(32, auto_augment="none", random_erasing=0.0)
+    assert [type(step) for step in default.transforms] == [type(step) for step in lesson.transforms]
+    assert not {v2.TrivialAugmentWide, v2.RandAugment, v2.RandomErasing} & {type(step) for step in default.transforms}
+    for seed in range(3):
+        expected = drawn(lesson, noise(), seed)
+        torch.testing.assert_close(drawn(default, noise(), seed), expected, rtol=0, atol=0)
+        torch.testing.assert_close(drawn(explicit, noise(), seed), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("policy", ["trivial_augment", "rand_augment"])
+def test_an_auto_augment_policy_changes_the_crop_reproducibly_and_keeps_its_size_and_dtype(policy):
+    # No zoom, flip or lighting: under one seed the policy is then the only difference from "none".
+    plain = train_transform(32, max_zoom=1.0, augmentation="none", auto_augment="none")
+    augmented = train_transform(32, max_zoom=1.0, augmentation="none", auto_augment=policy)
+    outputs = [drawn(augmented, noise(), seed) for seed in range(5)]
+    assert any(not torch.equal(output, drawn(plain, noise(), seed)) for seed, output in enumerate(outputs))
+    assert all(output.shape == (3, 32, 32) and output.dtype == torch.float32 for output in outputs)
+    assert all(torch.equal(output, drawn(augmented, noise(), seed)) for seed, output in enumerate(outputs))
+
+
+@pytest.mark.parametrize("policy", ["trivial_augment", "rand_augment"])
+def test_an_auto_augment_policy_trains_a_bicubic_backbone_like_efficientnet_lite0(policy):
+    transform = train_transform(32, preprocessing={"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"},
+                                auto_augment=policy)
+    torch.manual_seed(0)
+    # 40 draws: a policy's shear, translate or rotate (bicubic would be refused on tensors) is all but certain.
+    assert {transform(noise()).shape for _ in range(40)} == {(3, 32, 32)}
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+def test_random_erasing_overwrites_one_rectangle_of_the_output_and_leaves_the_rest(normalise):
+    kept = train_transform(32, normalise=normalise, random_erasing=0.0)
+    erased = train_transform(32, normalise=normalise, random_erasing=1.0)
+    for seed in range(3):
+        before, after = drawn(kept, noise(), seed), drawn(erased, noise(), seed)
+        changed = (before != after).any(dim=0)
+        assert changed.any() and not changed.all()
+        rows, cols = changed.nonzero().unbind(1)
+        assert changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # one rectangle, filled
+        torch.testing.assert_close(drawn(erased, noise(), seed), after, rtol=0, atol=0)
+
+
+def test_an_unknown_auto_augment_policy_is_refused_naming_the_ones_there_are():
+    with pytest.raises(ValueError, match="auto_augment") as error:
+        train_transform(32, auto_augment="auto_augment_v0")
+    assert all(name in str(error.value) for name in AUTO_AUGMENTS)
+
+
+@pytest.mark.parametrize("probability", [1.5, -0.1])
+def test_a_random_erasing_probability_outside_0_to_1_is_refused(probability):
+    with pytest.raises(ValueError, match="random_erasing"):
+        train_transform(32, random_erasing=probability)
