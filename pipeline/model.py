@@ -5,6 +5,7 @@ in eval mode. Checkpoints carry their metadata (classes, arch, preprocessing, gr
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -141,6 +142,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.body = body
         self.body_groups = body_groups
+        self.arch = arch  # for messages about the body (set_drop_path)
         self.pool = nn.Sequential(AdaptiveConcatPool2d(), nn.Flatten())
         self.n_features = 2 * feature_channels(arch, body)
         self.head = make_head(self.n_features, n_classes, ps, xtra_fc)
@@ -222,6 +224,40 @@ def build_classifier(arch: str, weights: str, n_classes: int, ps=(0.25, 0.5), xt
     backbone = backbones.resolve(arch)
     body, groups = cut_body(backbone, backbones.create(backbone, weights))
     return Classifier(body, groups, n_classes, ps, xtra_fc, arch)
+
+
+def _drop_path_blocks(model: Classifier) -> list[nn.Module]:
+    """The timm body's blocks that hold a `drop_path` layer (nn.Identity when built without one), in build order."""
+    if not isinstance(model.body, TimmBody):
+        return []  # torchvision bodies never get timm imported
+    drop_path_type = importlib.import_module("timm.layers").DropPath
+    return [module for module in model.body.modules()
+            if isinstance(getattr(module, "drop_path", None), (nn.Identity, drop_path_type))]
+
+
+def supports_drop_path(model: Classifier) -> bool:
+    return bool(_drop_path_blocks(model))
+
+
+def set_drop_path(model: Classifier, rate: float) -> int:
+    """Stochastic depth on the body's residual blocks, mirroring timm's `drop_path_rate` schedule (its EfficientNet
+    builder, `drop_path_rate * block_idx / total_blocks`): block i of n, in build order, drops its residual branch
+    with probability rate * i / n (nn.Identity where that is 0, as timm builds it). Rate 0 puts back nn.Identity,
+    so a later size can turn it off. Set on the built model, not through timm.create_model, because the checkpoints
+    a size restores were built with drop_path_rate 0; DropPath has no parameters, so the state_dict keys stay and
+    checkpoints load either way. Returns the number of blocks set; a body without such blocks refuses a rate > 0."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"drop_path rate {rate} is not a probability in [0, 1]")
+    blocks = _drop_path_blocks(model)
+    if rate and not blocks:
+        raise ValueError(f"drop_path {rate} on {model.arch}: drop_path needs a timm backbone with residual blocks "
+                         f"that hold a drop_path layer (timm's EfficientNets, MobileNets, ...); {model.arch} has none")
+    drop_path_layer = importlib.import_module("timm.layers").DropPath if blocks else None
+    for index, block in enumerate(blocks):
+        probability = rate * index / len(blocks)
+        # A new module starts in training mode: on a model already in eval it would drop paths at inference.
+        block.drop_path = (drop_path_layer(probability) if probability else nn.Identity()).train(block.training)
+    return len(blocks)
 
 
 def build_seeded_classifier(params: dict, n_classes: int) -> Classifier:
