@@ -29,11 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm  # not tqdm.auto: its bar calls iter() on a DataLoader at creation, starting a
 # second set of loader workers each epoch and drawing from the loader's generator
 
-from pipeline import distributed, recipe_defaults
+from pipeline import distributed, recipe_defaults, regularise
 from pipeline.io import atomic_path
+from pipeline.regularise import OFF, BatchMixer, Regularisation
 from pipeline.runtime import batch_on_device
 
 EMA_BETA = 0.98
@@ -172,12 +174,20 @@ def _to(device: torch.device, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
     return batch_on_device(x, device), y.to(device, non_blocking=True)
 
 
+def n_outputs(model: nn.Module) -> int:
+    """The number of classes: the out_features of the model's last Linear layer (fastai's head ends with one)."""
+    return [module for module in distributed.unwrap(model).modules() if isinstance(module, nn.Linear)][-1].out_features
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               device: torch.device, amp: bool) -> float:
-    """One SGD step on a batch; returns its NLL loss."""
+               device: torch.device, amp: bool, mixer: BatchMixer | None = None,
+               label_smoothing: float = OFF.label_smoothing) -> float:
+    """One optimiser step on a batch (mixed first, with a `mixer`); returns its loss (NLL, on soft targets if any)."""
     x, y = _to(device, x, y)
+    if mixer:
+        x, y = mixer(x, y)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        loss = F.nll_loss(model(x).float(), y)
+        loss = regularise.loss(model(x).float(), y, label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -243,8 +253,9 @@ class ResumePoint:
         return self.fits_started - 1
 
     def save(self, fit: int, epoch: int, epochs: int, optimizer, scheduler, ema: float, iteration: int,
-             lr_history: list) -> None:
+             lr_history: list, averaged: AveragedModel | None = None) -> None:
         state = {"key": self.key, "fit": fit, "epoch": epoch, "epochs": epochs, "model": self.model.state_dict(),
+                 "averaged": averaged.state_dict() if averaged else None,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
                  "ema": ema, "iteration": iteration, "lr_history": lr_history, "histories": self.histories,
                  "log_rows": self.log.rows, "batch_losses": self.log.batch_losses}
@@ -252,6 +263,12 @@ class ResumePoint:
             with atomic_path(self.path) as tmp:
                 torch.save(state, tmp)
         self.saved = None  # from here on this run is ahead of anything on disk
+
+    def restore(self, averaged: AveragedModel | None) -> None:
+        """The saved weights into the model, and the saved weight average into `averaged`."""
+        self.model.load_state_dict(self.saved["model"])
+        if averaged is not None and self.saved.get("averaged") is not None:
+            averaged.load_state_dict(self.saved["averaged"])
 
     def fit_done(self, lr_history: list) -> list:
         self.histories.append(lr_history)
@@ -267,12 +284,16 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
         seed: int = DEFAULTS["seed"],
         resume: ResumePoint | None = None,
         on_cycle_end: Callable[[int], None] | None = None,
-        optimizer_spec: OptimizerSpec = DEFAULT_OPTIMIZER) -> list[list[float]]:
+        optimizer_spec: OptimizerSpec = DEFAULT_OPTIMIZER, regularisation: Regularisation = OFF,
+        averaged: AveragedModel | None = None) -> list[list[float]]:
     """Run one fit; returns the learning rate of every layer group at every iteration (for `plot_lr`).
 
     `on_cycle_end(cycle)` is called with the 1-based number of each SGDR cycle once its last epoch is validated.
     `model` may be wrapped in DistributedDataParallel (pipeline.distributed): it trains through the wrapper.
+    `regularisation` mixes the batches and smooths the targets; `averaged` (its EMA of the weights, made by the
+    stage so that it lasts across the stage's fits) follows every step, and is what each epoch validates.
     """
+    mixer = BatchMixer(regularisation, n_outputs(model)) if regularisation.mixes else None
     optimizer = optimizer_spec.make(distributed.unwrap(model), spec.lr)
     n_batches = len(train_batches)
     scheduler = None
@@ -287,7 +308,7 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
     ordinal = resume.next_fit() if resume else fit_index
     saved = resume.saved if resume else None
     if saved is not None and ordinal <= saved["fit"]:
-        resume.model.load_state_dict(saved["model"])
+        resume.restore(averaged)
         if ordinal < saved["fit"] or saved["epoch"] == saved["epochs"] - 1:
             print(f"{phase}: {spec} already done before the interruption", flush=True)
             return resume.histories[ordinal] if ordinal < saved["fit"] else resume.fit_done(saved["lr_history"])
@@ -296,7 +317,8 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
             scheduler.load_state_dict(saved["scheduler"])
         ema, iteration, lr_history = saved["ema"], saved["iteration"], list(saved["lr_history"])
         first_epoch = saved["epoch"] + 1
-    print(f"{phase}: {spec} = {spec.epochs} epochs of {n_batches} batches ({optimizer_spec})", flush=True)
+    extras = "" if regularisation == OFF else f"; {regularisation}"
+    print(f"{phase}: {spec} = {spec.epochs} epochs of {n_batches} batches ({optimizer_spec}{extras})", flush=True)
     for epoch in range(first_epoch, spec.epochs):
         started = time.perf_counter()
         seed_epoch(seed, phase, fit_index, epoch, train_batches)
@@ -306,14 +328,16 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
             if iteration < warmup_iters:
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base / 100
-            loss = train_step(model, optimizer, x, y, device, amp)
+            loss = train_step(model, optimizer, x, y, device, amp, mixer, regularisation.label_smoothing)
+            if averaged is not None:
+                averaged.update_parameters(distributed.unwrap(model))
             log.batch_losses.append((phase, fit_index, loss))
             lr_history.append([group["lr"] for group in optimizer.param_groups])
             if scheduler:
                 scheduler.step()
             ema = EMA_BETA * ema + (1 - EMA_BETA) * loss
             iteration += 1
-        valid_loss, accuracy = evaluate(model, valid_batches, device, amp)
+        valid_loss, accuracy = evaluate(averaged.module if averaged is not None else model, valid_batches, device, amp)
         log.add(phase=phase, fit=fit_index, epoch=epoch, train_loss=ema / (1 - EMA_BETA ** iteration),
                 valid_loss=valid_loss, accuracy=accuracy, lr=lr_history[-1][-1],
                 seconds=time.perf_counter() - started)
@@ -322,7 +346,7 @@ def fit(model: nn.Module, train_batches, valid_batches, spec: FitSpec, device: t
             # the callback, on its rerun; the other order would resume after it and never call it again.
             on_cycle_end(spec.cycle_ends.index(epoch) + 1)
         if resume:
-            resume.save(ordinal, epoch, spec.epochs, optimizer, scheduler, ema, iteration, lr_history)
+            resume.save(ordinal, epoch, spec.epochs, optimizer, scheduler, ema, iteration, lr_history, averaged)
     return resume.fit_done(lr_history) if resume else lr_history
 
 
@@ -330,7 +354,8 @@ def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], p
              log: EpochLog, warmup: bool = DEFAULTS["warmup"], amp: bool = False, seed: int = DEFAULTS["seed"],
              resume: ResumePoint | None = None, schedules: list | None = None,
              on_cycle_end: Callable[[int], None] | None = None,
-             optimizer_spec: OptimizerSpec = DEFAULT_OPTIMIZER) -> list[tuple[str, list[list[float]]]]:
+             optimizer_spec: OptimizerSpec = DEFAULT_OPTIMIZER, regularisation: Regularisation = OFF,
+             averaged: AveragedModel | None = None) -> list[tuple[str, list[list[float]]]]:
     """A phase's sequence of fits (the recipe's list); appends (title, lr history) per fit to `schedules`.
     `on_cycle_end` is called at the end of each SGDR cycle of the last fit only (see `fit`)."""
     schedules = [] if schedules is None else schedules
@@ -338,7 +363,7 @@ def run_fits(model: nn.Module, train_batches, valid_batches, fits: list[dict], p
         spec = FitSpec.from_config(fit_config)
         is_last = index == len(fits) - 1
         history = fit(model, train_batches, valid_batches, spec, device, log, phase, index, warmup, amp, seed, resume,
-                      on_cycle_end if is_last else None, optimizer_spec)
+                      on_cycle_end if is_last else None, optimizer_spec, regularisation, averaged)
         schedules.append((f"{phase}: {spec}", history))
     return schedules
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import distributed
 from pipeline.data import load_rgb
+from pipeline.regularise import OFF, Regularisation
 from pipeline.transforms import train_transform, valid_transform
 
 
@@ -133,13 +134,16 @@ def inference_loader(dataset: Dataset, params: dict, device: torch.device, seed:
 
 
 def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Path, params: dict,
-                  device: torch.device) -> tuple[DataLoader, DataLoader | Prefetched]:
+                  device: torch.device,
+                  regularisation: Regularisation = OFF) -> tuple[DataLoader, DataLoader | Prefetched]:
     """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`; under
     torchrun, this rank's share of each (pipeline.distributed). `params`: a complete slice of size, seed and the
-    transforms and loader sections; preprocessing, when absent, is the default transform's."""
+    transforms and loader sections; preprocessing, when absent, is the default transform's. The training images
+    also get the `regularisation`'s augmentation policy and random erasing."""
     size, seed = params["size"], params["seed"]
     preprocessing = params.get("preprocessing")
-    augment = train_transform(size, params["max_zoom"], params["augmentation"], preprocessing=preprocessing)
+    augment = train_transform(size, params["max_zoom"], params["augmentation"], preprocessing=preprocessing,
+                              auto_augment=regularisation.auto_augment, random_erasing=regularisation.random_erasing)
     train_set = ImageDataset(cache_dir, train["path"], train["y"], augment)
     valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size, preprocessing=preprocessing))
     workers = params["num_workers"]

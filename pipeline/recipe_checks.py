@@ -108,6 +108,15 @@ def finetune_problems(config: dict) -> list[str]:
     return problems
 
 
+def regularise_problems(config: dict, backbone_source: str) -> list[str]:
+    """Regularisers the backbone cannot take: stochastic depth needs a timm body's residual blocks."""
+    sections = [("head.regularise", config["head"]["regularise"])]
+    sections += [(f"finetune[{index}].regularise", step["regularise"]) for index, step in enumerate(config["finetune"])]
+    return [f"{key}.drop_path: {section['drop_path']} needs a timm backbone with residual blocks; "
+            f"{config['model']['arch']} is torchvision's, which has no stochastic depth: set it to 0"
+            for key, section in sections if section["drop_path"] and backbone_source == "torchvision"]
+
+
 def runtime_problems(config: dict) -> list[str]:
     problems = []
     devices = config["devices"]

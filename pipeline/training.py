@@ -1,8 +1,9 @@
 """What every training stage (train_head, finetune) does around its fits: start, resume, plot, save, finish.
 
 A stage builds its model and its batches; a `TrainingRun` holds the rest: the device, the epoch log, the resume
-point, the optimiser the recipe asks for, and the outputs both stages write (log.csv, lr_schedule.png, curves.png,
-batch_loss.png, model.pt), written by rank 0 alone under torchrun.
+point, the optimiser the recipe asks for, the regularisers of its image fits with their EMA of the weights, and the
+outputs both stages write (log.csv, lr_schedule.png, curves.png, batch_loss.png, model.pt), written by rank 0 alone
+under torchrun.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch import nn
 from pipeline import cli, distributed, plots, runtime
 from pipeline.fit import EpochLog, OptimizerSpec, ResumePoint, run_fits
 from pipeline.io import params_digest, remove_stale_temporaries
-from pipeline.model import Classifier, checkpoint_meta, save_checkpoint
+from pipeline.model import Classifier, checkpoint_meta, save_checkpoint, set_drop_path
+from pipeline.regularise import OFF, Regularisation, averaged_model
 
 
 class TrainingRun:
@@ -31,6 +33,9 @@ class TrainingRun:
         self.log = EpochLog(self.out_dir / "log.csv")
         self.optimizer = OptimizerSpec.from_params(params)
         self.resume: ResumePoint | None = None
+        # The stage's regularisers (its augmented fits' for the head), and the EMA of the weights they may ask for.
+        self.regularisation = Regularisation.from_section(params["regularise"])
+        self.averaged = None
         # Digests of the slice as passed: a workflow run's resume key and checkpoint hash are those of its rule's slice.
         self.params_hash = params_digest(params.as_passed)
 
@@ -40,15 +45,31 @@ class TrainingRun:
         self.resume = ResumePoint(self.out_dir / "resume.pt", key, model, self.log)
         return key
 
+    def regularise(self, model: Classifier) -> Regularisation:
+        """Before the fits on images: the model's drop path, and an EMA of its weights if the recipe asks for one."""
+        try:
+            set_drop_path(model, self.regularisation.drop_path)
+        except ValueError as problem:  # a timm body without residual blocks: the recipe check knows only the library
+            cli.fail(str(problem))
+        self.averaged = averaged_model(model, self.regularisation)
+        return self.regularisation
+
     def fit(self, model: nn.Module, train_batches, valid_batches, fits: list[dict], phase: str,
-            schedules: list | None = None, on_cycle_end: Callable[[int], None] | None = None) -> list:
+            schedules: list | None = None, on_cycle_end: Callable[[int], None] | None = None,
+            regularisation: Regularisation = OFF) -> list:
         """The recipe's `fits` in order (pipeline.fit.run_fits), resumable, logged under `phase`."""
         return run_fits(model, train_batches, valid_batches, fits, phase, self.device, self.log, self.params["warmup"],
                         self.amp, self.params["seed"], self.resume, schedules, on_cycle_end=on_cycle_end,
-                        optimizer_spec=self.optimizer)
+                        optimizer_spec=self.optimizer, regularisation=regularisation, averaged=self.averaged)
+
+    def weights(self, model: Classifier) -> Classifier:
+        """What validation saw and what is saved: the EMA of the weights when there is one."""
+        return self.averaged.module if self.averaged is not None else model
 
     def checkpoint_meta(self, model: Classifier, classes: list[str], kind: str) -> dict:
-        return checkpoint_meta(self.params, classes, kind, model, self.amp, self.params_hash)
+        """checkpoint_meta, plus the regularisers the weights were trained with."""
+        return {**checkpoint_meta(self.params, classes, kind, model, self.amp, self.params_hash),
+                "regularise": self.params["regularise"]}
 
     def save(self, model: Classifier, schedules: list, meta: dict) -> None:
         """The three training plots and model.pt (rank 0)."""
@@ -56,7 +77,7 @@ class TrainingRun:
             plots.lr_schedules(schedules, self.out_dir / "lr_schedule.png")
             plots.training_curves(pd.DataFrame(self.log.rows), self.out_dir / "curves.png")
             plots.batch_losses(self.log.batch_losses, self.out_dir / "batch_loss.png")
-            save_checkpoint(model, self.out_dir / "model.pt", meta)
+            save_checkpoint(self.weights(model), self.out_dir / "model.pt", meta)
 
     def finish(self) -> None:
         """Once every output is written: the resume point goes, torchrun's process group ends."""

@@ -132,6 +132,7 @@ try:
     BACKBONE = checked_backbone(MODEL["arch"], MODEL["weights"])
 except BackboneProblem as problem:
     raise WorkflowError(f"model: {problem}")
+stop_on(recipe_checks.regularise_problems(config, BACKBONE["source"]))
 PREPROCESSING = BACKBONE["preprocessing"]
 WEIGHTS = {"weights_digest": BACKBONE["weights_digest"], "preprocessing": PREPROCESSING}
 HEAD = config["head"]

@@ -108,6 +108,17 @@ def test_bn_freeze_and_train_bn_together_are_refused():
         "them: choose one"]
 
 
+def test_drop_path_on_a_torchvision_backbone_is_refused_by_key_and_a_timm_one_passes():
+    recipe = with_defaults(changed(TINY, model={"arch": "resnet18"}, head={"regularise": {"drop_path": 0.1}},
+                                   finetune=[{"size": 32, "fits": [fit()], "regularise": {"drop_path": 0.2}},
+                                             {"size": 40, "fits": [fit()]}]))
+    problems = recipe_checks.regularise_problems(recipe, "torchvision")
+    assert [problem.split(":")[0] for problem in problems] == ["head.regularise.drop_path",
+                                                               "finetune[0].regularise.drop_path"]
+    assert "resnet18 is torchvision's" in problems[0]
+    assert recipe_checks.regularise_problems(recipe, "timm") == []
+
+
 def test_the_head_size_past_the_resize_cache_is_refused():
     recipe = with_defaults(changed(TINY, images={"shorter_side": 30}))
     assert any(p.startswith("head.size 32 is larger than images.shorter_side 30")

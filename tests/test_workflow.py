@@ -182,12 +182,13 @@ FROM_THE_CACHE = {"precompute"} | AFTER_THE_HEAD
     ({"head": {"precomputed": [{"lr": 2.0e-2, "n_cycle": 2}]}}, AFTER_THE_HEAD),
     ({"head": {"lr_find": False}}, AFTER_THE_HEAD),
     ({"train": {"optimizer": "adamw", "train_bn": True}}, AFTER_THE_HEAD),
+    ({"head": {"regularise": {"label_smoothing": 0.1, "ema_decay": 0.9}}}, AFTER_THE_HEAD),
     ({"images": {"shorter_side": 48}}, {"resize", "augmentation_preview"} | FROM_THE_CACHE),
     ({"split": {"method": "fastai", "seed": 7}}, {"split"} | FROM_THE_CACHE),
     ({"split": {"method": "stratified_kfold", "n_folds": 3}}, {"split"} | FROM_THE_CACHE),
     ({"split": {"method": "fastai", "fold": 1}}, {"split"} | FROM_THE_CACHE),
 ], ids=["tta.n_aug", "calibration.enabled", "submission.clip", "interpret", "head.precomputed", "head.lr_find",
-        "train.optimizer", "images.shorter_side", "split.seed", "split.method", "split.fold"])
+        "train.optimizer", "head.regularise", "images.shorter_side", "split.seed", "split.method", "split.fold"])
 def test_a_parameter_change_reruns_that_stage_and_what_depends_on_it(csv_run, tmp_path, override, expected):
     workflow, work = csv_run
     override_file = write_override(tmp_path / "override.yaml", **override)

@@ -26,8 +26,8 @@ from pipeline.training import TrainingRun
 
 # Where the slice's keys come from in the recipe (pipeline.recipe_defaults): one `finetune` item less its lr_find (the
 # lr_find rule's job). No ps / xtra_fc: the head is the restored one, and its checkpoint records what it was built with.
-RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "finetune.size", "finetune.unfreeze",
-               "finetune.bn_freeze", "finetune.snapshots", "finetune.fits", "transforms", "loader", "train")
+RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "finetune.size", "finetune.unfreeze", "finetune.bn_freeze",
+               "finetune.snapshots", "finetune.fits", "finetune.regularise", "transforms", "loader", "train")
 
 
 def snapshot_cycles(fits: list[dict], n_snapshots: int) -> list[int]:
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{'all layer groups train' if params['unfreeze'] else 'body frozen, head trains'}", flush=True)
     model = runtime.on_device(model, run.device)
     model.train_as_size(params)
+    regularisation = run.regularise(model)
     # The snapshot count is part of the key: a rerun asking for more must not resume past cycles it never staged.
     resume_key = run.resume_point(model, args.checkpoint, n_snapshots=len(cycles))
     staging = snapshot_staging(run.out_dir, resume_key) if run.main_rank else None
@@ -84,11 +85,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def stage_snapshot(cycle: int) -> None:
         if cycle in cycles and run.main_rank:
-            save_checkpoint(model, staging / f"cycle_{cycle}.pt", {**meta, "snapshot_cycle": cycle})
+            save_checkpoint(run.weights(model), staging / f"cycle_{cycle}.pt", {**meta, "snapshot_cycle": cycle})
 
-    train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, run.device)
+    train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, run.device, regularisation)
     schedules = run.fit(distributed.wrap(model, run.device), train_loader, valid_loader, params["fits"],
-                        f"size {params['size']}", on_cycle_end=stage_snapshot)
+                        f"size {params['size']}", on_cycle_end=stage_snapshot, regularisation=regularisation)
     if run.main_rank:
         for cycle, path in zip(cycles, args.snapshots):
             # Copied, not moved: a job killed before it finishes loses these outputs; its rerun needs them staged.

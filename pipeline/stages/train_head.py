@@ -91,9 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     if params["augmented"]:
         model.freeze()
         model.train_bn(params["train_bn"])
-        train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, run.device)
+        regularisation = run.regularise(model)
+        train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, run.device, regularisation)
         run.fit(distributed.wrap(model, run.device), train_loader, valid_loader, params["augmented"], "augmented",
-                schedules)
+                schedules, regularisation=regularisation)
     run.save(model, schedules, run.checkpoint_meta(model, classes, "head"))
     run.finish()
 
