@@ -207,7 +207,10 @@ def test_each_epoch_iterates_its_batches_exactly_once():
 
 @pytest.mark.workflow
 def test_the_training_stages_fit_with_the_recipes_optimizer(micro_run):
-    """The micro recipe asks for AdamW: every fit of the head and the fine-tune size says it used it."""
-    for log in ("train_head.log", "finetune_1_32.log"):
+    """The micro recipe asks for AdamW: every fit of the head and the fine-tune size says it used it, and the fits on
+    images say which regularisers they trained with (those on the activations take none)."""
+    for log, regularised in (("train_head.log", "label_smoothing=0.1, random_erasing=0.25, ema_decay=0.9)"),
+                             ("finetune_1_32.log", "ema_warmup=True, drop_path=0.1)")):
         fits = [line for line in (micro_run.out / "logs" / log).read_text().splitlines() if " epochs of " in line]
-        assert fits and all(line.endswith("(adamw, weight decay 0.01)") for line in fits), (log, fits)
+        assert fits and all("(adamw, weight decay 0.01" in line for line in fits), (log, fits)
+        assert [line.endswith(regularised) for line in fits] == [not line.startswith("precomputed") for line in fits]

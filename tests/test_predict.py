@@ -1,10 +1,12 @@
 """`python -m pipeline.stages.predict` on raw images, against the pipeline's own predictions for the same images."""
+import json
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import TEST_CORES
@@ -38,6 +40,21 @@ def test_raw_test_images_get_the_tta_stages_plain_pass_probabilities(micro_run, 
                                atol=2e-2 if checkpoint["meta"]["amp"] else 1e-5)
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(micro_run.data))]
     assert len(printed) == len(test) and all(line.count(", ") == 1 for line in printed)  # the top 2 classes each
+
+
+@workflow
+def test_a_model_trained_with_every_regulariser_records_them_and_holds_its_weight_average(micro_run):
+    """The micro recipe's fine-tune trains with each regulariser on: the checkpoint says which, and what predict
+    loads is the EMA of the weights (the model TTA and the epoch log's validation saw)."""
+    meta = torch.load(micro_run.out / "finetune" / "1_32" / "model.pt", weights_only=True)["meta"]
+    recipe = yaml.safe_load(micro_run.recipe.read_text())
+    assert meta["regularise"] == {**recipe_defaults.defaults(("finetune.regularise",))["regularise"],
+                                  **recipe["finetune"][0]["regularise"]}
+    log = pd.read_csv(micro_run.out / "finetune" / "1_32" / "log.csv")
+    metrics = json.loads((micro_run.out / "metrics.json").read_text())
+    # TTA's plain pass of model.pt scores what the last epoch's validation (of the EMA model) scored.
+    # The same model on the same images at the same precision: equal up to the order of the sums.
+    assert metrics["valid_logloss_no_tta"] == pytest.approx(log["valid_loss"].iloc[-1], rel=1e-5)
 
 
 @workflow
