@@ -90,7 +90,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--combine", nargs="+", default=[], choices=[name for name in VARIANTS if name != "baseline"],
                         help="also run these variants' regularisers together")
     parser.add_argument("--json", type=Path, help="write the rows here too")
