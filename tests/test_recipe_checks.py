@@ -64,6 +64,19 @@ def test_every_shipped_recipe_passes_the_schema():
         assert recipe_checks.schema_problems(keys, SCHEMA) == [], recipe
 
 
+def test_the_regularised_fragment_changes_only_the_demos_fine_tune_regularisers():
+    """config/regularised.yaml restates the demo's fine-tune sizes (a list replaces): only `regularise` may differ."""
+    from snakemake.utils import update_config
+
+    demo, fragment = (yaml.safe_load((REPO / "config" / name).read_text())
+                      for name in ("demo.yaml", "regularised.yaml"))
+    merged = copy.deepcopy(demo)
+    update_config(merged, fragment)
+    assert recipe_checks.schema_problems(merged, SCHEMA) == []
+    assert [{k: v for k, v in step.items() if k != "regularise"} for step in merged["finetune"]] == demo["finetune"]
+    assert all(step["regularise"] for step in merged["finetune"])
+
+
 # ---- progressive sizes and snapshots ----------------------------------------------------------------------------
 
 def finetune(*steps, shorter_side=44):
