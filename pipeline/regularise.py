@@ -44,10 +44,6 @@ class Regularisation:
     def mixes(self) -> bool:
         return bool(self.mixup_alpha or self.cutmix_alpha) and self.mix_prob > 0
 
-    @property
-    def soft_targets(self) -> bool:
-        return self.mixes or self.label_smoothing > 0
-
     def __str__(self) -> str:
         on = [f"{field.name}={getattr(self, field.name)}" for field in fields(self)
               if getattr(self, field.name) != getattr(OFF, field.name)]
