@@ -202,3 +202,18 @@ def fold_scores(cv: dict, path) -> None:
         axis.legend(fontsize=8)
     fig.suptitle(f"{cv['n_folds']} folds, {cv['n_oof']} out-of-fold predictions")
     save_figure(fig, path)
+
+
+def member_correlation(matrix: np.ndarray, names: list[str], path, title: str) -> None:
+    """A blend's members against each other: an annotated heatmap of a correlation matrix, -1 blue to +1 red."""
+    size = max(3.5, 0.6 * len(names) + 2)
+    fig, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    for (row, col), value in np.ndenumerate(matrix):
+        axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                  color="white" if abs(value) > 0.6 else "black")  # readable on the dark ends of the scale
+    fig.colorbar(image, ax=axis, shrink=0.8)
+    axis.set_title(title, fontsize=9)
+    save_figure(fig, path)

@@ -9,7 +9,7 @@ sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (
 import yaml
 from snakemake.utils import validate
 
-from pipeline import recipe_checks, slurm_check
+from pipeline import members, recipe_checks, slurm_check
 from pipeline.backbone_check import BackboneProblem, checked_backbone
 from pipeline.data import data_fingerprint
 from pipeline.demo_folder import BUILT_MARKER, ownership_problem
@@ -118,51 +118,140 @@ DATA_FINGERPRINT = fingerprint()
 
 # The slice of the recipe that says how to read the data set (split, image stats, resize).
 DATA_LAYOUT = {"layout": LAYOUT, "suffix": config["data"]["suffix"]}
-# Slices of the recipe shared by the torch stages.
-RUNTIME = {"seed": config["seed"], "device": config["device"], "amp": config["amp"]}
-# Data-parallel training draws other batches and augmentations: part of the training stages' slice when used.
-TRAINING_RUNTIME = {**RUNTIME, "devices": DEVICES} if DEVICES > 1 else RUNTIME
-LOADER = config["loader"]
-TRANSFORMS = config["transforms"]
-MODEL = config["model"]
+
+
 # The backbone, checked before anything is planned (an unknown arch, weights that cannot be had or do not fit stop
 # here); its preprocessing reaches every stage that shows it images, and the digest of its weights file's content
 # keys precompute and everything after it.
-try:
-    BACKBONE = checked_backbone(MODEL["arch"], MODEL["weights"])
-except BackboneProblem as problem:
-    raise WorkflowError(f"model: {problem}")
-stop_on(recipe_checks.regularise_problems(config, BACKBONE["source"]))
-PREPROCESSING = BACKBONE["preprocessing"]
-WEIGHTS = {"weights_digest": BACKBONE["weights_digest"], "preprocessing": PREPROCESSING}
-HEAD = config["head"]
-FINETUNE = config["finetune"]
-RESIZED = out(f"resized/{config['images']['shorter_side']}")
-# How the cache resized the images: the training stages keep it in each checkpoint, for pipeline.stages.predict.
-RESIZE_RULE = {key: config["images"][key] for key in ("shorter_side", "jpeg_quality", "jpeg_draft")}
-FINAL_SIZE = FINETUNE[-1]["size"] if FINETUNE else HEAD["size"]
+def backbone_of(recipe, where=""):
+    try:
+        return checked_backbone(recipe["model"]["arch"], recipe["model"]["weights"])
+    except BackboneProblem as problem:
+        raise WorkflowError(f"{where}model: {problem}")
 
 
 KFOLD = bool(FOLDS)
+MEMBER_NAMES = members.names(config)
+STUDENT = members.student_chain(config)  # the pseudo-label round's students, as one more member; None without it
+stop_on(members.recipe_problems(config, KFOLD))
 # Where one model's chain (split, activations, head, fine-tune sizes, TTA) lives: out_dir for a single split,
-# out_dir/folds/<k> for each fold of a K-fold run, so every fold folder holds what a single-split run holds.
-MODEL_DIR = out("folds/{fold}") if KFOLD else OUT
+# out_dir/folds/<k> for each fold of a K-fold run, so every fold folder holds what a single-split run holds; with
+# members, each member's folds and out-of-fold predictions under out_dir/members/<name>.
+MEMBER_DIR = out("members/{member}") if MEMBER_NAMES else OUT
+MODEL_DIR = f"{MEMBER_DIR}/folds/{{fold}}" if KFOLD else OUT
 
 
 wildcard_constraints:
     fold=r"\d+",
+    member=r"[A-Za-z][A-Za-z0-9_]*(-pseudo)?",
 
 
 def model_out(path):
     return f"{MODEL_DIR}/{path}"
 
 
-def for_every_fold(path):
-    """A per-model path for each fold of a K-fold run, or the single split's one."""
-    return expand(path, fold=FOLDS) if KFOLD else [path]
+# How the report names one model's figures: its fold, and its member when there are several.
+MODEL_LABEL = "{member}, fold {fold}" if MEMBER_NAMES else "fold {fold}"
+# The blends of a recipe with members: the members' (the pseudo-label round's teacher), then with the pseudo-label
+# round the members' and the students'. The last one is what calibrate, interpret and the submission use.
+BLENDS = (["blend", "blend_pseudo"] if STUDENT else ["blend"]) if MEMBER_NAMES else []
+FINAL_BLEND = BLENDS[-1] if BLENDS else None
 
 
-ACTIVATIONS = model_out(f"activations/{HEAD['size']}")
+def member_out(path):
+    return f"{MEMBER_DIR}/{path}"
+
+
+class Chain:
+    """One model's chain as the rules see it: a member's recipe (or the recipe's own, without members) and what the
+    rules derive from it. Paths are patterns of the {member} and {fold} wildcards."""
+
+    def __init__(self, recipe, backbone):
+        self.recipe, self.backbone = recipe, backbone
+        self.model, self.head, self.finetune = recipe["model"], recipe["head"], recipe["finetune"]
+        self.transforms, self.loader, self.train, self.tta = (recipe[key] for key in ("transforms", "loader", "train",
+                                                                                        "tta"))
+        self.runtime = {"seed": recipe["seed"], "device": recipe["device"], "amp": recipe["amp"]}
+        # Data-parallel training draws other batches and augmentations: part of the training stages' slice when used.
+        self.training_runtime = {**self.runtime, "devices": DEVICES} if DEVICES > 1 else self.runtime
+        self.preprocessing = backbone["preprocessing"]
+        self.weights = {"weights_digest": backbone["weights_digest"], "preprocessing": self.preprocessing}
+        self.resized = out(f"resized/{recipe['images']['shorter_side']}")
+        # How the cache resized the images: the training stages keep it in each checkpoint, for predict.
+        self.resize_rule = {key: recipe["images"][key] for key in ("shorter_side", "jpeg_quality", "jpeg_draft")}
+        self.final_size = self.finetune[-1]["size"] if self.finetune else self.head["size"]
+        self.activations = model_out(f"activations/{self.head['size']}")
+
+    def finetune_names(self):
+        """One folder per progressive size, in order: 1_224, 2_299, ..."""
+        return [f"{index}_{step['size']}" for index, step in enumerate(self.finetune, start=1)]
+
+    def finetune_step(self, name):
+        return self.finetune[self.finetune_names().index(name)]
+
+    def previous_checkpoint(self, name):
+        names = self.finetune_names()
+        position = names.index(name)
+        return model_out("head/model.pt") if position == 0 else model_out(f"finetune/{names[position - 1]}/model.pt")
+
+    def final_checkpoint(self):
+        names = self.finetune_names()
+        return model_out(f"finetune/{names[-1]}/model.pt") if names else model_out("head/model.pt")
+
+    def lr_find_names(self):
+        """The fine-tune sizes that run lr_find before their fits."""
+        return [name for name, step in zip(self.finetune_names(), self.finetune) if step["lr_find"]]
+
+
+def member_chain(name):
+    """A member's recipe, checked as a whole recipe is (each problem prefixed with the member), with its backbone."""
+    recipe = members.member_recipe(config, name)
+    stop_on([f"members.{name}: {problem}" for problem in recipe_checks.schema_problems(recipe, yaml.safe_load(Path(SCHEMA).read_text()))])
+    validate(recipe, SCHEMA)
+    stop_on([f"members.{name}: {problem}" for problem in recipe_checks.runtime_problems(recipe)
+             + recipe_checks.finetune_problems(recipe)])
+    backbone = backbone_of(recipe, f"members.{name}: ")
+    stop_on([f"members.{name}: {problem}" for problem in recipe_checks.regularise_problems(recipe, backbone["source"])])
+    return Chain(recipe, backbone)
+
+
+BACKBONE = backbone_of(config)
+stop_on(recipe_checks.regularise_problems(config, BACKBONE["source"]))
+if MEMBER_NAMES:
+    CHAINS = {name: member_chain(name) for name in MEMBER_NAMES}
+    stop_on(members.uniform_problems(config, {name: CHAINS[name].recipe for name in MEMBER_NAMES}))
+    if STUDENT:
+        CHAINS[STUDENT] = CHAINS[members.student(config)]
+        stop_on(members.soft_target_problems(config, CHAINS[STUDENT].recipe))
+    PRIMARY = CHAINS[MEMBER_NAMES[0]]  # what the stages after the blend show images with (preview, interpret)
+else:
+    CHAINS = {None: Chain(config, BACKBONE)}
+    PRIMARY = CHAINS[None]
+MODEL_CHAINS = [name for name in CHAINS if name is not None]  # every member, the students last; [] without members
+
+
+def model_chain(wildcards):
+    """The chain a job of a per-model rule belongs to (its {member}; the one chain without members)."""
+    return CHAINS[getattr(wildcards, "member", None)]
+
+
+def concrete(path, wildcards, **more):
+    """A path pattern with the job's wildcards (and `more`) filled in."""
+    return path.format(**{**dict(wildcards.items()), **more})
+
+
+def for_every_fold(path, wildcards=None):
+    """A per-model path for each fold of a K-fold run (of the job's member), or the single split's one."""
+    if not KFOLD:
+        return [path]
+    return [concrete(path, wildcards, fold=fold) for fold in FOLDS] if wildcards else expand(path, fold=FOLDS)
+
+
+def for_every_model(path, names=None):
+    """A per-model path for every member (or `names`) and fold; without members, for_every_fold's."""
+    if not MEMBER_NAMES:
+        return for_every_fold(path)
+    return expand(path, member=names or MODEL_CHAINS, fold=FOLDS)
 
 
 def split_params():
@@ -172,22 +261,6 @@ def split_params():
     if not KFOLD:
         return split
     return {"method": split["method"], "n_folds": split["n_folds"], "seed": split["seed"], "assign_folds": True}
-
-
-def finetune_names():
-    """One folder per progressive size, in order: 1_224, 2_299, ..."""
-    return [f"{index}_{step['size']}" for index, step in enumerate(FINETUNE, start=1)]
-
-
-def previous_checkpoint(name):
-    names = finetune_names()
-    position = names.index(name)
-    return model_out("head/model.pt") if position == 0 else model_out(f"finetune/{names[position - 1]}/model.pt")
-
-
-def final_checkpoint():
-    names = finetune_names()
-    return model_out(f"finetune/{names[-1]}/model.pt") if names else model_out("head/model.pt")
 
 
 def snapshot_cycles(step):
@@ -203,8 +276,8 @@ def snapshot_folder(name):
 
 def snapshot_files(name, wildcards):
     """The kept snapshots of one fine-tune size (in its fold), earliest first: the stage's --snapshots paths."""
-    folder = snapshot_folder(name).format(**wildcards)
-    return [f"{folder}/cycle_{cycle}.pt" for cycle in snapshot_cycles(FINETUNE[finetune_names().index(name)])]
+    folder = concrete(snapshot_folder(name), wildcards)
+    return [f"{folder}/cycle_{cycle}.pt" for cycle in snapshot_cycles(model_chain(wildcards).finetune_step(name))]
 
 
 def snapshot_flag(wildcards):
@@ -212,41 +285,38 @@ def snapshot_flag(wildcards):
     return " ".join(["--snapshots", *map(shlex.quote, files)]) if files else ""
 
 
-def tta_snapshots():
+def tta_snapshots(wildcards):
     """The last size's snapshots folder, an input of TTA ([] without fine-tuning)."""
-    names = finetune_names()
-    return [snapshot_folder(names[-1])] if names else []
+    names = model_chain(wildcards).finetune_names()
+    return [concrete(snapshot_folder(names[-1]), wildcards)] if names else []
 
 
 def tta_checkpoints(wildcards):
     """The checkpoints TTA averages: the last size's kept snapshots, then its final weights."""
-    names = finetune_names()
+    names = model_chain(wildcards).finetune_names()
     snapshots = snapshot_files(names[-1], wildcards) if names else []
-    return snapshots + [final_checkpoint().format(**wildcards)]
-
-
-def finetune_step(name):
-    return FINETUNE[finetune_names().index(name)]
+    return snapshots + [concrete(model_chain(wildcards).final_checkpoint(), wildcards)]
 
 
 def finetune_params(wildcards):
     """A size's slice, less `lr_find`: that is the lr_find rule's job, and must not rerun the fits."""
-    step = {key: value for key, value in finetune_step(wildcards.name).items() if key != "lr_find"}
-    return as_params(arch=MODEL["arch"], **step, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"],
-                     images=RESIZE_RULE, preprocessing=PREPROCESSING)
+    c = model_chain(wildcards)
+    step = {key: value for key, value in c.finetune_step(wildcards.name).items() if key != "lr_find"}
+    return as_params(arch=c.model["arch"], **step, **c.transforms, **c.loader, **c.training_runtime, **c.train,
+                     images=c.resize_rule, preprocessing=c.preprocessing)
 
 
-def lr_find_names():
-    """The fine-tune sizes that run lr_find before their fits."""
-    return [name for name, step in zip(finetune_names(), FINETUNE) if step["lr_find"]]
+# The fine-tune sizes that run lr_find in any chain: the lr_find rule's names.
+LR_FIND_NAMES = sorted({name for c in CHAINS.values() for name in c.lr_find_names()})
 
 
 def lr_find_params(wildcards):
-    step = finetune_step(wildcards.name)
-    training = {key: config["train"][key] for key in ("optimizer", "weight_decay", "train_bn")}
-    return as_params(arch=MODEL["arch"], size=step["size"], unfreeze=step["unfreeze"], bn_freeze=step["bn_freeze"],
+    c = model_chain(wildcards)
+    step = c.finetune_step(wildcards.name)
+    training = {key: c.train[key] for key in ("optimizer", "weight_decay", "train_bn")}
+    return as_params(arch=c.model["arch"], size=step["size"], unfreeze=step["unfreeze"], bn_freeze=step["bn_freeze"],
                      lr=step["fits"][0]["lr"], **training,
-                     **TRANSFORMS, **LOADER, **RUNTIME, preprocessing=PREPROCESSING)
+                     **c.transforms, **c.loader, **c.runtime, preprocessing=c.preprocessing)
 
 
 def caption(name):
@@ -256,26 +326,37 @@ def caption(name):
 
 def training_report(path, name, stage):
     """A training figure in the report: category Training, one subcategory per stage (and fold)."""
-    subcategory = f"fold {{fold}}, {stage}" if KFOLD else stage
+    subcategory = f"{MODEL_LABEL}, {stage}" if KFOLD else stage
     return report(path, caption=caption(name), category="2. Training", subcategory=subcategory)
 
 
 def final_outputs():
     """What a plain `snakemake` builds: the submission, the scores, and every figure and table the report shows.
     Called by `rule all` once every rule file is included (it names rules' outputs)."""
-    lr_find_plots = [plot for name in lr_find_names()
-                     for plot in for_every_fold(model_out(f"finetune/{name}/lr_find.png"))]
+    lr_find_plots = [plot for name, c in CHAINS.items() for step in c.lr_find_names()
+                     for plot in for_every_model(model_out(f"finetune/{step}/lr_find.png"), [name] if name else None)]
+    member_results = [member_out(name) for name in ("oof.csv", "oof/cv_metrics.json")] if MEMBER_NAMES else []
+    blend_results = [out(f"{blend}/{name}") for blend in BLENDS for name in ("weights.json", "correlation.png")]
+    pseudo_reports = expand(model_out("pseudo_labels.json"), member=STUDENT, fold=FOLDS) if STUDENT else []
     return [
         out("submission.csv"),
         out("metrics.json"),
         out("stats/summary.json"),
         out("plots/augmentations.png"),
-        *for_every_fold(model_out("tta/confusion_matrix.png")),
-        *([out("oof.csv"), out("cv_metrics.json")] if KFOLD else []),
+        *for_every_model(model_out("tta/confusion_matrix.png")),
+        *([out("oof.csv"), out("cv_metrics.json")] if KFOLD and not MEMBER_NAMES else []),
+        *([out("cv_metrics.json")] if MEMBER_NAMES else []),
+        *for_every_model_level(member_results),
+        *blend_results,
+        *pseudo_reports,
         *rules.interpret.output,
         *rules.report_tables.output,
         *lr_find_plots,
     ]
+
+
+def for_every_model_level(paths):
+    return [path for pattern in paths for path in expand(pattern, member=MODEL_CHAINS)]
 
 
 # One run per out_dir, from whichever working directory: held from the first job to the end of the run (a dry run,

@@ -6,23 +6,26 @@ rule precompute:
     input:
         split=model_out("split.csv"),
         test=out("test.csv"),
-        cache=RESIZED,
+        cache=lambda wildcards: model_chain(wildcards).resized,
         code=code("precompute"),
     output:
-        train=ensure(f"{ACTIVATIONS}/train.npy", non_empty=True),
-        valid=ensure(f"{ACTIVATIONS}/valid.npy", non_empty=True),
-        test=ensure(f"{ACTIVATIONS}/test.npy", non_empty=True),
-        manifest=f"{ACTIVATIONS}/manifest.json",
+        train=ensure(model_out("activations/{head_size}/train.npy"), non_empty=True),
+        valid=ensure(model_out("activations/{head_size}/valid.npy"), non_empty=True),
+        test=ensure(model_out("activations/{head_size}/test.npy"), non_empty=True),
+        manifest=model_out("activations/{head_size}/manifest.json"),
+    wildcard_constraints:
+        head_size=r"\d+",
     params:
-        p=as_params(arch=MODEL["arch"], weights=MODEL["weights"], **WEIGHTS, size=HEAD["size"], **LOADER, **RUNTIME),
+        p=lambda wildcards: as_params(arch=(c := model_chain(wildcards)).model["arch"], weights=c.model["weights"],
+                                      **c.weights, size=c.head["size"], **c.loader, **c.runtime),
         out_dir=lambda wildcards, output: Path(output.manifest).parent,
     threads: MAX_THREADS
     resources:
         gpu=GPU_JOBS,
     log:
-        model_out("logs/precompute.log"),
+        model_out("logs/precompute_{head_size}.log"),
     benchmark:
-        model_out("benchmarks/precompute.tsv")
+        model_out("benchmarks/precompute_{head_size}.tsv")
     shell:
         stage_shell(
             "precompute",
@@ -35,8 +38,9 @@ rule train_head:
     """lr_find and fits on the activations, then fits with augmentation through the frozen body."""
     input:
         split=model_out("split.csv"),
-        activations=multiext(f"{ACTIVATIONS}/", "train.npy", "valid.npy", "manifest.json"),
-        cache=RESIZED,
+        activations=lambda wildcards: [concrete(f"{model_chain(wildcards).activations}/{name}", wildcards)
+                                       for name in ("train.npy", "valid.npy", "manifest.json")],
+        cache=lambda wildcards: model_chain(wildcards).resized,
         code=code("train_head"),
     output:
         model=model_out("head/model.pt"),
@@ -45,11 +49,11 @@ rule train_head:
         curves=training_report(model_out("head/curves.png"), "curves", "head"),
         batch_loss=training_report(model_out("head/batch_loss.png"), "batch_loss", "head"),
         lr_find=[training_report(model_out("head/lr_find.png"), "lr_find", "head"), model_out("head/lr_find.csv")]
-        if HEAD["lr_find"]
+        if PRIMARY.head["lr_find"]  # alike in every member (pipeline.members.uniform_problems)
         else [],
     params:
-        p=as_params(**MODEL, **WEIGHTS, **HEAD, **TRANSFORMS, **LOADER, **TRAINING_RUNTIME, **config["train"],
-                    images=RESIZE_RULE),
+        p=lambda wildcards: as_params(**(c := model_chain(wildcards)).model, **c.weights, **c.head, **c.transforms,
+                                      **c.loader, **c.training_runtime, **c.train, images=c.resize_rule),
         activations=lambda wildcards, input: Path(input.activations[0]).parent,
         out_dir=lambda wildcards, output: Path(output.model).parent,
     threads: MAX_THREADS

@@ -6,8 +6,8 @@ rule finetune:
     weights at the ends of the last k SGDR cycles (the snapshot ensemble TTA averages)."""
     input:
         split=model_out("split.csv"),
-        cache=RESIZED,
-        checkpoint=lambda wildcards: previous_checkpoint(wildcards.name),
+        cache=lambda wildcards: model_chain(wildcards).resized,
+        checkpoint=lambda wildcards: concrete(model_chain(wildcards).previous_checkpoint(wildcards.name), wildcards),
         code=code("finetune"),
     output:
         model=model_out("finetune/{name}/model.pt"),
@@ -39,21 +39,21 @@ rule finetune:
         )
 
 
-if lr_find_names():
+if LR_FIND_NAMES:
 
     rule lr_find:
         """The lesson's "unfreeze, lr_find again": lr_find on the weights a fine-tune size starts from, frozen or
         unfrozen as it trains, its layer groups' lrs moving together; a job apart from the size's fits."""
         input:
             split=model_out("split.csv"),
-            cache=RESIZED,
-            checkpoint=lambda wildcards: previous_checkpoint(wildcards.name),
+            cache=lambda wildcards: model_chain(wildcards).resized,
+            checkpoint=lambda wildcards: concrete(model_chain(wildcards).previous_checkpoint(wildcards.name), wildcards),
             code=code("lr_find"),
         output:
             plot=training_report(model_out("finetune/{name}/lr_find.png"), "lr_find", "size {name} (fine-tune)"),
             table=model_out("finetune/{name}/lr_find.csv"),
         wildcard_constraints:
-            name="|".join(lr_find_names()),
+            name="|".join(LR_FIND_NAMES),
         params:
             p=lr_find_params,
             out_dir=lambda wildcards, output: Path(output.plot).parent,

@@ -67,6 +67,8 @@ if KFOLD:
             code=code("fold_split"),
         output:
             model_out("split.csv"),
+        wildcard_constraints:
+            member=r"[A-Za-z][A-Za-z0-9_]*",  # a member's own folds; the students' come from pseudo_labels
         log:
             model_out("logs/fold_split.log"),
         shell:
@@ -109,26 +111,29 @@ rule image_stats:
 
 
 rule resize:
-    """The resize cache (shorter side 340 by default) that every later stage reads."""
+    """The resize cache (shorter side 340 by default) that every later stage reads; one per shorter side the
+    members ask for."""
     input:
         **data_inputs(),
         bad_images=out("stats/bad_images.csv"),
         code=code("resize"),
     output:
-        directory(RESIZED),
+        directory(out("resized/{side}")),
+    wildcard_constraints:
+        side=r"\d+",
     params:
-        p=as_params(
+        p=lambda wildcards: as_params(
             **DATA_LAYOUT,
-            shorter_side=config["images"]["shorter_side"],
+            shorter_side=int(wildcards.side),
             jpeg_quality=config["images"]["jpeg_quality"],
             jpeg_draft=config["images"]["jpeg_draft"],
         ),
         fingerprint=DATA_FINGERPRINT,
     threads: MAX_THREADS
     log:
-        out("logs/resize.log"),
+        out("logs/resize_{side}.log"),
     benchmark:
-        out("benchmarks/resize.tsv")
+        out("benchmarks/resize_{side}.tsv")
     shell:
         stage_shell(
             "resize",
@@ -140,12 +145,13 @@ rule resize:
 rule augmentation_preview:
     """The lesson's plots(ims): one training image under six random training augmentations."""
     input:
-        cache=RESIZED,
+        cache=PRIMARY.resized,
         code=code("augmentation_preview"),
     output:
         report(out("plots/augmentations.png"), caption=caption("augmentations"), category="1. Data"),
     params:
-        p=as_params(size=HEAD["size"], seed=config["seed"], **TRANSFORMS, preprocessing=PREPROCESSING),
+        p=as_params(size=PRIMARY.head["size"], seed=PRIMARY.recipe["seed"], **PRIMARY.transforms,
+                    preprocessing=PRIMARY.preprocessing),
     log:
         out("logs/augmentation_preview.log"),
     shell:

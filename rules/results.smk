@@ -8,9 +8,9 @@ rule tta:
     input:
         split=model_out("split.csv"),
         test=out("test.csv"),
-        cache=RESIZED,
-        checkpoint=final_checkpoint(),
-        snapshots=tta_snapshots(),
+        cache=lambda wildcards: model_chain(wildcards).resized,
+        checkpoint=lambda wildcards: concrete(model_chain(wildcards).final_checkpoint(), wildcards),
+        snapshots=tta_snapshots,
         code=code("tta"),
     output:
         valid=model_out("tta/valid_probs.npy"),
@@ -18,11 +18,12 @@ rule tta:
         valid_passes=model_out("tta/valid_passes.npy"),
         test_passes=model_out("tta/test_passes.npy"),
         confusion=report(model_out("tta/confusion_matrix.png"), caption=caption("confusion_matrix"), category="3. Results",
-                         subcategory="fold {fold}" if KFOLD else "validation"),
+                         subcategory=MODEL_LABEL if KFOLD else "validation"),
         metrics=report(model_out("metrics.json"), caption=caption("metrics"), category="3. Results",
-                       subcategory="fold {fold}" if KFOLD else "validation"),
+                       subcategory=MODEL_LABEL if KFOLD else "validation"),
     params:
-        p=as_params(arch=MODEL["arch"], **config["tta"], **TRANSFORMS, **LOADER, **RUNTIME, preprocessing=PREPROCESSING),
+        p=lambda wildcards: as_params(arch=(c := model_chain(wildcards)).model["arch"], **c.tta, **c.transforms, **c.loader,
+                                      **c.runtime, preprocessing=c.preprocessing),
         checkpoints=lambda wildcards: " ".join(map(shlex.quote, tta_checkpoints(wildcards))),
         out_dir=lambda wildcards, output: Path(output.test).parent,
     threads: MAX_THREADS
@@ -48,30 +49,31 @@ if KFOLD:
 
     rule oof:
         """Out-of-fold predictions (each labelled image predicted by the fold model that never saw it), per-fold
-        scores, and the fold ensemble's test probabilities."""
+        scores, and the fold ensemble's test probabilities (per member, with members)."""
         input:
             split=out("split.csv"),
-            fold_splits=for_every_fold(model_out("split.csv")),
-            valid_passes=for_every_fold(model_out("tta/valid_passes.npy")),
-            test_passes=for_every_fold(model_out("tta/test_passes.npy")),
-            metrics=for_every_fold(model_out("metrics.json")),
+            fold_splits=lambda wildcards: for_every_fold(model_out("split.csv"), wildcards),
+            valid_passes=lambda wildcards: for_every_fold(model_out("tta/valid_passes.npy"), wildcards),
+            test_passes=lambda wildcards: for_every_fold(model_out("tta/test_passes.npy"), wildcards),
+            metrics=lambda wildcards: for_every_fold(model_out("metrics.json"), wildcards),
             code=code("oof"),
         output:
-            oof=out("oof.csv"),
-            valid_passes=out("oof/valid_passes.npy"),
-            test_passes=out("oof/test_passes.npy"),
-            metrics=out("oof/cv_metrics.json"),
-            folds_plot=report(out("plots/cv_folds.png"), caption=caption("cv_folds"), category="3. Results",
-                              subcategory="out of fold"),
-            confusion=report(out("plots/oof_confusion_matrix.png"), caption=caption("oof_confusion_matrix"),
-                             category="3. Results", subcategory="out of fold"),
+            oof=member_out("oof.csv"),
+            valid_passes=member_out("oof/valid_passes.npy"),
+            test_passes=member_out("oof/test_passes.npy"),
+            metrics=member_out("oof/cv_metrics.json"),
+            folds_plot=report(member_out("plots/cv_folds.png"), caption=caption("cv_folds"), category="3. Results",
+                              subcategory="{member}, out of fold" if MEMBER_NAMES else "out of fold"),
+            confusion=report(member_out("plots/oof_confusion_matrix.png"), caption=caption("oof_confusion_matrix"),
+                             category="3. Results",
+                             subcategory="{member}, out of fold" if MEMBER_NAMES else "out of fold"),
         params:
-            p=as_params(folds=FOLDS, n_aug=config["tta"]["n_aug"], **config["ensemble"]),
-            fold_dirs=" ".join(map(shlex.quote, for_every_fold(MODEL_DIR))),
+            p=lambda wildcards: as_params(folds=FOLDS, n_aug=model_chain(wildcards).tta["n_aug"], **config["ensemble"]),
+            fold_dirs=lambda wildcards: " ".join(map(shlex.quote, for_every_fold(MODEL_DIR, wildcards))),
             out_dir=lambda wildcards, output: Path(output.valid_passes).parent,
             plots_dir=lambda wildcards, output: Path(output.folds_plot).parent,
         log:
-            out("logs/oof.log"),
+            member_out("logs/oof.log"),
         shell:
             stage_shell(
                 "oof",
@@ -80,13 +82,106 @@ if KFOLD:
             )
 
 
+if MEMBER_NAMES:
+
+    localrules:
+        blend,
+
+    def blend_members(wildcards):
+        """The members a blend blends: every member; in the pseudo-label round's, the students too."""
+        return MEMBER_NAMES + ([STUDENT] if wildcards.blend == "blend_pseudo" else [])
+
+    def blend_inputs(name):
+        return lambda wildcards: [member_out(name).format(member=member) for member in blend_members(wildcards)]
+
+    rule blend:
+        """Blend weights fitted on the members' out-of-fold predictions (each fold scored with weights fitted on the
+        other folds: the cross-fitted OOF figure), applied to their fold-ensembled test predictions."""
+        input:
+            split=out("split.csv"),
+            oof=blend_inputs("oof.csv"),
+            valid_passes=blend_inputs("oof/valid_passes.npy"),
+            test_passes=blend_inputs("oof/test_passes.npy"),
+            cv_metrics=blend_inputs("oof/cv_metrics.json"),
+            code=code("blend"),
+        output:
+            weights=report(out("{blend}/weights.json"), caption=caption("blend_weights"), category="3. Results",
+                           subcategory="{blend}"),
+            oof=out("{blend}/oof.csv"),
+            valid_passes=out("{blend}/valid_passes.npy"),
+            test_passes=out("{blend}/test_passes.npy"),
+            cv_metrics=out("{blend}/cv_metrics.json"),
+            correlation=report(out("{blend}/correlation.png"), caption=caption("blend_correlation"),
+                               category="3. Results", subcategory="{blend}"),
+            folds_plot=out("{blend}/cv_folds.png"),
+        wildcard_constraints:
+            blend="blend|blend_pseudo",
+        params:
+            p=as_params(seed=config["seed"], **config["blend"]),
+            names=lambda wildcards: " ".join(map(shlex.quote, blend_members(wildcards))),
+            member_dirs=lambda wildcards: " ".join(shlex.quote(out(f"members/{name}")) for name in blend_members(wildcards)),
+            out_dir=lambda wildcards, output: Path(output.weights).parent,
+        log:
+            out("logs/{blend}.log"),
+        shell:
+            stage_shell(
+                "blend",
+                "--split-csv {input.split:q} --members {params.names} --member-dirs {params.member_dirs} "
+                "--out-dir {params.out_dir:q} --params {params.p:q}",
+            )
+
+
+if STUDENT:
+
+    localrules:
+        pseudo_labels,
+
+    TEACHERS = members.teachers(config)
+    STUDENT_OF = members.student(config)
+
+    rule pseudo_labels:
+        """Fold k's student split: fold k's training images plus the test images fold k's teacher labels
+        confidently; the teacher is made only of fold k's models, which never saw fold k's validation images."""
+        input:
+            fold_split=out(f"members/{STUDENT_OF}/folds/{{fold}}/split.csv"),
+            test=out("test.csv"),
+            teacher_probs=[out(f"members/{name}/folds/{{fold}}/tta/test_probs.npy") for name in TEACHERS],
+            blend_weights=out("blend/weights.json") if config["pseudo"]["teacher"] == "blend" else [],
+            code=code("pseudo_labels"),
+        output:
+            split=out(f"members/{STUDENT}/folds/{{fold}}/split.csv"),
+            report=out(f"members/{STUDENT}/folds/{{fold}}/pseudo_labels.json"),
+        params:
+            p=as_params(**config["pseudo"]),
+            weights=lambda wildcards, input: f"--blend-weights {shlex.quote(input.blend_weights)}"
+            if input.blend_weights
+            else "",
+        log:
+            out(f"members/{STUDENT}/folds/{{fold}}/logs/pseudo_labels.log"),
+        shell:
+            stage_shell(
+                "pseudo_labels",
+                "--fold-split {input.fold_split:q} --test-csv {input.test:q} --teacher-probs {input.teacher_probs:q} "
+                "{params.weights} --fold {wildcards.fold} --out {output.split:q} --report {output.report:q} "
+                "--params {params.p:q}",
+            )
+
+
 def calibration_inputs():
-    """Out-of-sample predictions to calibrate on, and the test predictions to apply it to."""
+    """Out-of-sample predictions to calibrate on, and the test predictions to apply it to: a K-fold run's
+    out-of-fold ones (the final blend's with members), or a single split's validation set."""
+    if MEMBER_NAMES:
+        return {"rows": out(f"{FINAL_BLEND}/oof.csv"), "valid_passes": out(f"{FINAL_BLEND}/valid_passes.npy"),
+                "test_passes": out(f"{FINAL_BLEND}/test_passes.npy"), "cv_metrics": out(f"{FINAL_BLEND}/cv_metrics.json")}
     if KFOLD:
         return {"rows": out("oof.csv"), "valid_passes": rules.oof.output.valid_passes,
                 "test_passes": rules.oof.output.test_passes, "cv_metrics": rules.oof.output.metrics}
     return {"rows": out("split.csv"), "valid_passes": rules.tta.output.valid_passes,
             "test_passes": rules.tta.output.test_passes}
+
+
+# The TTA passes calibrate weighs: a blend's passes are one blended prediction twice (no augmented passes to weigh).
+CALIBRATION_N_AUG = 0 if MEMBER_NAMES else config["tta"]["n_aug"]
 
 
 def interpretation(name):
@@ -122,7 +217,7 @@ rule calibrate:
         if KFOLD
         else [],
     params:
-        p=as_params(n_aug=config["tta"]["n_aug"], seed=config["seed"], **config["calibration"]),
+        p=as_params(n_aug=CALIBRATION_N_AUG, seed=config["seed"], **config["calibration"]),
         out_dir=lambda wildcards, output: Path(output.report).parent,
         cv_reports=lambda wildcards, input, output: (
             f"--cv-metrics-in {shlex.quote(input.cv_metrics)} --cv-metrics {shlex.quote(output.cv_metrics[0])} "
@@ -150,7 +245,7 @@ rule interpret:
         split=out("split.csv"),
         rows=calibration_inputs()["rows"],
         probs=rules.calibrate.output.valid,
-        cache=RESIZED,
+        cache=PRIMARY.resized,
         code=code("interpret"),
     output:
         top_losses=interpretation("top_losses.png"),
@@ -158,7 +253,7 @@ rule interpret:
         most_confused=interpretation("most_confused.csv"),
         per_class=interpretation("per_class.csv"),
     params:
-        p=as_params(size=FINAL_SIZE, **config["interpret"], preprocessing=PREPROCESSING),
+        p=as_params(size=PRIMARY.final_size, **config["interpret"], preprocessing=PRIMARY.preprocessing),
         out_dir=lambda wildcards, output: Path(output.per_class).parent,
     log:
         out("logs/interpret.log"),
@@ -179,11 +274,14 @@ rule report_tables:
         most_confused=rules.interpret.output.most_confused,
         class_counts=out("class_counts.csv"),
         cv_metrics=out("cv_metrics.json") if KFOLD else [],
+        blend=out(f"{FINAL_BLEND}/weights.json") if MEMBER_NAMES else [],
         code=code("report_tables"),
     output:
         report(out("report/tables.html"), caption=caption("tables"), category="3. Results", subcategory="tables"),
     params:
-        cv_metrics=lambda wildcards, input: f"--cv-metrics {shlex.quote(input.cv_metrics)}" if KFOLD else "",
+        # the out-of-fold tables of a K-fold run, and the blend's with members
+        cv_metrics=lambda wildcards, input: (f"--cv-metrics {shlex.quote(input.cv_metrics)}" if KFOLD else "")
+        + (f" --blend {shlex.quote(input.blend)}" if MEMBER_NAMES else ""),
     log:
         out("logs/report_tables.log"),
     shell:

@@ -171,6 +171,17 @@ def kfold_run(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.fixture(scope="session")
+def blend_run(tmp_path_factory) -> Path:
+    """A real two-member blend over 2 folds with a pseudo-label round (its working directory): the blend tests read
+    it, and the Slurm test compares its own two-member blend with it."""
+    work = tmp_path_factory.mktemp("blend_run")
+    recipes = [CONFIGS / name for name in ("kfold_csv.yaml", "blend_csv.yaml", "pseudo_csv.yaml")]
+    result = snakemake(REPO, work, configfiles=recipes)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
+
+
 # Cores per Snakemake run, and threads per torch stage: one. `make test` runs two workers on two cores, and two runs
 # of 2 threads each (4 threads on 2 cores) took 1.76x as long as two runs of 1 thread each (micro recipe, two at
 # once: 231 s against 131 s, measured 2026-12-02): torch's threads spin waiting for each other on a shared core.
@@ -226,25 +237,25 @@ def convnext_hf_home(tmp_path_factory) -> Path:
 
 # The expensive shared runs. Under pytest-xdist (`make test` runs 2 workers) every worker would make its own copy of
 # a fixture it needs, so the tests of each run form one xdist group and run on one worker.
-SHARED_RUNS = ("kfold_run", "micro_run", "csv_run")
+SHARED_RUNS = ("kfold_run", "blend_run", "micro_run", "csv_run")
 
 
 def shared_run(item) -> str | None:
-    if item.get_closest_marker("slurm"):  # the Slurm run asks for kfold_run inside its fixture (tests/test_slurm.py)
-        return "kfold_run"
+    if item.get_closest_marker("slurm"):  # the Slurm run asks for blend_run inside its fixture (tests/test_slurm.py)
+        return "blend_run"
     return next((name for name in SHARED_RUNS if name in item.fixturenames), None)
 
 
 def schedule_rank(item) -> int:
     """The order the tests are handed out in (xdist keeps it with --no-loadscope-reorder). The Slurm tests first:
-    their cluster run, mostly waiting between job-status polls, runs while the local K-fold run they compare it with
+    their cluster run, mostly waiting between job-status polls, runs while the local blend run they compare it with
     computes (tests/test_slurm.py). Then the long shared runs and the long single runs, so that no worker is left
     with one of them at the end; the many short tests fill in."""
     run = shared_run(item)
     if item.get_closest_marker("slurm"):
         return 0
-    if run in ("kfold_run", "micro_run"):
-        return 1 if run == "kfold_run" else 2
+    if run in ("kfold_run", "blend_run", "micro_run"):
+        return {"blend_run": 1, "kfold_run": 1, "micro_run": 2}[run]
     if item.get_closest_marker("workflow") and run is None:
         return 3
     return 4 if run == "csv_run" else 5

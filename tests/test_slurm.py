@@ -1,6 +1,6 @@
-"""The shipped Slurm profile on a real one-node cluster (tests/cluster/slurm_up.sh starts it): one fold of the
-K-fold test recipe through `snakemake --profile profiles/slurm`, every compute stage a Slurm job via `sbatch`, and
-its outputs equal to the local K-fold run's.
+"""The shipped Slurm profile on a real one-node cluster (tests/cluster/slurm_up.sh starts it): a two-member blend of
+the K-fold test recipe over two folds through `snakemake --profile profiles/slurm`, every compute stage a Slurm job
+via `sbatch`, members and folds side by side, and its outputs equal to the local blend run's.
 
 Where Slurm cannot be installed or started the tests skip, saying why; with LESSON2_REQUIRE_SLURM=1 (set by
 .ci/run) they fail instead, so CI always runs them.
@@ -13,7 +13,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import CONFIGS, REPO, TEST_CORES, snakemake_command, write_override
+from conftest import CONFIGS, REPO, TEST_CORES, snakemake_command
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -42,58 +42,74 @@ def slurm_conf():
 
 @pytest.fixture(scope="module")
 def slurm_run(slurm_conf, tmp_path_factory, request):
-    """Fold 0 of the K-fold test recipe through the shipped profile, with the documented override for nodes with
-    fewer CPUs than the profile asks for (--max-threads), job logs kept, and status checks from the first second.
-    The local K-fold run it is compared with computes meanwhile: the cluster run mostly waits on job-status polls."""
+    """Two members over 2 folds of the K-fold test recipe, blended, through the shipped profile, with the documented
+    override for nodes with fewer CPUs than the profile asks for (--max-threads), job logs kept, and status checks
+    from the first second. The local blend run it is compared with computes meanwhile: the cluster run mostly waits
+    on job-status polls."""
     work = tmp_path_factory.mktemp("slurm_run")
-    one_fold = write_override(work.parent / "one_fold.yaml", split={"folds": [0]})
     command = snakemake_command(REPO, work, "--profile", str(REPO / "profiles" / "slurm"), "--max-threads",
                                 str(TEST_CORES),
                                 "--slurm-keep-successful-logs", "--slurm-logdir", str(work / "slurm_logs"),
                                 "--slurm-init-seconds-before-status-checks", "1",
-                                configfiles=[CONFIGS / "kfold_csv.yaml", one_fold])
+                                configfiles=[CONFIGS / "kfold_csv.yaml", CONFIGS / "blend_csv.yaml"])
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
         try:
-            request.getfixturevalue("kfold_run")
+            request.getfixturevalue("blend_run")
         finally:
             output, _ = run.communicate(timeout=1200)
     assert run.returncode == 0, output[-6000:]
     return work
 
 
-def slurm_jobs(work) -> dict[str, dict]:
-    """rule -> Slurm's record of its job, for the jobs this run submitted (their ids name the plugin's log files)."""
-    jobs = {}
+def slurm_jobs(work) -> list[tuple[str, dict]]:
+    """(rule, Slurm's record of its job) for every job this run submitted (their ids name the plugin's log files)."""
+    jobs = []
     for log in sorted((work / "slurm_logs").rglob("*.log")):
         record = subprocess.run(["scontrol", "show", "job", "--oneliner", log.stem], capture_output=True,
                                 text=True, check=True).stdout
         fields = dict(re.findall(r"(\w+)=(\S*)", record))
-        jobs[log.relative_to(work / "slurm_logs").parts[0].removeprefix("rule_")] = fields
+        jobs.append((log.relative_to(work / "slurm_logs").parts[0].removeprefix("rule_"), fields))
     return jobs
 
 
 def test_every_compute_stage_ran_as_a_slurm_job_and_none_asked_for_a_gpu(slurm_run):
     jobs = slurm_jobs(slurm_run)
-    assert set(jobs) == CLUSTER_RULES, "the torch and image stages go through sbatch; localrules stay local"
-    for rule, job in jobs.items():
+    assert {rule for rule, _ in jobs} == CLUSTER_RULES, "the torch and image stages go through sbatch; localrules stay local"
+    for rule, job in jobs:
         assert job["JobState"] == "COMPLETED", (rule, job["JobState"])
         assert job["Partition"] == "main"  # the cluster's default partition: the profile names none
         # The recipe's device is cpu: no job asks for a GPU (Slurm has none to give here, so one would never run).
         assert "gpu" not in job.get("TresPerJob", "") + job.get("TresPerNode", "") + job.get("TRES", "")
-    assert jobs["finetune"]["Comment"].startswith("rule_finetune")
-    assert int(jobs["train_head"]["NumCPUs"]) == TEST_CORES  # --max-threads capped the profile's 8 threads
+    by_rule = {rule: [job for name, job in jobs if name == rule] for rule in CLUSTER_RULES}
+    assert len(by_rule["train_head"]) == 4  # 2 members x 2 folds, one job each
+    assert by_rule["finetune"][0]["Comment"].startswith("rule_finetune")
+    assert int(by_rule["train_head"][0]["NumCPUs"]) == TEST_CORES  # --max-threads capped the profile's 8 threads
 
 
-def test_outputs_equal_the_local_runs(slurm_run, kfold_run):
-    """Same recipe and data, same split; fold 0's model trained by the same CPU code with the same threads and
-    seeds, so its metrics equal the local run's to 1e-6 (deterministic kernels; the slack is for printing)."""
-    here, local = slurm_run / "out", kfold_run / "out"
-    for name in ("split.csv", "test.csv", "folds/0/split.csv"):
+def test_members_and_folds_ran_side_by_side_on_the_cluster(slurm_run):
+    """Each member's folds are independent jobs: with a core per job, the node ran some of them at once."""
+    training = [job for rule, job in slurm_jobs(slurm_run) if rule in ("train_head", "finetune", "tta")]
+    spans = [(job["StartTime"], job["EndTime"]) for job in training]
+    assert any(start_b < end_a and start_a < end_b for i, (start_a, end_a) in enumerate(spans)
+               for start_b, end_b in spans[i + 1:]), spans
+
+
+def test_outputs_equal_the_local_runs(slurm_run, blend_run):
+    """Same recipe and data, same split; each member's fold models trained by the same CPU code with the same threads
+    and seeds, so their metrics and the blend's weights equal the local run's to 1e-6 (deterministic kernels; the
+    slack is for printing). The local run adds a pseudo-label round, which changes neither."""
+    here, local = slurm_run / "out", blend_run / "out"
+    for name in ("split.csv", "test.csv", "members/a/folds/0/split.csv", "members/b/folds/1/split.csv"):
         assert (here / name).read_bytes() == (local / name).read_bytes(), name
-    cluster_metrics = json.loads((here / "folds/0/metrics.json").read_text())
-    local_metrics = json.loads((local / "folds/0/metrics.json").read_text())
-    for key in ("valid_logloss", "valid_accuracy", "valid_logloss_no_tta", "valid_accuracy_no_tta"):
-        assert cluster_metrics[key] == pytest.approx(local_metrics[key], abs=1e-6), key
+    for member in ("a", "b"):
+        for fold in (0, 1):
+            cluster_metrics = json.loads((here / f"members/{member}/folds/{fold}/metrics.json").read_text())
+            local_metrics = json.loads((local / f"members/{member}/folds/{fold}/metrics.json").read_text())
+            for key in ("valid_logloss", "valid_accuracy", "valid_logloss_no_tta", "valid_accuracy_no_tta"):
+                assert cluster_metrics[key] == pytest.approx(local_metrics[key], abs=1e-6), (member, fold, key)
+    cluster_blend, local_blend = (json.loads((out / "blend" / "weights.json").read_text()) for out in (here, local))
+    assert [m["weight"] for m in cluster_blend["members"]] == pytest.approx([m["weight"] for m in
+                                                                             local_blend["members"]], abs=1e-6)
     submission, local_submission = pd.read_csv(here / "submission.csv"), pd.read_csv(local / "submission.csv")
     assert submission["id"].tolist() == local_submission["id"].tolist()
     assert list(submission.columns) == list(local_submission.columns)

@@ -3,7 +3,8 @@
 
     python -m pipeline.stages.report_tables --metrics out/metrics.json --calibration out/calibration/calibration.json \
         --per-class out/interpret/per_class.csv --most-confused out/interpret/most_confused.csv \
-        --class-counts out/class_counts.csv [--cv-metrics out/cv_metrics.json] --out out/report/tables.html
+        --class-counts out/class_counts.csv [--cv-metrics out/cv_metrics.json] [--blend out/blend/weights.json] \
+        --out out/report/tables.html
 """
 from __future__ import annotations
 
@@ -34,6 +35,24 @@ def folds_table(cv: dict) -> pd.DataFrame:
     return folds[["valid_logloss", "valid_accuracy", "valid_logloss_no_tta", "valid_accuracy_no_tta"]]
 
 
+def blend_table(weights: dict) -> pd.DataFrame:
+    """Each member's out-of-fold scores (and weight) beside the blend's, cross-fitted as a member's own OOF is."""
+    rows = [{"member": member["name"], "weight": member["weight"], "OOF log loss": member["oof_logloss"],
+             "OOF accuracy": member["oof_accuracy"]} for member in weights["members"]]
+    total = sum(member["weight"] or 0 for member in weights["members"])
+    rows.append({"member": "blend (cross-fitted)", "weight": total, "OOF log loss": weights["blend_oof_logloss"],
+                 "OOF accuracy": weights["blend_oof_accuracy"]})
+    table = pd.DataFrame(rows)
+    # A stacker has no weight per member: its column would be empty.
+    return table if weights["method"] == "weights" else table.drop(columns="weight")
+
+
+def blend_note(weights: dict) -> str:
+    how = f"weights on {weights['space'].replace('_', '-')}" if weights["method"] == "weights" else "a stacker"
+    return (f"{how}; each fold scored by a blend fitted on the other folds (fitted on every row and scored on them: "
+            f"{weights['in_sample_oof_logloss']:.4f}); best member: {weights['best_member']}")
+
+
 def section(title: str, table: pd.DataFrame, note: str = "", index: bool = True) -> str:
     body = table.to_html(float_format=lambda value: f"{value:.4f}", index=index, border=0)
     return f"<h2>{html.escape(title)}</h2>" + (f"<p>{html.escape(note)}</p>" if note else "") + body
@@ -47,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--most-confused", required=True)
     parser.add_argument("--class-counts", required=True)
     parser.add_argument("--cv-metrics", help="a K-fold run's cv_metrics.json")
+    parser.add_argument("--blend", help="a recipe with members: the blend's weights.json")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     metrics, calibration = read_json(args.metrics), read_json(args.calibration)
@@ -55,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
                      f"calibration: {calibration['method']}")]
     if args.cv_metrics:
         parts.append(section("Per fold (validation)", folds_table(read_json(args.cv_metrics))))
+    if args.blend:
+        weights = read_json(args.blend)
+        parts.append(section("Blend (out of fold)", blend_table(weights), blend_note(weights),
+                             index=False))
     parts += [section("Per class, worst log loss first", pd.read_csv(args.per_class), index=False),
               section("Most confused (actual, predicted)", pd.read_csv(args.most_confused), index=False),
               section("Images per class", pd.read_csv(args.class_counts), index=False)]
