@@ -20,7 +20,6 @@ from PIL import Image, ImageOps
 EXIF_ORIENTATION = 0x0112
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LAYOUTS = ("csv", "folders")
-SOFT_PREFIX = "soft_"  # a split's soft-target columns (pipeline.pseudo writes them)
 
 
 class DataError(ValueError):
@@ -191,33 +190,11 @@ def check_classes(counts: pd.DataFrame) -> None:
         print(f"warning: classes with no validation image: {', '.join(unvalidated)}", flush=True)
 
 
-def soft_columns(n_classes: int) -> list[str]:
-    """The soft-target columns of a split with soft pseudo-labels: soft_<i> is class i of the sorted classes."""
-    return [f"{SOFT_PREFIX}{index}" for index in range(n_classes)]
-
-
-def _soft_columns_in(frame: pd.DataFrame) -> list[str]:
-    return [column for column in frame.columns if column.startswith(SOFT_PREFIX)]
-
-
 def read_split(split_csv: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(train rows, valid rows, sorted classes), with an integer `y` column (and any soft_* target columns)."""
+    """(train rows, valid rows, sorted classes) with an integer `y` column."""
     split, classes = read_labeled_table(split_csv)
-    soft = _soft_columns_in(split)
-    if soft and sorted(soft) != sorted(soft_columns(len(classes))):
-        raise DataError(f"{split_csv}: soft-target columns {soft} do not match its {len(classes)} classes "
-                        f"({SOFT_PREFIX}0..{SOFT_PREFIX}{len(classes) - 1})")
     split["y"] = class_indices(split["label"], classes)
     return split[~split["is_valid"]].reset_index(drop=True), split[split["is_valid"]].reset_index(drop=True), classes
-
-
-def training_targets(frame: pd.DataFrame) -> np.ndarray:
-    """What a training set learns: (N, C) float32 soft targets where the split has soft_* columns (soft pseudo-labels,
-    one-hot for the labelled rows), else the integer `y` as it always was. Validation always scores the integer `y`."""
-    soft = _soft_columns_in(frame)
-    if not soft:
-        return frame["y"].to_numpy()
-    return frame[soft_columns(len(soft))].to_numpy(dtype=np.float32)
 
 
 def data_fingerprint(data_dir: str | Path) -> str:

@@ -15,21 +15,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import distributed
-from pipeline.data import load_rgb, training_targets
+from pipeline.data import load_rgb
 from pipeline.regularise import OFF, Regularisation
 from pipeline.transforms import train_transform, valid_transform
 
 
 class ImageDataset(Dataset):
-    """Images under `root` (relative `paths`), with integer labels (-1 for the unlabelled test set), or with (N, C)
-    soft targets (soft pseudo-labels, pipeline.data.training_targets), each item's a float32 tensor row."""
+    """Images under `root` (relative `paths`), with integer labels (-1 for the unlabelled test set)."""
 
     def __init__(self, root: str | Path, paths, labels=None, transform=None):
         self.root = Path(root)
         self.paths = list(paths)
-        labels = np.asarray(labels if labels is not None else [-1] * len(self.paths))
-        self.soft = labels.ndim == 2
-        self.labels = labels.astype(np.float32 if self.soft else np.int64)
+        self.labels = np.asarray(labels if labels is not None else [-1] * len(self.paths), dtype=np.int64)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -37,8 +34,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         image = load_rgb(self.root / self.paths[index])
-        target = torch.from_numpy(self.labels[index]) if self.soft else int(self.labels[index])
-        return (self.transform(image) if self.transform else image), target
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
 
 
 def _die_with_parent() -> None:
@@ -143,13 +139,12 @@ def image_loaders(train: pd.DataFrame, valid: pd.DataFrame, cache_dir: str | Pat
     """Augmented, shuffled train loader and plain valid loader over the resize cache at `params['size']`; under
     torchrun, this rank's share of each (pipeline.distributed). `params`: a complete slice of size, seed and the
     transforms and loader sections; preprocessing, when absent, is the default transform's. The training images
-    also get the `regularisation`'s augmentation policy and random erasing. They learn `training_targets` (soft
-    pseudo-labels where the split has them); the valid set is always scored against its integer labels."""
+    also get the `regularisation`'s augmentation policy and random erasing."""
     size, seed = params["size"], params["seed"]
     preprocessing = params.get("preprocessing")
     augment = train_transform(size, params["max_zoom"], params["augmentation"], preprocessing=preprocessing,
                               auto_augment=regularisation.auto_augment, random_erasing=regularisation.random_erasing)
-    train_set = ImageDataset(cache_dir, train["path"], training_targets(train), augment)
+    train_set = ImageDataset(cache_dir, train["path"], train["y"], augment)
     valid_set = ImageDataset(cache_dir, valid["path"], valid["y"], valid_transform(size, preprocessing=preprocessing))
     workers = params["num_workers"]
     batch_size = distributed.per_rank_batch_size(params["batch_size"])

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from pipeline import cli, distributed, plots, runtime
-from pipeline.data import read_split, training_targets
+from pipeline.data import read_split
 from pipeline.fit import TensorBatches, lr_find
 from pipeline.io import file_digest, read_json, write_csv
 from pipeline.loaders import image_loaders
@@ -37,9 +37,9 @@ def check_activations(manifest: dict, params: dict, classes: list[str], split_cs
         cli.fail(f"activations do not match this run (have, want): {wrong}; rerun the precompute stage")
 
 
-def load_activations(folder: Path, name: str, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def load_activations(folder: Path, name: str, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
     # The head trains on the whole split in RAM (N x features floats); np.load gives a read-only array.
-    return torch.from_numpy(np.load(folder / f"{name}.npy").copy()), torch.as_tensor(targets)
+    return torch.from_numpy(np.load(folder / f"{name}.npy").copy()), torch.as_tensor(frame["y"].to_numpy())
 
 
 def rebuilt_classifier(params, n_classes: int, manifest: dict):
@@ -81,10 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     model = runtime.on_device(rebuilt_classifier(params, len(classes), manifest), run.device)
     run.resume_point(model, activations / "manifest.json")
     batch_size = params["batch_size"]
-    # Train rows learn their training targets (soft pseudo-labels where the split has them); valid rows score `y`.
-    train_acts = TensorBatches(*load_activations(activations, "train", training_targets(train)), batch_size, True,
-                               torch.Generator())
-    valid_acts = TensorBatches(*load_activations(activations, "valid", valid["y"].to_numpy()), batch_size)
+    train_acts = TensorBatches(*load_activations(activations, "train", train), batch_size, True, torch.Generator())
+    valid_acts = TensorBatches(*load_activations(activations, "valid", valid), batch_size)
 
     if params["lr_find"]:
         head_lr_find(run, model, train_acts)
