@@ -337,7 +337,6 @@ def final_outputs():
                      for plot in for_every_model(model_out(f"finetune/{step}/lr_find.png"), [name] if name else None)]
     member_results = [member_out(name) for name in ("oof.csv", "oof/cv_metrics.json")] if MEMBER_NAMES else []
     blend_results = [out(f"{blend}/{name}") for blend in BLENDS for name in ("weights.json", "correlation.png")]
-    pseudo_reports = expand(model_out("pseudo_labels.json"), member=STUDENT, fold=FOLDS) if STUDENT else []
     return [
         out("submission.csv"),
         out("metrics.json"),
@@ -348,7 +347,6 @@ def final_outputs():
         *([out("cv_metrics.json")] if MEMBER_NAMES else []),
         *for_every_model_level(member_results),
         *blend_results,
-        *pseudo_reports,
         *rules.interpret.output,
         *rules.report_tables.output,
         *lr_find_plots,

@@ -274,14 +274,16 @@ rule report_tables:
         most_confused=rules.interpret.output.most_confused,
         class_counts=out("class_counts.csv"),
         cv_metrics=out("cv_metrics.json") if KFOLD else [],
-        blend=out(f"{FINAL_BLEND}/weights.json") if MEMBER_NAMES else [],
+        blends=[out(f"{blend}/weights.json") for blend in BLENDS],
+        pseudo_labels=expand(model_out("pseudo_labels.json"), member=STUDENT, fold=FOLDS) if STUDENT else [],
         code=code("report_tables"),
     output:
         report(out("report/tables.html"), caption=caption("tables"), category="3. Results", subcategory="tables"),
     params:
-        # the out-of-fold tables of a K-fold run, and the blend's with members
+        # the out-of-fold tables of a K-fold run, and with members the blends' and the pseudo-label round's
         cv_metrics=lambda wildcards, input: (f"--cv-metrics {shlex.quote(input.cv_metrics)}" if KFOLD else "")
-        + (f" --blend {shlex.quote(input.blend)}" if MEMBER_NAMES else ""),
+        + (f" --blend {' '.join(map(shlex.quote, input.blends))}" if BLENDS else "")
+        + (f" --pseudo-labels {' '.join(map(shlex.quote, input.pseudo_labels))}" if STUDENT else ""),
     log:
         out("logs/report_tables.log"),
     shell:

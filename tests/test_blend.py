@@ -246,7 +246,18 @@ def test_the_report_tables_show_the_blend_only_when_given(tmp_path):
     assert "Blend" not in page()
     html = page("--blend", str(out / "weights.json"))
     report = json.loads((out / "weights.json").read_text())
-    blend_part = html[html.index("<h2>Blend (out of fold)</h2>"):]
+    blend_part = html[html.index("<h2>Blend of the members (out of fold)</h2>"):]
     for text in ("<td>a</td>", "<td>b</td>", "blend (cross-fitted)", f"{report['blend_oof_logloss']:.4f}",
                  f"{report['members'][0]['weight']:.4f}", f"{report['members'][1]['oof_logloss']:.4f}"):
         assert text in blend_part, text
+    assert "Pseudo-labels" not in html
+    reports = [{"fold": fold, "teacher": "blend", "mode": "threshold", "threshold": 0.9, "n_test": 60,
+                "n_used": used, "fraction_used": used / 60, "mean_confidence": 0.95,
+                "class_balance": {"one": used - 10, "two": 10}} for fold, used in ((0, 41), (1, 37))]
+    for report in reports:
+        (tmp_path / f"pseudo_{report['fold']}.json").write_text(json.dumps(report))
+    html = page("--blend", str(out / "weights.json"), "--pseudo-labels", *(str(tmp_path / f"pseudo_{fold}.json")
+                                                                           for fold in (0, 1)))
+    pseudo_part = html[html.index("<h2>Pseudo-labels"):]
+    for text in ("<td>41</td>", "<td>37</td>", "one 31, two 10", "one 27, two 10", "<td>0.9000</td>"):
+        assert text in pseudo_part, text

@@ -3,12 +3,14 @@
 
     python -m pipeline.stages.report_tables --metrics out/metrics.json --calibration out/calibration/calibration.json \
         --per-class out/interpret/per_class.csv --most-confused out/interpret/most_confused.csv \
-        --class-counts out/class_counts.csv [--cv-metrics out/cv_metrics.json] [--blend out/blend/weights.json] \
-        --out out/report/tables.html
+        --class-counts out/class_counts.csv [--cv-metrics out/cv_metrics.json] \
+        [--blend out/blend/weights.json out/blend_pseudo/weights.json] \
+        [--pseudo-labels out/members/<student>-pseudo/folds/*/pseudo_labels.json] --out out/report/tables.html
 """
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import pandas as pd
 
@@ -18,6 +20,9 @@ from pipeline.io import atomic_path, read_json
 STYLE = """body{font-family:system-ui,sans-serif;font-size:14px;margin:1em;color:#1e293b}
 table{border-collapse:collapse;margin:0 0 1.5em}th,td{padding:3px 10px;border-bottom:1px solid #e2e8f0;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{background:#f1f5f9}h2{font-size:16px;margin:1em 0 .4em}"""
+
+# The blends' folders (rules/results.smk): the members', and with a pseudo-label round the members' and students'.
+BLEND_TITLES = {"blend": "Blend of the members", "blend_pseudo": "Blend of the members and the pseudo-label students"}
 
 
 def scores_table(metrics: dict, calibration: dict) -> pd.DataFrame:
@@ -53,6 +58,15 @@ def blend_note(weights: dict) -> str:
             f"{weights['in_sample_oof_logloss']:.4f}); best member: {weights['best_member']}")
 
 
+def pseudo_labels_table(reports: list[dict]) -> pd.DataFrame:
+    """Per fold: how many test images its student learnt, at what threshold, and their labels' class balance."""
+    return pd.DataFrame([{"fold": report["fold"], "teacher": report["teacher"], "mode": report["mode"],
+                          "threshold": report["threshold"], "used": report["n_used"], "of test images": report["n_test"],
+                          "mean confidence": report["mean_confidence"],
+                          "per class": ", ".join(f"{name} {count}" for name, count in report["class_balance"].items())}
+                         for report in reports])
+
+
 def section(title: str, table: pd.DataFrame, note: str = "", index: bool = True) -> str:
     body = table.to_html(float_format=lambda value: f"{value:.4f}", index=index, border=0)
     return f"<h2>{html.escape(title)}</h2>" + (f"<p>{html.escape(note)}</p>" if note else "") + body
@@ -66,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--most-confused", required=True)
     parser.add_argument("--class-counts", required=True)
     parser.add_argument("--cv-metrics", help="a K-fold run's cv_metrics.json")
-    parser.add_argument("--blend", help="a recipe with members: the blend's weights.json")
+    parser.add_argument("--blend", nargs="+", default=[],
+                        help="a recipe with members: each blend's weights.json, the members' blend first")
+    parser.add_argument("--pseudo-labels", nargs="+", default=[], help="a pseudo-label round: each fold's report")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     metrics, calibration = read_json(args.metrics), read_json(args.calibration)
@@ -75,10 +91,14 @@ def main(argv: list[str] | None = None) -> None:
                      f"calibration: {calibration['method']}")]
     if args.cv_metrics:
         parts.append(section("Per fold (validation)", folds_table(read_json(args.cv_metrics))))
-    if args.blend:
-        weights = read_json(args.blend)
-        parts.append(section("Blend (out of fold)", blend_table(weights), blend_note(weights),
-                             index=False))
+    for blend in args.blend:
+        weights = read_json(blend)
+        title = BLEND_TITLES.get(Path(blend).parent.name, Path(blend).parent.name)
+        parts.append(section(f"{title} (out of fold)", blend_table(weights),
+                             blend_note(weights), index=False))
+    if args.pseudo_labels:
+        parts.append(section("Pseudo-labels (test images each fold's student learnt)",
+                             pseudo_labels_table([read_json(report) for report in args.pseudo_labels]), index=False))
     parts += [section("Per class, worst log loss first", pd.read_csv(args.per_class), index=False),
               section("Most confused (actual, predicted)", pd.read_csv(args.most_confused), index=False),
               section("Images per class", pd.read_csv(args.class_counts), index=False)]
