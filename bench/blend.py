@@ -1,11 +1,14 @@
-"""The demo blend measured: the K-fold demo's 3 folds with the members of config/demo_blend.yaml, their blend, the
-pseudo-label round and the blend with its students, from one `snakemake` run; then each model's out-of-fold figures
-next to its hidden-test ones (`data/demo/solution.csv`, which no stage reads). Prints a Markdown table: per member
-(and the students) the OOF log loss and accuracy of its TTA mean and the hidden-test log loss and accuracy of its
-fold ensemble; per blend the cross-fitted OOF figures and the hidden-test ones of its test prediction; the
-calibrated submission; the pseudo-labels each fold used; and the seconds each member's jobs took.
+"""The demo blend measured: the K-fold demo's 3 folds with the members of config/demo_blend.yaml and their blend, then
+the pseudo-label round of config/demo_pseudo.yaml and the blend with its students, in the same out_dir (the second
+run trains only the students); then each model's out-of-fold figures next to its hidden-test ones
+(`data/demo/solution.csv`, which no stage reads). Prints a Markdown table per run: per member (and the students) the
+OOF log loss and accuracy of its TTA mean and the hidden-test log loss and accuracy of its fold ensemble; per blend
+the cross-fitted OOF figures and the hidden-test ones of its test prediction; for each, calibrated as the calibrate
+stage would calibrate it alone (plain-pass weight and temperature fitted on its out-of-fold rows: the cross-fitted
+OOF figure, and the hidden test after applying the fit to its test prediction); the run's submission; the
+pseudo-labels each fold used; and the seconds each member's jobs took.
 
-    python bench/blend.py [--json out.json] [--recipe config/demo_blend.yaml]
+    python bench/blend.py [--json out.json]
 """
 from __future__ import annotations
 
@@ -23,15 +26,31 @@ import yaml
 from common import machine  # puts the repository on sys.path
 from demo_scores import hidden_test  # noqa: E402
 from pipeline import passes  # noqa: E402
-from pipeline.data import read_test_table  # noqa: E402
+from pipeline.data import class_indices, read_test_table  # noqa: E402
+from pipeline.stages.calibrate import calibrate, calibrated_probs, cross_fit_groups  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = [ROOT / "config" / "demo.yaml", ROOT / "config" / "demo_kfold.yaml"]
+BASE = [ROOT / "config" / "demo.yaml", ROOT / "config" / "demo_kfold.yaml", ROOT / "config" / "demo_blend.yaml"]
+ROUNDS = {"blend": [], "blend + pseudo-labels": [ROOT / "config" / "demo_pseudo.yaml"]}
 
 
 def job_seconds(member_dir: Path) -> float:
     """What a member's own jobs took (Snakemake's benchmark files): every fold's precompute ... TTA."""
     return sum(float(pd.read_csv(table, sep="\t")["s"].iloc[0]) for table in member_dir.glob("folds/*/benchmarks/*.tsv"))
+
+
+def calibrated(rows_csv: Path, passes_dir: Path, n_aug: int, ids, classes, solution) -> dict:
+    """A model calibrated alone, as the calibrate stage calibrates the final blend: the cross-fitted OOF log loss of
+    the candidate it would choose, and the hidden-test log loss of that candidate's fit applied to the test passes."""
+    rows = pd.read_csv(rows_csv, dtype={"id": str})
+    groups, _ = cross_fit_groups(rows, seed=42)
+    report, _ = calibrate(np.load(passes_dir / "valid_passes.npy").astype(np.float64),
+                          class_indices(rows["label"], classes).to_numpy(), groups, n_aug, enabled=True)
+    test = calibrated_probs(np.load(passes_dir / "test_passes.npy").astype(np.float64), report["plain_weight"],
+                            report["temperature"])
+    return {"calibrated_oof_logloss": round(report["logloss_calibrated"], 4),
+            "calibrated_hidden_logloss": hidden_test(test, ids, classes, solution)["logloss"],
+            "temperature": round(report["temperature"], 3)}
 
 
 def model_row(name: str, member_dir: Path, ids, classes, solution) -> dict:
@@ -40,6 +59,7 @@ def model_row(name: str, member_dir: Path, ids, classes, solution) -> dict:
     hidden = hidden_test(test, ids, classes, solution)
     return {"model": name, "oof_logloss": round(cv["oof_logloss"], 4), "oof_accuracy": round(cv["oof_accuracy"], 4),
             "hidden_logloss": hidden["logloss"], "hidden_accuracy": hidden["accuracy"],
+            **calibrated(member_dir / "oof.csv", member_dir / "oof", cv["n_aug"], ids, classes, solution),
             "job_seconds": round(job_seconds(member_dir), 1)}
 
 
@@ -49,40 +69,48 @@ def blend_row(name: str, folder: Path, ids, classes, solution) -> dict:
     return {"model": f"{name} (cross-fitted)", "oof_logloss": round(weights["blend_oof_logloss"], 4),
             "oof_accuracy": round(weights["blend_oof_accuracy"], 4), "hidden_logloss": hidden["logloss"],
             "hidden_accuracy": hidden["accuracy"],
+            **calibrated(folder / "oof.csv", folder, 0, ids, classes, solution),  # both passes are the blend
             "weights": {member["name"]: round(member["weight"], 3) for member in weights["members"]
                         if member["weight"] is not None}}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | OOF log loss | OOF acc. | hidden-test log loss | hidden-test acc. | jobs (s) | weights |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['oof_logloss']:.4f} | {r['oof_accuracy']:.4f} | {r['hidden_logloss']:.4f} | "
-              f"{r['hidden_accuracy']:.4f} | {r.get('job_seconds', '')} | "
-              f"{', '.join(f'{k} {v}' for k, v in r.get('weights', {}).items())} |" for r in rows]
+    lines = ["| model | OOF log loss | OOF acc. | hidden-test log loss | hidden-test acc. | calibrated alone: OOF / "
+             "hidden-test log loss (T) | jobs (s) | weights |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        alone = (f"{r['calibrated_oof_logloss']:.4f} / {r['calibrated_hidden_logloss']:.4f} ({r['temperature']})"
+                 if "temperature" in r else "")
+        lines.append(f"| {r['model']} | {r['oof_logloss']:.4f} | {r['oof_accuracy']:.4f} | {r['hidden_logloss']:.4f} | "
+                     f"{r['hidden_accuracy']:.4f} | {alone} | {r.get('job_seconds', '')} | "
+                     f"{', '.join(f'{k} {v}' for k, v in r.get('weights', {}).items())} |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", type=Path, default=ROOT / "config" / "demo_blend.yaml")
-    parser.add_argument("--json", type=Path, help="write the figures here too")
-    args = parser.parse_args()
+def snakemake(recipes: list[Path]) -> float:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT),
-               "--cores", "all", "--configfile", *map(str, BASE), str(args.recipe)]
+               "--cores", "all", "--configfile", *map(str, recipes)]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"snakemake failed\n{result.stderr[-3000:]}")
-    wall = time.perf_counter() - started
-    recipe = yaml.safe_load(args.recipe.read_text())
-    out = ROOT / recipe["out_dir"]
-    solution = pd.read_csv(ROOT / "data" / "demo" / "solution.csv", dtype={"id": str})
+    return time.perf_counter() - started
+
+
+def scores(out: Path, solution: pd.DataFrame) -> dict:
+    """Every model of the run in out_dir, its blends, its submission and its pseudo-labels."""
     ids = read_test_table(out / "test.csv")["id"].tolist()
-    classes = json.loads((out / "blend" / "weights.json").read_text())["classes"]
-    chains = sorted(path for path in (out / "members").iterdir() if (path / "oof" / "cv_metrics.json").is_file())
-    rows = [model_row(path.name, path, ids, classes, solution) for path in chains]
-    rows += [blend_row(name, out / name, ids, classes, solution) for name in ("blend", "blend_pseudo")
-             if (out / name / "weights.json").is_file()]
+    weights = json.loads((out / "blend" / "weights.json").read_text())
+    classes = weights["classes"]
+    final = json.loads((out / "cv_metrics.json").read_text())
+    chains = [member["name"] for member in weights["members"]]
+    students = sorted(path.name for path in (out / "members").glob("*-pseudo")) if (out / "blend_pseudo").is_dir() \
+        else []
+    blends = ["blend", "blend_pseudo"] if students else ["blend"]
+    if abs(json.loads((out / blends[-1] / "weights.json").read_text())["blend_oof_logloss"]
+           - final["oof_logloss"]) > 1e-9:
+        sys.exit(f"{out}: cv_metrics.json is not the last blend's: the run's outputs are not this recipe's")
+    rows = [model_row(name, out / "members" / name, ids, classes, solution) for name in chains + students]
+    rows += [blend_row(name, out / name, ids, classes, solution) for name in blends]
     calibration = json.loads((out / "calibration" / "calibration.json").read_text())
     submission = pd.read_csv(out / "submission.csv", dtype={"id": str})
     hidden = hidden_test(submission[classes].to_numpy(), submission["id"].tolist(), classes, solution)
@@ -90,14 +118,28 @@ def main() -> None:
                  "oof_logloss": round(calibration["logloss_calibrated"], 4),
                  "oof_accuracy": round(calibration["accuracy_calibrated"], 4),
                  "hidden_logloss": hidden["logloss"], "hidden_accuracy": hidden["accuracy"]})
-    pseudo = [json.loads(path.read_text()) for path in sorted(out.glob("members/*-pseudo/folds/*/pseudo_labels.json"))]
-    report = {"machine": machine(), "wall_seconds": round(wall, 1), "rows": rows, "pseudo_labels": pseudo}
+    pseudo = [json.loads((out / "members" / student / "folds" / str(fold) / "pseudo_labels.json").read_text())
+              for student in students for fold in weights["folds"]]
+    return {"rows": rows, "pseudo_labels": pseudo}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    out = ROOT / yaml.safe_load(BASE[-1].read_text())["out_dir"]  # the pseudo-label round's too
+    report = {"machine": machine(), "runs": {}}
+    for name, extra in ROUNDS.items():
+        wall = snakemake(BASE + extra)
+        solution = pd.read_csv(ROOT / "data" / "demo" / "solution.csv", dtype={"id": str})  # built by the first run
+        run = {"wall_seconds": round(wall, 1), **scores(out, solution)}
+        report["runs"][name] = run
+        print(f"## {name}: snakemake {wall:.0f} s ({machine()})\n\n{table(run['rows'])}\n")
+        for fold in run["pseudo_labels"]:
+            print(f"fold {fold['fold']}: {fold['n_used']} of {fold['n_test']} test images at >= {fold['threshold']} "
+                  f"(mean confidence {fold['mean_confidence']:.3f}), per class {fold['class_balance']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
-    print(f"{machine()}\n\nsnakemake: {wall:.0f} s\n\n{table(rows)}\n")
-    for fold in pseudo:
-        print(f"fold {fold['fold']}: {fold['n_used']} of {fold['n_test']} test images at >= {fold['threshold']} "
-              f"(mean confidence {fold['mean_confidence']}), per class {fold['class_balance']}")
 
 
 if __name__ == "__main__":
