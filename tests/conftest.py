@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import shutil
@@ -21,6 +22,16 @@ from pipeline.stages import demo_data
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+
+
+def with_defaults(recipe: dict) -> dict:
+    """The recipe as the checks after the schema see it: Snakemake's validate fills in the defaults."""
+    from snakemake.utils import validate
+
+    recipe = copy.deepcopy(recipe)
+    validate(recipe, str(REPO / "config" / "schema.yaml"))
+    return recipe
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,13 @@
 """A recipe's members (pipeline/members.py): each member's own recipe, merged as Snakemake merges a --configfile,
 and the checks a recipe with members, a blend and a pseudo-label round passes before anything is planned.
 tests/test_blend_workflow.py runs such a recipe end to end."""
-import copy
-from pathlib import Path
-
 import pytest
 import yaml
 
+from conftest import CONFIGS, SCHEMA, with_defaults
 from pipeline import members, recipe_checks
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-KFOLD = yaml.safe_load((REPO / "tests" / "configs" / "kfold_csv.yaml").read_text())
-
-
-def with_defaults(recipe: dict) -> dict:
-    from snakemake.utils import validate
-
-    recipe = copy.deepcopy(recipe)
-    validate(recipe, str(REPO / "config" / "schema.yaml"))
-    return recipe
+KFOLD = yaml.safe_load((CONFIGS / "kfold_csv.yaml").read_text())
 
 
 def blend_recipe(**sections) -> dict:

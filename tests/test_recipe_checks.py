@@ -6,21 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import CONFIGS, REPO, SCHEMA, with_defaults
 from pipeline import recipe_checks
 from pipeline.data import DataError, read_labels_csv
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-TINY = yaml.safe_load((REPO / "tests" / "configs" / "tiny_csv.yaml").read_text())
-
-
-def with_defaults(recipe: dict) -> dict:
-    """The recipe as the checks after the schema see it: Snakemake's validate fills in the defaults."""
-    from snakemake.utils import validate
-
-    recipe = copy.deepcopy(recipe)
-    validate(recipe, str(REPO / "config" / "schema.yaml"))
-    return recipe
+TINY = yaml.safe_load((CONFIGS / "tiny_csv.yaml").read_text())
 
 
 def changed(recipe: dict, **sections) -> dict:
