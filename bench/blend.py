@@ -1,12 +1,12 @@
-"""The demo blend measured: the K-fold demo's 3 folds with the members of config/demo_blend.yaml and their blend, then
-the pseudo-label round of config/demo_pseudo.yaml and the blend with its students, in the same out_dir (the second
-run trains only the students); then each model's out-of-fold figures next to its hidden-test ones
-(`data/demo/solution.csv`, which no stage reads). Prints a Markdown table per run: per member (and the students) the
-OOF log loss and accuracy of its TTA mean and the hidden-test log loss and accuracy of its fold ensemble; per blend
-the cross-fitted OOF figures and the hidden-test ones of its test prediction; for each, calibrated as the calibrate
-stage would calibrate it alone (plain-pass weight and temperature fitted on its out-of-fold rows: the cross-fitted
-OOF figure, and the hidden test after applying the fit to its test prediction); the run's submission; the
-pseudo-labels each fold used; and the seconds each member's jobs took.
+"""The demo blend measured: the K-fold demo's 3 folds with the members of config/demo_blend.yaml, their blend, the
+pseudo-label round and the blend with its students, from one `snakemake` run; then each model's out-of-fold figures
+next to its hidden-test ones (`data/demo/solution.csv`, which no stage reads). Prints a Markdown table: per member
+(and the students) the OOF log loss and accuracy of its TTA mean and the hidden-test log loss and accuracy of its
+fold ensemble; per blend the cross-fitted OOF figures and the hidden-test ones of its test prediction; for each,
+calibrated as the calibrate stage calibrates the final blend (plain-pass weight and temperature fitted on its
+out-of-fold rows: the cross-fitted OOF figure, and the hidden test after applying the fit to its test prediction),
+which is what its submission would score without the models after it; the run's submission; the pseudo-labels each
+fold used; and the seconds each member's jobs took.
 
     python bench/blend.py [--json out.json]
 """
@@ -30,8 +30,7 @@ from pipeline.data import class_indices, read_test_table  # noqa: E402
 from pipeline.stages.calibrate import calibrate, calibrated_probs, cross_fit_groups  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = [ROOT / "config" / "demo.yaml", ROOT / "config" / "demo_kfold.yaml", ROOT / "config" / "demo_blend.yaml"]
-ROUNDS = {"blend": [], "blend + pseudo-labels": [ROOT / "config" / "demo_pseudo.yaml"]}
+RECIPES = [ROOT / "config" / name for name in ("demo.yaml", "demo_kfold.yaml", "demo_blend.yaml")]
 
 
 def job_seconds(member_dir: Path) -> float:
@@ -96,15 +95,15 @@ def snakemake(recipes: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def scores(out: Path, solution: pd.DataFrame) -> dict:
-    """Every model of the run in out_dir, its blends, its submission and its pseudo-labels."""
+def scores(out: Path, solution: pd.DataFrame, pseudo_round: bool) -> dict:
+    """Every model of the run in out_dir, its blends, its submission and, with the round, its pseudo-labels (the
+    recipe says which folders are this run's: an earlier recipe's may still be on disk)."""
     ids = read_test_table(out / "test.csv")["id"].tolist()
     weights = json.loads((out / "blend" / "weights.json").read_text())
     classes = weights["classes"]
     final = json.loads((out / "cv_metrics.json").read_text())
     chains = [member["name"] for member in weights["members"]]
-    students = sorted(path.name for path in (out / "members").glob("*-pseudo")) if (out / "blend_pseudo").is_dir() \
-        else []
+    students = sorted(path.name for path in (out / "members").glob("*-pseudo")) if pseudo_round else []
     blends = ["blend", "blend_pseudo"] if students else ["blend"]
     if abs(json.loads((out / blends[-1] / "weights.json").read_text())["blend_oof_logloss"]
            - final["oof_logloss"]) > 1e-9:
@@ -127,17 +126,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
-    out = ROOT / yaml.safe_load(BASE[-1].read_text())["out_dir"]  # the pseudo-label round's too
-    report = {"machine": machine(), "runs": {}}
-    for name, extra in ROUNDS.items():
-        wall = snakemake(BASE + extra)
-        solution = pd.read_csv(ROOT / "data" / "demo" / "solution.csv", dtype={"id": str})  # built by the first run
-        run = {"wall_seconds": round(wall, 1), **scores(out, solution)}
-        report["runs"][name] = run
-        print(f"## {name}: snakemake {wall:.0f} s ({machine()})\n\n{table(run['rows'])}\n")
-        for fold in run["pseudo_labels"]:
-            print(f"fold {fold['fold']}: {fold['n_used']} of {fold['n_test']} test images at >= {fold['threshold']} "
-                  f"(mean confidence {fold['mean_confidence']:.3f}), per class {fold['class_balance']}")
+    recipe = yaml.safe_load(RECIPES[-1].read_text())
+    wall = snakemake(RECIPES)
+    solution = pd.read_csv(ROOT / "data" / "demo" / "solution.csv", dtype={"id": str})  # built by the run
+    report = {"machine": machine(), "wall_seconds": round(wall, 1),
+              **scores(ROOT / recipe["out_dir"], solution, pseudo_round="pseudo" in recipe)}
+    print(f"{machine()}\n\nsnakemake: {wall:.0f} s\n\n{table(report['rows'])}\n")
+    for fold in report["pseudo_labels"]:
+        print(f"fold {fold['fold']}: {fold['n_used']} of {fold['n_test']} test images at >= {fold['threshold']} "
+              f"(mean confidence {fold['mean_confidence']:.3f}), per class {fold['class_balance']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
