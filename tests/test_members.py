@@ -4,7 +4,7 @@ tests/test_blend_workflow.py runs such a recipe end to end."""
 import pytest
 import yaml
 
-from conftest import CONFIGS, SCHEMA, with_defaults
+from conftest import CONFIGS, REPO, SCHEMA, with_defaults
 from pipeline import members, recipe_checks
 
 KFOLD = yaml.safe_load((CONFIGS / "kfold_csv.yaml").read_text())
@@ -85,3 +85,24 @@ def test_members_must_agree_on_what_a_rule_declares_once():
     recipes = {name: with_defaults(members.member_recipe(recipe, name)) for name in ("a", "b")}
     problems = members.uniform_problems(recipe, recipes)
     assert len(problems) == 1 and problems[0].startswith("members.b.head.lr_find: True differs")
+
+
+def test_the_shipped_dog_breed_blend_is_a_valid_recipe_whose_convnext_member_is_the_convnext_recipe():
+    """config/dogbreeds_blend.yaml restates config/dogbreeds_convnext.yaml as a member (the data is not here, so the
+    workflow cannot plan it): merged like the workflow merges it, it passes every check, and that member trains what
+    the ConvNeXt recipe trains."""
+    def recipe(*names):
+        merged = {}
+        for name in names:
+            merged = members.merged(merged, yaml.safe_load((REPO / "config" / name).read_text()))
+        return merged
+
+    blend = with_defaults(recipe("dogbreeds.yaml", "dogbreeds_kfold.yaml", "dogbreeds_blend.yaml"))
+    assert members.override_problems(blend) == [] and members.recipe_problems(blend, kfold=True) == []
+    recipes = {name: with_defaults(members.member_recipe(blend, name)) for name in members.names(blend)}
+    assert members.uniform_problems(blend, recipes) == []
+    convnext = with_defaults(recipe("dogbreeds.yaml", "dogbreeds_convnext.yaml"))
+    for key in ("model", "loader", "finetune", "head", "images"):
+        assert recipes["convnext"][key] == convnext[key], key
+    assert recipes["convnext"]["split"] == blend["split"] and blend["split"]["method"] == "stratified_kfold"
+    assert recipes["r34"]["model"]["arch"] == "resnet34"
