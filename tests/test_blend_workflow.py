@@ -3,6 +3,7 @@ blend, a pseudo-label round and the blend with its students (tests/configs/blend
 the rerun contract with dry runs. The blend's and the pseudo-label stage's own logic have unit tests
 (tests/test_blend.py, tests/test_pseudo.py); these check what the workflow wires together."""
 import json
+import os
 import re
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
+import report_browser
 from conftest import CONFIGS, REPO, planned_jobs, snakemake, write_override
 from pipeline.blend import combine
 
@@ -121,6 +123,22 @@ def test_pseudo_labelled_images_never_reach_an_out_of_fold_score_or_the_calibrat
         ids = pd.read_csv(rows, dtype={"id": str})["id"]
         assert not set(ids) & test_ids and set(ids) <= set(labelled["id"]), rows
     assert read(out / "calibration" / "calibration.json")["n_rows"] == int(labelled["fold"].isin(FOLDS).sum())
+
+
+def test_the_report_shows_each_blends_weights_and_correlation_in_a_browser(blend_run, tmp_path):
+    page = tmp_path / "report.html"
+    result = snakemake(REPO, blend_run, "--report", str(page), configfiles=RECIPES)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    if report_browser.chromium() is None:
+        if os.environ.get("LESSON2_REQUIRE_BROWSER"):
+            pytest.fail("Chromium could not be installed for the report check")
+        pytest.skip("no Chromium to look at the report with (apt-get install chromium)")
+    for blend in ("blend", "blend_pseudo"):
+        dom = report_browser.render(page, ["3. Results", blend])
+        assert 'data-tour="done"' in dom, blend
+        assert f">out/{blend}/weights.json<" in dom and f">out/{blend}/correlation.png<" in dom, blend
+    dom = report_browser.render(page, ["3. Results", "tables", "view:out/report/tables.html"])
+    assert 'data-tour="done"' in dom and "<iframe" in dom
 
 
 def test_nothing_reruns_when_nothing_changed(blend_run):
