@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, log_loss
 
-from pipeline import blend, cli, passes, plots
+from pipeline import blend, cli, cv_scores, passes, plots
 from pipeline.data import class_indices, read_labeled_table
 from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_csv, write_json
 
@@ -72,26 +71,17 @@ def check_alike(members: list[Member], classes: list[str], split_csv: str) -> No
             cli.fail(f"{member.folder}: {len(member.test)} test rows, but {first.folder} has {len(first.test)}")
 
 
-def scores(y: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
-    return float(log_loss(y, probs, labels=range(probs.shape[1]))), float(accuracy_score(y, probs.argmax(1)))
-
-
 def cv_metrics(y, folds, blended, blended_plain, classes, method) -> dict:
-    """The oof stage's cv_metrics.json keys for the cross-fitted blend, so calibrate and the report read it as one."""
+    """The oof stage's cv_metrics.json for the cross-fitted blend, so calibrate and the report read it as one."""
     per_fold = []
     for fold in np.unique(folds):
         rows = folds == fold
-        logloss, accuracy = scores(y[rows], blended[rows])
-        logloss_no_tta, accuracy_no_tta = scores(y[rows], blended_plain[rows])
+        logloss, accuracy = cv_scores.scores(y[rows], blended[rows])
+        logloss_no_tta, accuracy_no_tta = cv_scores.scores(y[rows], blended_plain[rows])
         per_fold.append({"fold": int(fold), "n_valid": int(rows.sum()), "valid_logloss": logloss,
                          "valid_accuracy": accuracy, "valid_logloss_no_tta": logloss_no_tta,
                          "valid_accuracy_no_tta": accuracy_no_tta})
-    spread = {f"fold_{key}_{stat}": float(getattr(np, stat)([fold[key] for fold in per_fold]))
-              for key in ("valid_logloss", "valid_accuracy") for stat in ("mean", "std")}
-    (oof_logloss, oof_accuracy), (no_tta_logloss, no_tta_accuracy) = scores(y, blended), scores(y, blended_plain)
-    return {"oof_logloss": oof_logloss, "oof_accuracy": oof_accuracy, "oof_logloss_no_tta": no_tta_logloss,
-            "oof_accuracy_no_tta": no_tta_accuracy, "n_oof": len(y), "n_folds": len(per_fold), "folds": per_fold,
-            **spread, "n_aug": 0, "ensemble_average": method, "classes": classes}
+    return cv_scores.cv_metrics(y, blended, blended_plain, per_fold, 0, method, classes)
 
 
 def weights_report(members, params, classes, y, folds, blended, on_all, per_fold) -> dict:
@@ -100,11 +90,11 @@ def weights_report(members, params, classes, y, folds, blended, on_all, per_fold
              "oof_logloss": member.cv["oof_logloss"], "oof_accuracy": member.cv["oof_accuracy"]}
             for member, weight in zip(members, on_all.weights if weights else [None] * len(members))]
     best = min(rows, key=lambda row: row["oof_logloss"])
-    oof_logloss, oof_accuracy = scores(y, blended)
+    oof_logloss, oof_accuracy = cv_scores.scores(y, blended)
     report = {"method": params["method"], "space": params["space"], "classes": classes, "n_oof": len(y),
               "members": rows, "best_member": best["name"], "best_member_oof_logloss": best["oof_logloss"],
               "blend_oof_logloss": oof_logloss, "blend_oof_accuracy": oof_accuracy,
-              "in_sample_oof_logloss": scores(y, on_all.predict(np.stack([m.oof for m in members])))[0],
+              "in_sample_oof_logloss": cv_scores.scores(y, on_all.predict(np.stack([m.oof for m in members])))[0],
               "folds": sorted(int(fold) for fold in np.unique(folds))}
     if weights:  # fold k's pseudo-label teacher blends fold k's members with the weights fitted without fold k
         report["fold_weights"] = {str(fold): fitted.weights.tolist() for fold, fitted in per_fold.items()}

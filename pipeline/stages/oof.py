@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
+from sklearn.metrics import confusion_matrix
 
-from pipeline import cli, passes, plots
+from pipeline import cli, cv_scores, passes, plots
 from pipeline.data import class_indices, read_labeled_table, read_split
 from pipeline.io import read_json, save_npy, write_csv, write_json
 
@@ -43,23 +43,13 @@ def out_of_fold(assignment: pd.DataFrame, fold_dirs: list[Path]) -> tuple[pd.Dat
     return predicted.iloc[order].reset_index(drop=True), np.concatenate(fold_passes, axis=1)[:, order]
 
 
-def scores(y: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float, float]:
-    return float(log_loss(y, probs, labels=list(range(n_classes)))), float(accuracy_score(y, probs.argmax(1)))
-
-
 def cv_metrics(y: np.ndarray, oof_passes: np.ndarray, fold_metrics: list[dict], classes: list[str],
                params: dict) -> dict:
     n_aug = params["n_aug"]
-    oof_logloss, oof_accuracy = scores(y, passes.tta_mean(oof_passes, n_aug), len(classes))
-    no_tta_logloss, no_tta_accuracy = scores(y, passes.plain(oof_passes), len(classes))
     folds = [{"fold": fold, "n_valid": metrics["n_valid"], **{key: metrics[key] for key in FOLD_SCORES}}
              for fold, metrics in zip(params["folds"], fold_metrics)]
-    spread = {f"fold_{key}_{stat}": float(getattr(np, stat)([fold[key] for fold in folds]))
-              for key in ("valid_logloss", "valid_accuracy") for stat in ("mean", "std")}
-    return {"oof_logloss": oof_logloss, "oof_accuracy": oof_accuracy, "oof_logloss_no_tta": no_tta_logloss,
-            "oof_accuracy_no_tta": no_tta_accuracy, "n_oof": len(y), "n_folds": len(folds),
-            "folds": folds, **spread, "n_aug": n_aug, "ensemble_average": params["average"],
-            "classes": classes}
+    return cv_scores.cv_metrics(y, passes.tta_mean(oof_passes, n_aug), passes.plain(oof_passes), folds, n_aug,
+                                params["average"], classes)
 
 
 # Where the slice's keys come from in the recipe (pipeline.recipe_defaults); `folds` is the folds the run has.
