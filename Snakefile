@@ -19,9 +19,11 @@ include: "rules/prepare.smk"
 include: "rules/features.smk"
 include: "rules/finetune.smk"
 include: "rules/results.smk"
+include: "rules/tracking.smk"
 
 
 rule all:
     input:
         final_outputs(),
+        tracked_run(),
     default_target: True

@@ -1,4 +1,5 @@
 # Helpers shared by the rule files: paths, each stage's slice of the recipe, and the code each stage runs.
+import hashlib
 import json
 import shlex
 import sys
@@ -9,7 +10,7 @@ sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (
 import yaml
 from snakemake.utils import validate
 
-from pipeline import members, recipe_checks, slurm_check
+from pipeline import members, recipe_checks, slurm_check, tracking_store
 from pipeline.backbone_check import BackboneProblem, checked_backbone
 from pipeline.data import data_fingerprint
 from pipeline.demo_folder import BUILT_MARKER, ownership_problem
@@ -31,7 +32,8 @@ stop_on(recipe_checks.schema_problems(config, yaml.safe_load(Path(SCHEMA).read_t
 validate(config, SCHEMA)
 FOLDS, FOLD_PROBLEMS = recipe_checks.kfold_folds(config)
 stop_on(recipe_checks.runtime_problems(config) + recipe_checks.finetune_problems(config) + FOLD_PROBLEMS
-        + recipe_checks.out_dir_problems(config) + recipe_checks.data_problems(config, SAMPLE_SUBMISSION_NAMED))
+        + recipe_checks.out_dir_problems(config) + recipe_checks.data_problems(config, SAMPLE_SUBMISSION_NAMED)
+        + tracking_store.tracking_problems(config))
 
 DATA = config["data_dir"]
 OUT = config["out_dir"]

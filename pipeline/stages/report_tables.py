@@ -9,17 +9,13 @@
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline import cli
-from pipeline.io import atomic_path, read_json
-
-STYLE = """body{font-family:system-ui,sans-serif;font-size:14px;margin:1em;color:#1e293b}
-table{border-collapse:collapse;margin:0 0 1.5em}th,td{padding:3px 10px;border-bottom:1px solid #e2e8f0;text-align:right}
-th:first-child,td:first-child{text-align:left}thead th{background:#f1f5f9}h2{font-size:16px;margin:1em 0 .4em}"""
+from pipeline.html_page import section, write_page
+from pipeline.io import read_json
 
 # The blends' folders (rules/results.smk): the members', and with a pseudo-label round the members' and students'.
 BLEND_TITLES = {"blend": "Blend of the members", "blend_pseudo": "Blend of the members and the pseudo-label students"}
@@ -67,11 +63,6 @@ def pseudo_labels_table(reports: list[dict]) -> pd.DataFrame:
                          for report in reports])
 
 
-def section(title: str, table: pd.DataFrame, note: str = "", index: bool = True) -> str:
-    body = table.to_html(float_format=lambda value: f"{value:.4f}", index=index, border=0)
-    return f"<h2>{html.escape(title)}</h2>" + (f"<p>{html.escape(note)}</p>" if note else "") + body
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = cli.stage_parser(__doc__)
     parser.add_argument("--metrics", required=True)
@@ -102,10 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parts += [section("Per class, worst log loss first", pd.read_csv(args.per_class), index=False),
               section("Most confused (actual, predicted)", pd.read_csv(args.most_confused), index=False),
               section("Images per class", pd.read_csv(args.class_counts), index=False)]
-    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{STYLE}</style></head><body>" \
-           + "".join(parts) + "</body></html>\n"
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(page)
+    write_page(parts, args.out)
     print(f"{len(parts)} tables -> {args.out}", flush=True)
 
 
