@@ -80,13 +80,14 @@ def store_lock(uri: str, wait: float = LOCK_WAIT) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str | None:
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it as a model-training experiment (the UI then opens on its runs)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name) if create else None
+    if experiment is None:
+        return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
 
 
 def workflow_runs(client: MlflowClient, experiment_ids: list[str], limit: int = 1000) -> list:

@@ -14,11 +14,22 @@ def tracked_run():
     return rules.track.output if TRACKING_URI else []
 
 
-def training_logs():
-    """Every model's per-epoch log (log.csv) of the head and of each fine-tune size: the curves the run logs."""
+def training_files():
+    """Every model's per-epoch log (log.csv, the curves the run logs) and plots, of the head and of each fine-tune
+    size."""
     stages = {name: ["head"] + [f"finetune/{step}" for step in chain.finetune_names()] for name, chain in CHAINS.items()}
-    return [log for name, folders in stages.items() for folder in folders
-            for log in for_every_model(model_out(f"{folder}/log.csv"), [name] if name else None)]
+    return [path for name, folders in stages.items() for folder in folders
+            for file in ("log.csv", "curves.png", "lr_schedule.png", "batch_loss.png")
+            for path in for_every_model(model_out(f"{folder}/{file}"), [name] if name else None)]
+
+
+def result_plots():
+    """The report's figures that `rule all` reaches only through other files: the data's, calibration's, the
+    out-of-fold ones of each member (or of the K-fold run) and each blend's folds."""
+    plots = [*rules.image_stats.output[2:4], rules.calibrate.output.plot]
+    oof_plots = [member_out("plots/cv_folds.png"), member_out("plots/oof_confusion_matrix.png")] if KFOLD else []
+    plots += for_every_model_level(oof_plots) if MEMBER_NAMES else oof_plots
+    return plots + [out(f"{blend}/cv_folds.png") for blend in BLENDS]
 
 
 def tracked_models():
@@ -47,7 +58,8 @@ if TRACKING_URI:
         member as a nested run, the results' files. A store it cannot reach costs one warning line, never the run."""
         input:
             results=final_outputs(),
-            training_logs=training_logs(),
+            training=training_files(),
+            plots=result_plots(),
             model_metrics=for_every_model(model_out("metrics.json")),
             calibration=rules.calibrate.output.report,
             pseudo_labels=expand(model_out("pseudo_labels.json"), member=STUDENT, fold=FOLDS) if STUDENT else [],
@@ -71,7 +83,7 @@ if TRACKING_URI:
         shell:
             stage_shell(
                 "track",
-                "--files {input.results:q} {input.training_logs:q} {input.model_metrics:q} {input.calibration:q} "
+                "--files {input.results:q} {input.training:q} {input.plots:q} {input.model_metrics:q} {input.calibration:q} "
                 "{input.pseudo_labels:q} {input.checkpoints:q} --recipe {TRACKED_RECIPE:q} --mark {output.mark:q} "
                 "--params {params.p:q}",
             )

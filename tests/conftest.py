@@ -208,8 +208,9 @@ def snakemake_command(workflow: Path, workdir: Path, *args: str, configfiles: li
 
 def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path] = (),
               env: dict | None = None) -> subprocess.CompletedProcess:
-    """Snakemake in a subprocess; `env` adds to (or, with None values, removes from) this process's environment."""
-    environment = {**os.environ, **(env or {})}
+    """Snakemake in a subprocess; `env` adds to (or, with None values, removes from) this process's environment. A
+    tracking store set in the environment is left out: every run logs to mlflow.db in its own working directory."""
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": None, **(env or {})}
     environment = {key: value for key, value in environment.items() if value is not None}
     return subprocess.run(snakemake_command(workflow, workdir, *args, configfiles=configfiles), capture_output=True,
                           text=True, timeout=900, env=environment)

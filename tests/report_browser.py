@@ -60,25 +60,31 @@ def chromium() -> str | None:
     return shutil.which("chromium")
 
 
-def render(report: Path, steps: list[str], screenshot: Path | None = None, timeout: int = 120) -> str:
-    """The page's DOM after clicking through `steps`; with `screenshot`, also a PNG of what is on screen then."""
+def look(url: str, budget_ms: int, screenshot: Path | None = None, window: str = "1400,1000",
+         timeout: int = 120) -> str:
+    """The DOM of the page at `url` once `budget_ms` of its virtual time has run (its timers and the requests they
+    wait on, without waiting for them in real time); with `screenshot`, also a PNG of what is on screen then."""
     browser = chromium()
     if browser is None:
         raise RuntimeError("Chromium is not installed (apt-get install chromium)")
+    command = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--window-size={window}", f"--virtual-time-budget={budget_ms}"]
+    dom = subprocess.run([*command, "--dump-dom", url], capture_output=True, text=True, timeout=timeout,
+                         check=True).stdout
+    if screenshot:
+        subprocess.run([*command, f"--screenshot={screenshot}", url], capture_output=True, timeout=timeout, check=True)
+    return dom
+
+
+def render(report: Path, steps: list[str], screenshot: Path | None = None, timeout: int = 120) -> str:
+    """The page's DOM after clicking through `steps`; with `screenshot`, also a PNG of what is on screen then."""
     page = report.read_text()
     end = page.rfind("</body>")
     with tempfile.TemporaryDirectory() as folder:
         toured = Path(folder) / "report.html"
         toured.write_text(page[:end] + CLICKER % json.dumps(steps) + page[end:])
-        # Virtual time runs the page's timers (the clicks) without waiting for them in real time.
-        command = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                   "--window-size=1400,1000", f"--virtual-time-budget={2000 + 1000 * len(steps)}"]
-        dom = subprocess.run([*command, "--dump-dom", toured.as_uri()], capture_output=True, text=True,
-                             timeout=timeout, check=True).stdout
-        if screenshot:
-            subprocess.run([*command, f"--screenshot={screenshot}", toured.as_uri()], capture_output=True,
-                           timeout=timeout, check=True)
-    return dom
+        return look(toured.as_uri(), 2000 + 1000 * len(steps), screenshot, timeout=timeout)
 
 
 def main() -> None:

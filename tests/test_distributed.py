@@ -147,7 +147,7 @@ def ddp_run(micro_run, tmp_path_factory):
 def test_devices_reruns_only_the_training_stages_and_what_follows(ddp_run):
     _, planned = ddp_run
     assert set(planned) == {"train_head", "finetune", "tta", "calibrate", "interpret", "report_tables", "submission",
-                            "all"}
+                            "track", "all"}
 
 
 @pytest.mark.workflow

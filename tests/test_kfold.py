@@ -139,7 +139,7 @@ def dry_run(work, tmp_path, **override) -> dict[str, int]:
     return {rule: count for rule, count in planned_jobs(result.stdout).items() if rule != "all"}
 
 
-AFTER_CALIBRATE = {"interpret": 1, "report_tables": 1, "submission": 1}
+AFTER_CALIBRATE = {"interpret": 1, "report_tables": 1, "submission": 1, "track": 1}  # track: logs the new run
 CROSS_FOLD = {"oof": 1, "calibrate": 1, **AFTER_CALIBRATE}
 
 

@@ -168,7 +168,8 @@ def test_nothing_reruns_when_nothing_changed(csv_run):
     assert "Nothing to be done" in result.stdout and planned_jobs(result.stdout) == {}, result.stdout[-2000:]
 
 
-AFTER_CALIBRATE = {"interpret", "report_tables", "submission"}
+# The tracking rule logs every run that changed a result: it follows any rerun.
+AFTER_CALIBRATE = {"interpret", "report_tables", "submission", "track"}
 AFTER_TTA = {"tta", "calibrate"} | AFTER_CALIBRATE
 AFTER_THE_HEAD = {"train_head", "lr_find", "finetune"} | AFTER_TTA
 FROM_THE_CACHE = {"precompute"} | AFTER_THE_HEAD
@@ -177,8 +178,8 @@ FROM_THE_CACHE = {"precompute"} | AFTER_THE_HEAD
 @pytest.mark.parametrize("override, expected", [
     ({"tta": {"n_aug": 3}}, AFTER_TTA),
     ({"calibration": {"enabled": False}}, {"calibrate"} | AFTER_CALIBRATE),
-    ({"submission": {"clip": 0.01}}, {"submission"}),
-    ({"interpret": {"top_losses": 4, "classes": 2}}, {"interpret", "report_tables"}),
+    ({"submission": {"clip": 0.01}}, {"submission", "track"}),
+    ({"interpret": {"top_losses": 4, "classes": 2}}, {"interpret", "report_tables", "track"}),
     ({"head": {"precomputed": [{"lr": 2.0e-2, "n_cycle": 2}]}}, AFTER_THE_HEAD),
     ({"head": {"lr_find": False}}, AFTER_THE_HEAD),
     ({"train": {"optimizer": "adamw", "train_bn": True}}, AFTER_THE_HEAD),
@@ -203,12 +204,12 @@ def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path
     override = write_override(tmp_path / "ft.yaml", finetune=recipe["finetune"])
     jobs = planned_jobs(snakemake(workflow, work, "-n", configfiles=[CONFIGS / "tiny_csv.yaml", override]).stdout)
     assert jobs == {"finetune": 1, "tta": 1, "calibrate": 1, "interpret": 1, "report_tables": 1, "submission": 1,
-                    "all": 1}
+                    "track": 1, "all": 1}
 
 
 @pytest.mark.parametrize("size, lr_find, expected", [
     (1, False, {}),                           # its plot stays; nothing to run
-    (2, True, {"lr_find": 1, "all": 1}),      # the sweep alone: the size's fits do not rerun
+    (2, True, {"lr_find": 1, "track": 1, "all": 1}),  # the sweep alone: the size's fits do not rerun
 ], ids=["off", "on"])
 def test_turning_a_sizes_lr_find_on_or_off_never_reruns_its_fits(csv_run, tmp_path, size, lr_find, expected):
     workflow, work = csv_run
@@ -220,7 +221,7 @@ def test_turning_a_sizes_lr_find_on_or_off_never_reruns_its_fits(csv_run, tmp_pa
 
 
 @pytest.mark.parametrize("module, expected", [
-    ("stages/submission.py", {"submission"}),
+    ("stages/submission.py", {"submission", "track"}),
     ("stages/tta.py", AFTER_TTA),
     # shared modules: exactly the stages that import them (directly or not), and what depends on those
     ("transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
