@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ HEADLINE = ("logloss_no_tta", "logloss_tta", "logloss_calibrated", "accuracy_no_
 FOLD_SPREAD = ("fold_valid_logloss_mean", "fold_valid_logloss_std", "fold_valid_accuracy_mean",
                "fold_valid_accuracy_std")
 MEMBER_FIGURES = ("oof_logloss", "oof_logloss_no_tta", "oof_accuracy", "oof_accuracy_no_tta") + FOLD_SPREAD
+FOLD_FIGURES = ("valid_logloss", "valid_logloss_no_tta", "valid_accuracy", "valid_accuracy_no_tta")
+PSEUDO_FIGURES = ("n_used", "fraction_used", "mean_confidence", "threshold")
 BLEND_FIGURES = ("blend_oof_logloss", "blend_oof_accuracy", "in_sample_oof_logloss", "best_member_oof_logloss")
 CURVE_COLUMNS = ("train_loss", "valid_loss", "accuracy")
 # What the tracking rule logs as artifacts: the results people open. Arrays and weights stay in the out_dir (weights
@@ -128,6 +131,14 @@ def blend_metrics(weights: dict, blend: str) -> dict[str, float]:
     return figures
 
 
+def model_metrics(model: Model) -> dict[str, float]:
+    """A fold's own validation figures (its TTA's metrics.json) and, for a pseudo-label student, its round's."""
+    figures = numbers(read_json(model.dir / "metrics.json"), FOLD_FIGURES)
+    if (model.dir / "pseudo_labels.json").is_file():
+        figures.update(numbers(read_json(model.dir / "pseudo_labels.json"), PSEUDO_FIGURES, "pseudo_"))
+    return figures
+
+
 def curves(log_csv: Path, stage: str) -> list[tuple[str, float, int]]:
     """(metric, value, step) per epoch of a training stage's log.csv, one curve per phase and column; the step counts
     the phase's epochs across its fits."""
@@ -160,9 +171,7 @@ def stages_rerun(out_dir: Path, since: float | None) -> list[str]:
 
 
 def git_state(folder: Path) -> tuple[str, str]:
-    """The checkout's commit and whether its tree has changes ("true"/"false"); "unknown" outside a git checkout."""
-    import subprocess
-
+    """The checkout's commit and whether its tracked files changed ("true"/"false"); "unknown" outside a checkout."""
     def git(*args):
         return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30)
 

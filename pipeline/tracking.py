@@ -1,5 +1,5 @@
 """MLflow: a workflow run logged as one MLflow run (its folds and members as nested runs), and runs read back for
-`pipeline.compare` and the tracking rule's views. Only the tracking rule and `pipeline.compare` import this module:
+`pipeline.compare` and the tracking rule's page. Only the tracking rule and `pipeline.compare` import this module:
 MLflow's import costs seconds, which no training stage pays.
 
 Every run this workflow logs carries the tag `run_kind`: `workflow` for the run itself, `member` and `fold` for its
@@ -25,11 +25,12 @@ for _variable, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_R
 
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
 from pipeline import run_record  # noqa: E402
-from pipeline.tracked_runs import LEADERBOARD  # noqa: E402
+from pipeline.io import read_json  # noqa: E402
 from pipeline.run_record import RunRecord  # noqa: E402
+from pipeline.tracked_runs import LEADERBOARD  # noqa: E402
 
 WORKFLOW = "workflow"
 LOCK_WAIT = 300               # seconds to wait for another logging into the same local store
@@ -148,15 +149,15 @@ def _log_run_contents(client: MlflowClient, experiment: str, record: RunRecord, 
     metrics = run_record.headline(record.calibration(), record.scope)
     for path in record.files:
         if path.name == "cv_metrics.json" and path.parent == record.out_dir:
-            metrics.update(run_record.numbers(run_record.read_json(path), run_record.FOLD_SPREAD))
+            metrics.update(run_record.numbers(read_json(path), run_record.FOLD_SPREAD))
         elif path.name == "weights.json":
-            metrics.update(run_record.blend_metrics(run_record.read_json(path), path.parent.name))
+            metrics.update(run_record.blend_metrics(read_json(path), path.parent.name))
     _log(client, run_id, metrics, run_record.flatten(record.recipe))
     member_runs = {}
     for member, folder in record.member_dirs.items():
         member_runs[member] = _child(client, experiment, run_id, member, "member", {"member": member})
         made.append(member_runs[member])
-        cv = run_record.read_json(folder / "oof" / "cv_metrics.json")
+        cv = read_json(folder / "oof" / "cv_metrics.json")
         _log(client, member_runs[member], run_record.numbers(cv, run_record.MEMBER_FIGURES),
              run_record.flatten(record.recipe.get("members", {}).get(member, {})))
     owned: dict = {}
@@ -169,7 +170,7 @@ def _log_run_contents(client: MlflowClient, experiment: str, record: RunRecord, 
             model_run = _child(client, experiment, parent, model.name, "fold",
                                {"fold": model.fold, **({"member": model.member} if model.member else {})})
             made.append(model_run)
-            _log(client, model_run, _model_metrics(model))
+            _log(client, model_run, run_record.model_metrics(model))
         points = [point for log in record.curve_logs(model)
                   for point in run_record.curves(log, run_record.stage_name(log, model.dir))]
         _log(client, model_run, points)
@@ -181,16 +182,6 @@ def _log_run_contents(client: MlflowClient, experiment: str, record: RunRecord, 
         client.set_terminated(member_run, "FINISHED")
     _log_files(client, run_id, [path for paths in owned.values() for path in paths], record.out_dir)
     client.set_terminated(run_id, "FINISHED")
-
-
-def _model_metrics(model) -> dict[str, float]:
-    """A fold's own validation figures (TTA's metrics.json) and, for a pseudo-label student, its round's."""
-    figures = {}
-    for name in ("metrics.json", "pseudo_labels.json"):
-        if (model.dir / name).is_file():
-            figures.update(run_record.numbers(run_record.read_json(model.dir / name), None,
-                                              "" if name == "metrics.json" else "pseudo_"))
-    return figures
 
 
 def record_leaderboard(client: MlflowClient, run_id: str, score: float) -> None:

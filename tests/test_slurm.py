@@ -84,6 +84,9 @@ def test_every_compute_stage_ran_as_a_slurm_job_and_none_asked_for_a_gpu(slurm_r
     assert len(by_rule["train_head"]) == 4  # 2 members x 2 folds, one job each
     assert by_rule["finetune"][0]["Comment"].startswith("rule_finetune")
     assert int(by_rule["train_head"][0]["NumCPUs"]) == TEST_CORES  # --max-threads capped the profile's 8 threads
+    # The MLflow logging is a local rule: it ran where Snakemake ran, into the store in that directory.
+    mark = json.loads((slurm_run / "out" / "tracking" / "run.json").read_text())
+    assert mark["status"] == "logged" and mark["uri"] == "sqlite:///mlflow.db" and (slurm_run / "mlflow.db").is_file()
 
 
 def test_members_and_folds_ran_side_by_side_on_the_cluster(slurm_run):

@@ -144,7 +144,8 @@ def report_page(csv_run, tmp_path_factory):
     (["3. Results", "interpretation"], ["out/interpret/top_losses.png", "out/interpret/most_confused.csv",
                                         "out/interpret/per_class.csv", "out/interpret/by_class.png"]),
     (["3. Results", "validation"], ["out/tta/confusion_matrix.png", "out/metrics.json"]),
-], ids=["data", "fine-tune", "head", "interpretation", "validation"])
+    (["3. Results", "tracked runs"], ["out/tracking/runs.html"]),  # the MLflow runs, CV next to the leaderboard
+], ids=["data", "fine-tune", "head", "interpretation", "validation", "tracked runs"])
 def test_the_report_shows_every_figure_under_its_category_in_a_browser(report_page, clicks, seen):
     dom = report_browser.render(report_page, clicks)
     assert 'data-tour="done"' in dom
