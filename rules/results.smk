@@ -205,6 +205,7 @@ rule calibrate:
     input:
         **calibration_inputs(),
         split=out("split.csv"),
+        test=out("test.csv"),
         code=code("calibrate"),
     output:
         report=out("calibration/calibration.json"),
@@ -232,7 +233,7 @@ rule calibrate:
         stage_shell(
             "calibrate",
             "--split-csv {input.split:q} --valid-rows {input.rows:q} "
-            "--valid-passes {input.valid_passes:q} --test-passes {input.test_passes:q} --out-dir "
+            "--valid-passes {input.valid_passes:q} --test-passes {input.test_passes:q} --test-csv {input.test:q} --out-dir "
             "{params.out_dir:q} {params.cv_reports} --threads {threads} --params {params.p:q}",
         )
 

@@ -191,9 +191,12 @@ def test_calibrate_runs_on_the_blend_and_fits_only_a_temperature(tmp_path):
 
     dirs, _ = member_folders(tmp_path)
     out = run_stage(tmp_path, dirs)
+    test_csv = tmp_path / "test.csv"
+    pd.DataFrame({"id": [f"t{i}" for i in range(10)], "path": "test/x.jpg", "usable": True}).to_csv(test_csv, index=False)
     calibrate.main(["--split-csv", str(tmp_path / "split.csv"), "--valid-rows", str(out / "oof.csv"),
                     "--valid-passes", str(out / "valid_passes.npy"), "--test-passes", str(out / "test_passes.npy"),
-                    "--out-dir", str(tmp_path / "calibration"), "--cv-metrics-in", str(out / "cv_metrics.json"),
+                    "--test-csv", str(test_csv), "--out-dir", str(tmp_path / "calibration"),
+                    "--cv-metrics-in", str(out / "cv_metrics.json"),
                     "--cv-metrics", str(tmp_path / "cv_metrics.json"), "--metrics", str(tmp_path / "metrics.json"),
                     "--params", json.dumps({"enabled": True, "n_aug": 0, "seed": 42}), "--threads", "1"])
     report = json.loads((tmp_path / "calibration" / "calibration.json").read_text())

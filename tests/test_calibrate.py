@@ -26,6 +26,12 @@ def synthetic(n: int, seed: int = 0, sharpen: float = 3.0) -> tuple[np.ndarray, 
     return np.stack([plain, augmented]).astype(np.float32), y
 
 
+def usable_test_table(n: int, unusable: tuple[int, ...] = ()) -> pd.DataFrame:
+    """test.csv as the split stage writes it: every image readable but the `unusable` rows."""
+    return pd.DataFrame({"id": [f"t{i}" for i in range(n)], "path": [f"test/t{i}.jpg" for i in range(n)],
+                         "usable": [i not in unusable for i in range(n)]})
+
+
 def run_stage(tmp_path, valid_passes, y, params, folds=None, test_passes=None, extra=()) -> dict:
     """Run the stage on files, as Snakemake would: a single split's split.csv (is_valid) unless `folds` is given."""
     tmp_path.mkdir(exist_ok=True)
@@ -41,10 +47,14 @@ def run_stage(tmp_path, valid_passes, y, params, folds=None, test_passes=None, e
     rows.insert(0, "id", [f"img{i}" for i in range(len(rows))])
     rows.to_csv(rows_csv, index=False)
     np.save(tmp_path / "valid_passes.npy", valid_passes)
-    np.save(tmp_path / "test_passes.npy", valid_passes[:, :7] if test_passes is None else test_passes)
+    test_passes = valid_passes[:, :7] if test_passes is None else test_passes
+    np.save(tmp_path / "test_passes.npy", test_passes)
+    if not (tmp_path / "test.csv").exists():
+        usable_test_table(test_passes.shape[1]).to_csv(tmp_path / "test.csv", index=False)
     main(["--split-csv", str(split_csv), "--valid-rows", str(rows_csv),
           "--valid-passes", str(tmp_path / "valid_passes.npy"), "--test-passes", str(tmp_path / "test_passes.npy"),
-          "--out-dir", str(tmp_path / "calibration"), "--params", json.dumps(params), "--threads", "1", *extra])
+          "--test-csv", str(tmp_path / "test.csv"), "--out-dir", str(tmp_path / "calibration"),
+          "--params", json.dumps(params), "--threads", "1", *extra])
     return json.loads((tmp_path / "calibration" / "calibration.json").read_text())
 
 
@@ -134,3 +144,18 @@ def test_kfold_metrics_report_the_oof_figures_and_the_calibrated_ones(tmp_path):
     assert metrics["scope"] == "out-of-fold"
     cv_metrics = json.loads((tmp_path / "cv_metrics.json").read_text())
     assert cv_metrics["folds"] == cv["folds"] and cv_metrics["calibrated"]["chosen"] == report["chosen"]
+
+
+def test_an_unreadable_test_images_class_prior_is_never_calibrated(tmp_path):
+    """The TTA stage gives an unreadable test image the training class prior; a temperature would sharpen it into a
+    guess, so the calibrated test predictions keep that row as it came."""
+    passes, y = synthetic(300, sharpen=4.0)
+    prior = np.array([0.4, 0.3, 0.2, 0.1], dtype=np.float32)
+    test_passes = passes[:, :5].copy()
+    test_passes[:, 2] = prior
+    usable_test_table(5, unusable=(2,)).to_csv(tmp_path / "test.csv", index=False)
+    report = run_stage(tmp_path, passes, y, {"enabled": True, "n_aug": 4, "seed": 42}, test_passes=test_passes)
+    assert report["temperature"] != 1.0  # the fitted calibration is chosen: it changes every other row
+    calibrated = np.load(tmp_path / "calibration" / "test_probs.npy")
+    np.testing.assert_allclose(calibrated[2], prior, atol=1e-6)
+    assert not np.allclose(calibrated[0], test_passes[0, 0], atol=1e-3)

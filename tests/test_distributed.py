@@ -147,7 +147,7 @@ def ddp_run(micro_run, tmp_path_factory):
 def test_devices_reruns_only_the_training_stages_and_what_follows(ddp_run):
     _, planned = ddp_run
     assert set(planned) == {"train_head", "finetune", "tta", "calibrate", "interpret", "report_tables", "submission",
-                            "track", "all"}
+                            "all"}
 
 
 @pytest.mark.workflow
@@ -172,7 +172,9 @@ def test_training_stages_run_as_two_ranks_and_write_one_set_of_outputs(ddp_run, 
 def test_data_parallel_head_matches_one_process_and_its_loss_falls(ddp_run, micro_run):
     """The precomputed fits run alike on every rank, so they equal one process's; the augmented epoch then starts
     from the same head over the same images, in another order with other augmentation draws (measured: 0.04 in
-    validation loss, one image in 30): 0.15 and 0.1 allow for that, not for a head trained on half the data."""
+    validation loss, one image in 30 under bf16; in float32 on an AVX2 CPU, 2026-12-03, the two ranks ended 5 images
+    in 30 better than one process): 0.15 in loss and 0.1 in accuracy below it allow for that, not for a head trained
+    on half the data, which could only be worse."""
     out, _ = ddp_run
     ddp, single = pd.read_csv(out / "head" / "log.csv"), pd.read_csv(micro_run.out / "head" / "log.csv")
     first = ddp["phase"] == "precomputed"
@@ -182,7 +184,7 @@ def test_data_parallel_head_matches_one_process_and_its_loss_falls(ddp_run, micr
     np.testing.assert_allclose(ddp.loc[first, "valid_loss"], single.loc[first, "valid_loss"], rtol=rtol)
     augmented = ddp[~first].iloc[-1], single[~first].iloc[-1]
     assert abs(augmented[0]["valid_loss"] - augmented[1]["valid_loss"]) <= 0.15
-    assert abs(augmented[0]["accuracy"] - augmented[1]["accuracy"]) <= 0.1
+    assert augmented[0]["accuracy"] >= augmented[1]["accuracy"] - 0.1
     assert augmented[0]["valid_loss"] < ddp.loc[first, "valid_loss"].iloc[-1]  # the augmented epoch lowered it
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["valid_logloss"])

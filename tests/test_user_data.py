@@ -16,7 +16,7 @@ from conftest import (CONFIGS, REPO, build_user_data, checksums, copy_workflow, 
 
 pytestmark = pytest.mark.workflow
 IMAGE_STAGES = {"image_stats", "resize", "split", "augmentation_preview", "precompute", "train_head", "finetune",
-                "tta", "calibrate", "interpret", "report_tables", "submission", "track"}
+                "tta", "calibrate", "interpret", "report_tables", "submission"}
 
 
 @pytest.mark.parametrize("layout_recipe, recipe", [

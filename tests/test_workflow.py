@@ -209,7 +209,7 @@ def test_a_second_fine_tune_size_change_leaves_the_first_alone(csv_run, tmp_path
 
 
 @pytest.mark.parametrize("size, lr_find, expected", [
-    (1, False, {}),                           # its plot stays; nothing to run
+    (1, False, {"track": 1, "all": 1}),       # its plot stays; only the tracking rule logs the edited recipe
     (2, True, {"lr_find": 1, "track": 1, "all": 1}),  # the sweep alone: the size's fits do not rerun
 ], ids=["off", "on"])
 def test_turning_a_sizes_lr_find_on_or_off_never_reruns_its_fits(csv_run, tmp_path, size, lr_find, expected):
@@ -265,7 +265,7 @@ def test_folder_layout_gives_a_binary_submission_that_beats_uniform_and_new_weig
     state["conv_stem.weight"] = state["conv_stem.weight"] * 1.01
     torch.save(state, weights)  # the same path, other weights
     jobs = planned_jobs(snakemake(workflow, tmp_path / "work", "-n", configfiles=recipe).stdout)
-    assert set(jobs) - {"all"} == {"precompute"} | AFTER_THE_HEAD - {"lr_find"}, jobs
+    assert set(jobs) - {"all"} == {"precompute"} | AFTER_THE_HEAD - {"lr_find", "track"}, jobs  # tracking: none
 
 
 # What the check the workflow runs before planning (pipeline.backbone_check, called by rules/common.smk) says about
@@ -402,7 +402,7 @@ def test_lesson_recipes_plan_the_whole_chain_without_the_demo_builder(tmp_path, 
     assert "demo_data" not in jobs, "the demo recipe's keys leaked into a lesson recipe"
     kfold = {"fold_split", "oof"} if jobs_per_model > 1 else set()
     chain = {"split", "image_stats", "resize", "augmentation_preview", "precompute", "train_head", "finetune", "tta",
-             "calibrate", "interpret", "report_tables", "submission", "all"}
+             "calibrate", "interpret", "report_tables", "submission", "track", "all"}
     assert set(jobs) == chain | kfold, result.stdout[-2000:] + result.stderr[-2000:]
     assert jobs["finetune"] == jobs["precompute"] == jobs["tta"] == jobs_per_model
 

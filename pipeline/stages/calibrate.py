@@ -6,7 +6,8 @@ Passes are TTA's (2, N, C) probabilities: [0] the plain pass, [1] the mean of th
 cross-fit groups are their `fold` (a K-fold run's OOF rows) or, without one, 5 random parts.
 
     python -m pipeline.stages.calibrate --split-csv out/split.csv --valid-rows out/split.csv \
-        --valid-passes out/tta/valid_passes.npy --test-passes out/tta/test_passes.npy --out-dir out/calibration \
+        --valid-passes out/tta/valid_passes.npy --test-passes out/tta/test_passes.npy --test-csv out/test.csv \
+        --out-dir out/calibration \
         --params '{"enabled": true, "n_aug": 4, "seed": 42}' \
         [--cv-metrics-in out/oof/cv_metrics.json --cv-metrics out/cv_metrics.json --metrics out/metrics.json]
 """
@@ -22,8 +23,9 @@ from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import KFold
 
 from pipeline import cli, plots, runtime
-from pipeline.data import class_indices, read_labeled_table, read_rows
+from pipeline.data import class_indices, read_labeled_table, read_rows, read_test_table
 from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_json
+from pipeline.passes import PLAIN
 
 FLOOR = 1e-12  # a pass can give a class exactly 0; its log must stay finite
 
@@ -47,6 +49,16 @@ def _log_probs(plain, augmented, plain_weight, temperature) -> torch.Tensor:
 def calibrated_probs(passes: np.ndarray, plain_weight: float, temperature: float) -> np.ndarray:
     plain, augmented = torch.from_numpy(np.asarray(passes, dtype=np.float64))
     return _log_probs(plain, augmented, plain_weight, temperature).exp().numpy()
+
+
+def calibrated_test_probs(passes: np.ndarray, usable: np.ndarray, report: dict) -> np.ndarray:
+    """The test predictions calibrated, but for the unreadable images' rows: they keep the training class prior the
+    TTA stage gave them (a temperature would sharpen a prior into a guess)."""
+    if len(usable) != passes.shape[1]:
+        cli.fail(f"test.csv has {len(usable)} rows but the test passes have {passes.shape[1]}: they must be aligned")
+    probs = calibrated_probs(passes, report["plain_weight"], report["temperature"])
+    probs[~usable] = passes[PLAIN][~usable]
+    return probs
 
 
 def fit(passes: np.ndarray, y: np.ndarray, n_aug: int) -> tuple[float, float]:
@@ -158,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid-rows", required=True, help="CSV aligned with --valid-passes: label, maybe fold")
     parser.add_argument("--valid-passes", required=True)
     parser.add_argument("--test-passes", required=True)
+    parser.add_argument("--test-csv", required=True, help="test.csv: its unreadable images keep the class prior")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--cv-metrics-in", help="a K-fold run's uncalibrated OOF figures")
     parser.add_argument("--cv-metrics", help="where to write them with the calibrated figures added")
@@ -179,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
     save_npy(probs[report["chosen"]], out_dir / "valid_probs.npy")
-    save_npy(calibrated_probs(test_passes, report["plain_weight"], report["temperature"]).astype(np.float32),
-             out_dir / "test_probs.npy")
+    save_npy(calibrated_test_probs(test_passes, read_test_table(args.test_csv)["usable"].to_numpy(bool),
+                                   report).astype(np.float32), out_dir / "test_probs.npy")
     reliability_plot(report, probs, y, out_dir / "reliability.png")
     write_json(report, out_dir / "calibration.json")
     if args.cv_metrics_in:
