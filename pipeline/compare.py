@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline import cli, run_record, tracked_runs, tracking_store
+from pipeline import cli, run_record, tracked_runs, tracking, tracking_store
 from pipeline.tracked_runs import HEADLINE_ROWS, LEADERBOARD
 
 
@@ -26,8 +26,6 @@ class CompareError(LookupError):
 
 def open_store(uri: str | None):
     """An MLflow client on the store, refusing a local database that does not exist (MLflow would create it)."""
-    from pipeline import tracking
-
     uri = tracking_store.store_uri(uri)
     if uri is None:
         raise CompareError("tracking is off (MLFLOW_TRACKING_URI=none); pass --tracking-uri")
@@ -143,10 +141,8 @@ def leaderboard_table(runs: list, markdown: bool) -> str:
                                                     markdown)
 
 
-def record_leaderboard(client, run, score: float, runs: list) -> str:
+def record_leaderboard(client, run, score: float) -> str:
     """Record the score, then refresh the run's out_dir pages (and log the CV-against-LB plot when there is one)."""
-    from pipeline import tracking
-
     tracking.record_leaderboard(client, run.info.run_id, score)
     experiment_runs = tracking.workflow_runs(client, [run.info.experiment_id])
     message = f"recorded leaderboard {score} on {describe_run(run)}"
@@ -171,12 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", help="the store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--experiment", help="the experiment (default: the newest run's)")
     args = parser.parse_args(argv)
-    if len(args.runs) > (1 if args.lb is not None or args.list else 2) or (len(args.runs) == 1 and args.lb is None):
+    allowed = (0,) if args.list else (0, 1) if args.lb is not None else (0, 2)
+    if len(args.runs) not in allowed:
         parser.error("give two runs to compare, none for the last two, or one with --lb")
     try:
         client, uri = open_store(args.tracking_uri)
-        from pipeline import tracking
-
         runs = tracking.workflow_runs(client, experiment_ids(client, args.experiment))
         if args.list:
             listed = tracked_runs.runs_table(runs)
@@ -186,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.lb is not None:
             run = find_run(runs, args.runs[0]) if args.runs else newest(runs)
-            print(record_leaderboard(client, run, args.lb, runs))
+            print(record_leaderboard(client, run, args.lb))
             runs = tracking.workflow_runs(client, [run.info.experiment_id])
         else:
             a, b = (find_run(runs, args.runs[0]), find_run(runs, args.runs[1])) if args.runs else last_two(runs)

@@ -63,9 +63,10 @@ class RunRecord:
     @classmethod
     def from_layout(cls, recipe: dict, layout: dict, files: list[str]) -> "RunRecord":
         models = [Model(model["member"], model["fold"], Path(model["dir"])) for model in layout["models"]]
-        return cls(recipe, Path(recipe["out_dir"]), layout["scope"], models,
-                   {name: Path(path) for name, path in layout["member_dirs"].items()}, [Path(f) for f in dict.fromkeys(files)],
-                   layout["log_models"], [Path(path) for path in layout.get("checkpoints", [])])
+        member_dirs = {name: Path(path) for name, path in layout["member_dirs"].items()}
+        return cls(recipe, Path(recipe["out_dir"]), layout["scope"], models, member_dirs,
+                   [Path(path) for path in dict.fromkeys(files)], layout["log_models"],
+                   [Path(path) for path in layout["checkpoints"]])
 
     def owner(self, path: Path) -> Model | str | None:
         """The model (deepest folder first) or member a file belongs to; None for the run's own files."""

@@ -256,6 +256,11 @@ def for_every_model(path, names=None):
     return expand(path, member=names or MODEL_CHAINS, fold=FOLDS)
 
 
+def for_every_model_of(name, path):
+    """A per-model path for every fold of one chain (a member, or the one chain without members: name None)."""
+    return for_every_model(path, [name] if name else None)
+
+
 def split_params():
     """The split stage's slice: a K-fold run assigns every fold at once, so the folds it runs (and the single-split
     `fold`) stay out of it and adding a fold leaves the split, and every other fold, alone."""
@@ -336,7 +341,7 @@ def final_outputs():
     """What a plain `snakemake` builds: the submission, the scores, and every figure and table the report shows.
     Called by `rule all` once every rule file is included (it names rules' outputs)."""
     lr_find_plots = [plot for name, c in CHAINS.items() for step in c.lr_find_names()
-                     for plot in for_every_model(model_out(f"finetune/{step}/lr_find.png"), [name] if name else None)]
+                     for plot in for_every_model_of(name, model_out(f"finetune/{step}/lr_find.png"))]
     member_results = [member_out(name) for name in ("oof.csv", "oof/cv_metrics.json")] if MEMBER_NAMES else []
     blend_results = [out(f"{blend}/{name}") for blend in BLENDS for name in ("weights.json", "correlation.png")]
     return [

@@ -20,13 +20,13 @@ def training_files():
     stages = {name: ["head"] + [f"finetune/{step}" for step in chain.finetune_names()] for name, chain in CHAINS.items()}
     return [path for name, folders in stages.items() for folder in folders
             for file in ("log.csv", "curves.png", "lr_schedule.png", "batch_loss.png")
-            for path in for_every_model(model_out(f"{folder}/{file}"), [name] if name else None)]
+            for path in for_every_model_of(name, model_out(f"{folder}/{file}"))]
 
 
 def result_plots():
     """The report's figures that `rule all` reaches only through other files: the data's, calibration's, the
     out-of-fold ones of each member (or of the K-fold run) and each blend's folds."""
-    plots = [*rules.image_stats.output[2:4], rules.calibrate.output.plot]
+    plots = [rules.image_stats.output.plot_all, rules.image_stats.output.plot_small, rules.calibrate.output.plot]
     oof_plots = [member_out("plots/cv_folds.png"), member_out("plots/oof_confusion_matrix.png")] if KFOLD else []
     plots += for_every_model_level(oof_plots) if MEMBER_NAMES else oof_plots
     return plots + [out(f"{blend}/cv_folds.png") for blend in BLENDS]
@@ -42,8 +42,7 @@ def tracked_models():
 
 
 def final_checkpoints():
-    return [path for name, chain in CHAINS.items()
-            for path in for_every_model(chain.final_checkpoint(), [name] if name else None)]
+    return [path for name, chain in CHAINS.items() for path in for_every_model_of(name, chain.final_checkpoint())]
 
 
 if TRACKING_URI:
@@ -73,8 +72,8 @@ if TRACKING_URI:
             p=as_params(uri=TRACKING_URI, experiment=tracking_store.experiment_name(config),
                         log_models=config["tracking"]["log_models"], scope="oof" if KFOLD else "valid",
                         recipe_digest=hashlib.sha256(TRACKED_RECIPE.encode()).hexdigest()[:16],
-                        models=tracked_models(), member_dirs={name: member_out("").format(member=name).rstrip("/")
-                                                              for name in MODEL_CHAINS},
+                        models=tracked_models(),
+                        member_dirs={name: MEMBER_DIR.format(member=name) for name in MODEL_CHAINS},
                         checkpoints=final_checkpoints() if config["tracking"]["log_models"] else []),
         log:
             out("logs/track.log"),

@@ -10,7 +10,7 @@ mark this stage writes makes the next run try again.
     python -m pipeline.stages.track --files out/submission.csv ... --recipe '{"data_dir": ...}' \
         --mark out/tracking/run.json --params '{"uri": "sqlite:///mlflow.db", "experiment": "demo",
         "log_models": false, "scope": "valid", "models": [{"member": null, "fold": null, "dir": "out"}],
-        "member_dirs": {}}'
+        "member_dirs": {}, "checkpoints": []}'
 """
 from __future__ import annotations
 
