@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CONFIGS, REPO, planned_jobs, snakemake, with_defaults, write_override
+from conftest import CONFIGS, REPO, checksums, planned_jobs, snakemake, with_defaults, write_override
 from pipeline import deps, run_record, tracking_store
 from pipeline.data import data_fingerprint
 
@@ -295,7 +295,7 @@ def warnings_of(result: subprocess.CompletedProcess) -> list[str]:
 @pytest.mark.workflow
 def test_an_unreachable_server_or_a_locked_store_costs_one_warning_line_and_the_next_run_logs(kfold_run, tmp_path):
     work = copied_run(kfold_run, tmp_path / "work")
-    before = (work / "out" / "submission.csv").read_bytes()
+    before, data_before = (work / "out" / "submission.csv").read_bytes(), checksums(work / "data")
     unreachable = write_override(tmp_path / "server.yaml", tracking={"uri": f"http://127.0.0.1:{free_port()}"})
     result = snakemake(REPO, work, configfiles=[RECIPE, unreachable])
     assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
@@ -320,6 +320,7 @@ def test_an_unreachable_server_or_a_locked_store_costs_one_warning_line_and_the_
     retried = snakemake(REPO, work, configfiles=[RECIPE, locked])  # Snakemake's own lines go to stderr
     assert retried.returncode == 0 and planned_jobs(retried.stderr) == {"track": 1, "all": 1}, retried.stderr[-3000:]
     assert len(runs_of(work, uri=f"sqlite:///{store}")) == 1 and not warnings_of(retried)
+    assert checksums(work / "data") == data_before  # the tracking rule reads data_dir (its fingerprint), never writes
 
 
 @pytest.mark.workflow
