@@ -21,9 +21,11 @@ import yaml
 from conftest import CONFIGS, REPO, checksums, planned_jobs, snakemake, with_defaults, write_override
 from pipeline import deps, run_record, tracking_store
 from pipeline.data import data_fingerprint
+from pipeline.demo_folder import BUILT_MARKER, OWNER_MARKER
 
 RECIPE = CONFIGS / "kfold_csv.yaml"
 FOLDS = (0, 1, 2)
+DEMO_DATA = (OWNER_MARKER, BUILT_MARKER, "labels.csv", "sample_submission.csv", "solution.csv", "train", "test")
 
 
 # ---------------------------------------------------------------------------------------------------------- unit
@@ -170,6 +172,8 @@ def test_a_k_fold_run_is_logged_whole_to_mlflow_db_where_snakemake_ran(kfold_run
     assert run.data.params == run_record.flatten(recipe)
     tags = run.data.tags
     assert tags["out_dir"] == str(kfold_run / "out") and tags["data_fingerprint"] == data_fingerprint(kfold_run / "data")
+    assert sorted(path.name for path in (kfold_run / "data").iterdir()) == sorted(DEMO_DATA), \
+        "the tracking rule reads data_dir (its fingerprint), never writes there; only the demo builder does"
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert tags["mlflow.source.git.commit"] == (head or "unknown") and tags["git_dirty"] in ("true", "false", "unknown")
     assert tags["stages_rerun"].startswith("demo_data") and "tta x3" in tags["stages_rerun"]
