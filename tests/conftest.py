@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -48,6 +49,14 @@ def folder_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("folder_data") / "data"
     demo_data.build(path, "folders", n_labeled=40, n_test=10, classes=["one", "seven"], seed=1, large_fraction=0.0)
     return path
+
+
+def write_test_table(path: Path, n: int, unusable: tuple[int, ...] = ()) -> pd.DataFrame:
+    """test.csv as the split stage writes it (id, path, usable): n images, every one readable but the `unusable` rows."""
+    table = pd.DataFrame({"id": [f"t{i}" for i in range(n)], "path": [f"test/t{i}.jpg" for i in range(n)],
+                          "usable": [i not in unusable for i in range(n)]})
+    table.to_csv(path, index=False)
+    return table
 
 
 def checksums(folder: Path) -> dict[str, str]:

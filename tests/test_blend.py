@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
+from conftest import write_test_table
 from pipeline import blend, passes
 from pipeline.stages.blend import main
 
@@ -192,7 +193,7 @@ def test_calibrate_runs_on_the_blend_and_fits_only_a_temperature(tmp_path):
     dirs, _ = member_folders(tmp_path)
     out = run_stage(tmp_path, dirs)
     test_csv = tmp_path / "test.csv"
-    pd.DataFrame({"id": [f"t{i}" for i in range(10)], "path": "test/x.jpg", "usable": True}).to_csv(test_csv, index=False)
+    write_test_table(test_csv, 10)
     calibrate.main(["--split-csv", str(tmp_path / "split.csv"), "--valid-rows", str(out / "oof.csv"),
                     "--valid-passes", str(out / "valid_passes.npy"), "--test-passes", str(out / "test_passes.npy"),
                     "--test-csv", str(test_csv), "--out-dir", str(tmp_path / "calibration"),

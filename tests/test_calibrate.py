@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
+from conftest import write_test_table
 from pipeline.stages.calibrate import cross_fitted, main
 
 CLASSES = ["akita", "beagle", "corgi", "pug"]  # sorted: the order of the passes' columns
@@ -26,12 +27,6 @@ def synthetic(n: int, seed: int = 0, sharpen: float = 3.0) -> tuple[np.ndarray, 
     return np.stack([plain, augmented]).astype(np.float32), y
 
 
-def usable_test_table(n: int, unusable: tuple[int, ...] = ()) -> pd.DataFrame:
-    """test.csv as the split stage writes it: every image readable but the `unusable` rows."""
-    return pd.DataFrame({"id": [f"t{i}" for i in range(n)], "path": [f"test/t{i}.jpg" for i in range(n)],
-                         "usable": [i not in unusable for i in range(n)]})
-
-
 def run_stage(tmp_path, valid_passes, y, params, folds=None, test_passes=None, extra=()) -> dict:
     """Run the stage on files, as Snakemake would: a single split's split.csv (is_valid) unless `folds` is given."""
     tmp_path.mkdir(exist_ok=True)
@@ -50,7 +45,7 @@ def run_stage(tmp_path, valid_passes, y, params, folds=None, test_passes=None, e
     test_passes = valid_passes[:, :7] if test_passes is None else test_passes
     np.save(tmp_path / "test_passes.npy", test_passes)
     if not (tmp_path / "test.csv").exists():
-        usable_test_table(test_passes.shape[1]).to_csv(tmp_path / "test.csv", index=False)
+        write_test_table(tmp_path / "test.csv", test_passes.shape[1])
     main(["--split-csv", str(split_csv), "--valid-rows", str(rows_csv),
           "--valid-passes", str(tmp_path / "valid_passes.npy"), "--test-passes", str(tmp_path / "test_passes.npy"),
           "--test-csv", str(tmp_path / "test.csv"), "--out-dir", str(tmp_path / "calibration"),
@@ -153,7 +148,7 @@ def test_an_unreadable_test_images_class_prior_is_never_calibrated(tmp_path):
     prior = np.array([0.4, 0.3, 0.2, 0.1], dtype=np.float32)
     test_passes = passes[:, :5].copy()
     test_passes[:, 2] = prior
-    usable_test_table(5, unusable=(2,)).to_csv(tmp_path / "test.csv", index=False)
+    write_test_table(tmp_path / "test.csv", 5, unusable=(2,))
     report = run_stage(tmp_path, passes, y, {"enabled": True, "n_aug": 4, "seed": 42}, test_passes=test_passes)
     assert report["temperature"] != 1.0  # the fitted calibration is chosen: it changes every other row
     calibrated = np.load(tmp_path / "calibration" / "test_probs.npy")

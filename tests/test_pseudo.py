@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_test_table
 from pipeline import recipe_defaults
 from pipeline.blend import combine
 from pipeline.data import read_split, training_targets
@@ -30,12 +31,8 @@ def run(tmp_path):
     labelled["path"] = "train/" + labelled["id"] + ".jpg"
     split_csv = tmp_path / "split.csv"
     labelled[["id", "label", "is_valid", "path", "fold"]].to_csv(split_csv, index=False)
-    usable = np.ones(N_TEST, dtype=bool)
-    usable[[3, 7]] = False
-    test = pd.DataFrame({"id": [f"t{i}" for i in range(N_TEST)], "path": [f"test/t{i}.jpg" for i in range(N_TEST)],
-                         "usable": usable})
     test_csv = tmp_path / "test.csv"
-    test.to_csv(test_csv, index=False)
+    usable = write_test_table(test_csv, N_TEST, unusable=(3, 7))["usable"].to_numpy()
     rng = np.random.default_rng(0)
     probs = {}
     for member in ("a", "b"):
