@@ -249,16 +249,12 @@ def for_every_fold(path, wildcards=None):
     return [concrete(path, wildcards, fold=fold) for fold in FOLDS] if wildcards else expand(path, fold=FOLDS)
 
 
-def for_every_model(path, names=None):
-    """A per-model path for every member (or `names`) and fold; without members, for_every_fold's."""
+def for_every_model(path, chain=None):
+    """A per-model path for every fold of every member, or of the member `chain`; without members (one chain, whose
+    name is None), for_every_fold's."""
     if not MEMBER_NAMES:
         return for_every_fold(path)
-    return expand(path, member=names or MODEL_CHAINS, fold=FOLDS)
-
-
-def for_every_model_of(name, path):
-    """A per-model path for every fold of one chain (a member, or the one chain without members: name None)."""
-    return for_every_model(path, [name] if name else None)
+    return expand(path, member=[chain] if chain else MODEL_CHAINS, fold=FOLDS)
 
 
 def split_params():
@@ -341,7 +337,7 @@ def final_outputs():
     """What a plain `snakemake` builds: the submission, the scores, and every figure and table the report shows.
     Called by `rule all` once every rule file is included (it names rules' outputs)."""
     lr_find_plots = [plot for name, c in CHAINS.items() for step in c.lr_find_names()
-                     for plot in for_every_model_of(name, model_out(f"finetune/{step}/lr_find.png"))]
+                     for plot in for_every_model(model_out(f"finetune/{step}/lr_find.png"), name)]
     member_results = [member_out(name) for name in ("oof.csv", "oof/cv_metrics.json")] if MEMBER_NAMES else []
     blend_results = [out(f"{blend}/{name}") for blend in BLENDS for name in ("weights.json", "correlation.png")]
     return [

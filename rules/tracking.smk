@@ -20,7 +20,7 @@ def training_files():
     stages = {name: ["head"] + [f"finetune/{step}" for step in chain.finetune_names()] for name, chain in CHAINS.items()}
     return [path for name, folders in stages.items() for folder in folders
             for file in ("log.csv", "curves.png", "lr_schedule.png", "batch_loss.png")
-            for path in for_every_model_of(name, model_out(f"{folder}/{file}"))]
+            for path in for_every_model(model_out(f"{folder}/{file}"), name)]
 
 
 def result_plots():
@@ -42,7 +42,7 @@ def tracked_models():
 
 
 def final_checkpoints():
-    return [path for name, chain in CHAINS.items() for path in for_every_model_of(name, chain.final_checkpoint())]
+    return [path for name, chain in CHAINS.items() for path in for_every_model(chain.final_checkpoint(), name)]
 
 
 if TRACKING_URI:
