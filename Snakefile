@@ -20,6 +20,7 @@ include: "rules/features.smk"
 include: "rules/finetune.smk"
 include: "rules/results.smk"
 include: "rules/tracking.smk"
+include: "rules/package.smk"
 
 
 rule all:

@@ -65,3 +65,17 @@ def file_stat(path: str | None) -> list[int] | None:
         return None
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns]
+
+
+def checked_export(arch: str, cache_dir: Path = CACHE_DIR) -> str | None:
+    """`pipeline.export.exports_cleanly(arch)`: None, or why the backbone does not export to ONNX; cached by what
+    decides it (arch, library versions), as the backbone check is. Asked only when `snakemake package` is planned."""
+    cached = cache_dir / f"export-{cache_key(arch, 'none')}-{_version('onnx')}-{_version('onnxruntime')}.json"
+    if cached.is_file():
+        return read_json(cached)["problem"]
+    from pipeline import export  # torch and the exporter: only when the answer is not at hand
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        problem = export.exports_cleanly(arch)
+    write_json({"arch": arch, "problem": problem}, cached)
+    return problem

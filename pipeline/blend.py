@@ -9,22 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 
-FLOOR = 1e-15  # a member can give a class exactly 0; its log must stay finite
-
-
-def combine(member_probs: np.ndarray, weights: np.ndarray, space: str) -> np.ndarray:
-    """The blend of (M, N, C) probabilities with M weights: their weighted mean (`probs`), or the softmax of their
-    weighted log-probabilities (`log_probs`, a weighted geometric mean renormalised over the classes)."""
-    member_probs, weights = np.asarray(member_probs, dtype=np.float64), np.asarray(weights, dtype=np.float64)
-    if space == "probs":
-        blended = np.tensordot(weights, member_probs, axes=1)
-        return blended / blended.sum(axis=-1, keepdims=True)
-    if space == "log_probs":
-        return softmax(np.tensordot(weights, np.log(np.clip(member_probs, FLOOR, None)), axes=1), axis=-1)
-    raise ValueError(f"unknown blend space {space!r}; expected probs or log_probs")
+# Applying a blend is the bundle's job too (pipeline.offline): one implementation for both.
+from pipeline.offline import FLOOR, combine, stacked, stacker_features
 
 
 def true_class_log_probs(member_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -74,21 +62,18 @@ class Stacker:
         self.n_classes = n_classes
         self.model = LogisticRegression(C=c, max_iter=1000, random_state=seed)
 
-    @staticmethod
-    def features(member_probs: np.ndarray) -> np.ndarray:
-        logs = np.log(np.clip(np.asarray(member_probs, dtype=np.float64), FLOOR, None))
-        return logs.transpose(1, 0, 2).reshape(logs.shape[1], -1)
-
     def fit(self, member_probs: np.ndarray, y: np.ndarray) -> Stacker:
-        self.model.fit(self.features(member_probs), y)
+        self.model.fit(stacker_features(member_probs), y)
         return self
 
+    def coefficients(self) -> dict:
+        """The fitted regression as plain data, what `pipeline.offline.stacked` applies (and the bundle carries)."""
+        return {"coef": self.model.coef_.tolist(), "intercept": self.model.intercept_.tolist(),
+                "classes": self.model.classes_.tolist()}
+
     def predict(self, member_probs: np.ndarray) -> np.ndarray:
-        # predict_proba's columns are the classes the fit saw (model.classes_); a class absent from a fold's training
-        # rows keeps probability 0 in its own column rather than shifting every later class one column left.
-        probs = np.zeros((np.shape(member_probs)[1], self.n_classes))
-        probs[:, self.model.classes_] = self.model.predict_proba(self.features(member_probs))
-        return probs
+        # A class absent from a fold's training rows keeps probability 0 in its own column (offline.stacked).
+        return stacked(member_probs, self.coefficients(), self.n_classes)
 
 
 def blender(params: dict, n_classes: int) -> WeightBlend | Stacker:

@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import warnings
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
 
-EXIF_ORIENTATION = 0x0112
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# How an image file is found, read and checked is the bundle's too (pipeline.offline): one implementation for both.
+from pipeline.offline import IMAGE_SUFFIXES, image_files, inspect_image, load_rgb, natural_key, upright_size  # noqa: F401
+
 LAYOUTS = ("csv", "folders")
 SOFT_PREFIX = "soft_"  # a split's soft-target columns (pipeline.pseudo writes them)
 
@@ -47,18 +46,6 @@ def check_id(image_id: str, where: str) -> str:
     if os.path.isabs(image_id) or re.match(r"^[A-Za-z]:", image_id):
         raise DataError(f"{where}: id {image_id!r} is an absolute path")
     return image_id
-
-
-def natural_key(text: str):
-    """Sort 'img2' before 'img10' (Dogs vs Cats test ids are numbers)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                  key=lambda p: natural_key(p.name))
 
 
 def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str = "labels.csv") -> pd.DataFrame:
@@ -92,7 +79,7 @@ def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str 
 def unlabelled_images(data_dir: str | Path, labeled: pd.DataFrame) -> list[str]:
     """Files in train/ that no labels.csv row names: not used, and reported so (a logged skip)."""
     named = set(labeled["path"])
-    return [f"train/{p.name}" for p in _image_files(Path(data_dir) / "train") if f"train/{p.name}" not in named]
+    return [f"train/{p.name}" for p in image_files(Path(data_dir) / "train") if f"train/{p.name}" not in named]
 
 
 def read_folders(data_dir: str | Path) -> pd.DataFrame:
@@ -104,7 +91,7 @@ def read_folders(data_dir: str | Path) -> pd.DataFrame:
         if not split_dir.is_dir():
             raise DataError(f"{split_dir}: folder layout needs train/<class>/ and valid/<class>/")
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            for image in _image_files(class_dir):
+            for image in image_files(class_dir):
                 rows.append((image.stem, class_dir.name, image.relative_to(data_dir).as_posix(), split_name == "valid"))
     table = pd.DataFrame(rows, columns=["id", "label", "path", "is_valid"])
     if table.empty:
@@ -130,7 +117,7 @@ def read_labeled(data_dir: str | Path, layout: str, suffix: str = ".jpg") -> pd.
 def read_test(data_dir: str | Path) -> pd.DataFrame:
     """Every image in `test/`, in natural order -> (id, path). An empty or absent test folder is an error."""
     data_dir = Path(data_dir)
-    files = _image_files(data_dir / "test")
+    files = image_files(data_dir / "test")
     if not files:
         raise DataError(f"{data_dir / 'test'}: no test images found")
     table = pd.DataFrame({"id": [f.stem for f in files], "path": [f"test/{f.name}" for f in files]})
@@ -211,6 +198,11 @@ def read_split(split_csv: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[
     return split[~split["is_valid"]].reset_index(drop=True), split[split["is_valid"]].reset_index(drop=True), classes
 
 
+def class_prior(train: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """The training rows' class frequencies: what an unreadable test image is predicted (the TTA stage, the bundle)."""
+    return np.bincount(train["y"], minlength=n_classes) / len(train)
+
+
 def training_targets(frame: pd.DataFrame) -> np.ndarray:
     """What a training set learns: (N, C) float32 soft targets where the split has soft_* columns (soft pseudo-labels,
     one-hot for the labelled rows), else the integer `y` as it always was. Validation always scores the integer `y`."""
@@ -235,47 +227,3 @@ def data_fingerprint(data_dir: str | Path) -> str:
             rel = os.path.relpath(os.path.join(dirpath, name), root)
             digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image.Image:
-    """Decode an image upright (EXIF orientation applied) as 8-bit RGB, whatever its mode.
-
-    `at_least` (width, height): let a JPEG decode at 1/2, 1/4 or 1/8 scale while both sides stay at least that big
-    (Pillow's draft mode) - much less work when the image will be shrunk anyway.
-    """
-    with Image.open(path) as image:
-        if at_least is not None:
-            image.draft("RGB", at_least)
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit greyscale: scale to 8 bits instead of letting convert() saturate it.
-            image = image.point(lambda v: v / 256).convert("L")
-        if image.mode in ("RGBA", "LA", "P", "PA"):
-            # Transparent pixels become white, not whatever colour hides under alpha 0.
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        return image.convert("RGB")
-
-
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) as displayed: EXIF orientations 5-8 store the image sideways."""
-    width, height = image.size
-    return (height, width) if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8) else (width, height)
-
-
-def inspect_image(path: str | Path, max_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> tuple[int, int, str]:
-    """(width, height, mode) as displayed (EXIF rotation applied), after decoding the whole file.
-
-    Raises on anything a later stage could not decode: empty, non-image or truncated files, and images over
-    `max_pixels` (Pillow's decompression-bomb limit, made an error rather than a warning).
-    """
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            width, height = upright_size(image)
-            mode = image.mode
-            image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, still reading every byte (finds truncation)
-            image.load()
-    return width, height, mode

@@ -8,8 +8,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline import runtime
+from pipeline import offline
 from pipeline.loaders import ImageDataset, inference_loader
-from pipeline.transforms import train_transform, valid_transform
+from pipeline.model import ImageClassifier
+from pipeline.transforms import DEFAULT_PREPROCESSING, FixedView, train_transform, valid_transform
 
 
 @torch.inference_mode()
@@ -26,8 +28,12 @@ def predict(model, loader, device: torch.device, amp: bool, desc: str) -> np.nda
 
 def tta_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, device: torch.device, amp: bool,
                   name: str) -> np.ndarray:
-    """(n_aug + 1, N, C): pass 0 with the validation transform, passes 1..n_aug with the training augmentations.
-    `params`: a complete slice of size, seed, n_aug and the transforms and loader sections."""
+    """(n_aug + 1, N, C): pass 0 the plain view, passes 1..n_aug augmented: with `mode: random` (fastai 0.7) the
+    validation transform, then the training augmentations drawn at random; with `mode: deterministic` the first
+    n_aug + 1 fixed views of `pipeline.offline.tta_views`, as the bundle computes them.
+    `params`: a complete slice of size, seed, n_aug, mode and the transforms and loader sections."""
+    if params.get("mode", "random") == "deterministic":
+        return fixed_view_log_probs(model, frame, cache_dir, params, device, amp, name)
     size, n_aug, preprocessing = params["size"], params["n_aug"], params.get("preprocessing")
     labels = frame["y"] if "y" in frame else None
     plain = ImageDataset(cache_dir, frame["path"], labels, valid_transform(size, preprocessing=preprocessing))
@@ -41,4 +47,24 @@ def tta_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, devi
         torch.manual_seed(params["seed"] + index)
         passes.append(predict(model, inference_loader(dataset, params, device, seed=index), device, amp,
                               f"TTA {name} pass {index}/{n_aug}"))
+    return np.stack(passes)
+
+
+def fixed_view_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, device: torch.device, amp: bool,
+                         name: str) -> np.ndarray:
+    """Deterministic TTA: each view's uint8 pixels through the model with its normalisation inside
+    (`ImageClassifier`, the module the bundle exports), so a pass here and in the bundle differ only by the runtime."""
+    size, n_aug = params["size"], params["n_aug"]
+    preprocessing = params.get("preprocessing") or DEFAULT_PREPROCESSING
+    views = offline.tta_views(params["augmentation"], params["max_zoom"])[:n_aug + 1]
+    if len(views) < n_aug + 1:
+        raise ValueError(f"tta.n_aug {n_aug} with mode deterministic: augmentation {params['augmentation']} and "
+                         f"max_zoom {params['max_zoom']} give {len(views) - 1} views besides the plain one")
+    labels = frame["y"] if "y" in frame else None
+    classifier = ImageClassifier(model, preprocessing).to(device)
+    passes = []
+    for index, spec in enumerate(views):
+        dataset = ImageDataset(cache_dir, frame["path"], labels, FixedView(size, preprocessing, spec))
+        passes.append(predict(classifier, inference_loader(dataset, params, device), device, amp,
+                              f"TTA {name} view {index}/{n_aug} ({spec['crop']} x{spec['zoom']:g}, {spec['symmetry']})"))
     return np.stack(passes)

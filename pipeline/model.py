@@ -220,6 +220,21 @@ class Classifier(nn.Module):
         return self
 
 
+class ImageClassifier(nn.Module):
+    """uint8 images (N, 3, H, W) in, log-probabilities out: the classifier with its backbone's normalisation in
+    front. What the bundle's ONNX files hold, and what deterministic TTA runs, so that both compute the same."""
+
+    def __init__(self, classifier: Classifier, preprocessing: dict):
+        super().__init__()
+        self.classifier = classifier
+        # (x / 255 - mean) / std as one subtraction and one division, the same float32 operations in torch and ONNX
+        self.register_buffer("mean", torch.tensor(preprocessing["mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(preprocessing["std"], dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier((images.float() - self.mean) / self.std)
+
+
 def build_classifier(arch: str, weights: str, n_classes: int, ps=(0.25, 0.5), xtra_fc=(512,)) -> Classifier:
     backbone = backbones.resolve(arch)
     body, groups = cut_body(backbone, backbones.create(backbone, weights))

@@ -13,6 +13,7 @@ import pandas as pd
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from pipeline import offline
 from pipeline.data import DataError, read_folders, read_labels_csv
 from pipeline.demo_folder import default_classes
 
@@ -115,6 +116,19 @@ def regularise_problems(config: dict, backbone_source: str) -> list[str]:
     return [f"{key}.drop_path: {section['drop_path']} needs a timm backbone with residual blocks; "
             f"{config['model']['arch']} is torchvision's, which has no stochastic depth: set it to 0"
             for key, section in sections if section["drop_path"] and backbone_source == "torchvision"]
+
+
+def tta_problems(config: dict) -> list[str]:
+    """Deterministic TTA has a fixed number of distinct views; asking for more would repeat one silently."""
+    tta, transforms = config["tta"], config["transforms"]
+    if tta["mode"] != "deterministic":
+        return []
+    available = len(offline.tta_views(transforms["augmentation"], transforms["max_zoom"])) - 1
+    if tta["n_aug"] <= available:
+        return []
+    return [f"tta.n_aug {tta['n_aug']} with tta.mode deterministic: transforms.augmentation "
+            f"{transforms['augmentation']} and max_zoom {transforms['max_zoom']} give {available} views besides the "
+            f"plain one; lower n_aug, raise max_zoom above 1, or use an augmentation with flips (side_on, top_down)"]
 
 
 def runtime_problems(config: dict) -> list[str]:

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from pipeline import offline
 
 AUGMENTATIONS = ("side_on", "top_down", "basic", "none")
 AUTO_AUGMENTS = ("none", "trivial_augment", "rand_augment")
@@ -129,3 +132,15 @@ def valid_transform(size: int, normalise: bool = True, preprocessing: dict | Non
     if normalise:
         steps.append(v2.Normalize(preprocessing["mean"], preprocessing["std"]))
     return v2.Compose(steps)
+
+
+class FixedView:
+    """One deterministic TTA view (`pipeline.offline.view`) as a (3, size, size) uint8 tensor: the very pixels the
+    bundle's predict.py computes, for a model that normalises inside (`pipeline.model.ImageClassifier`)."""
+
+    def __init__(self, size: int, preprocessing: dict | None, spec: dict):
+        self.size, self.spec = size, spec
+        self.interpolation = (preprocessing or DEFAULT_PREPROCESSING).get("interpolation", "bilinear")
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(offline.view(image, self.size, self.interpolation, self.spec)))

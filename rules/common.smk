@@ -11,7 +11,7 @@ import yaml
 from snakemake.utils import validate
 
 from pipeline import members, recipe_checks, slurm_check, tracking_store
-from pipeline.backbone_check import BackboneProblem, checked_backbone
+from pipeline.backbone_check import BackboneProblem, checked_backbone, checked_export
 from pipeline.data import data_fingerprint
 from pipeline.demo_folder import BUILT_MARKER, ownership_problem
 from pipeline.deps import UnknownModule, module_files
@@ -32,6 +32,7 @@ stop_on(recipe_checks.schema_problems(config, yaml.safe_load(Path(SCHEMA).read_t
 validate(config, SCHEMA)
 FOLDS, FOLD_PROBLEMS = recipe_checks.kfold_folds(config)
 stop_on(recipe_checks.runtime_problems(config) + recipe_checks.finetune_problems(config) + FOLD_PROBLEMS
+        + recipe_checks.tta_problems(config)
         + recipe_checks.out_dir_problems(config) + recipe_checks.data_problems(config, SAMPLE_SUBMISSION_NAMED)
         + tracking_store.tracking_problems(config))
 
@@ -211,7 +212,7 @@ def member_chain(name):
     stop_on([f"members.{name}: {problem}" for problem in recipe_checks.schema_problems(recipe, yaml.safe_load(Path(SCHEMA).read_text()))])
     validate(recipe, SCHEMA)
     stop_on([f"members.{name}: {problem}" for problem in recipe_checks.runtime_problems(recipe)
-             + recipe_checks.finetune_problems(recipe)])
+             + recipe_checks.finetune_problems(recipe) + recipe_checks.tta_problems(recipe)])
     backbone = backbone_of(recipe, f"members.{name}: ")
     stop_on([f"members.{name}: {problem}" for problem in recipe_checks.regularise_problems(recipe, backbone["source"])])
     return Chain(recipe, backbone)

@@ -96,6 +96,8 @@ def weights_report(members, params, classes, y, folds, blended, on_all, per_fold
               "blend_oof_logloss": oof_logloss, "blend_oof_accuracy": oof_accuracy,
               "in_sample_oof_logloss": cv_scores.scores(y, on_all.predict(np.stack([m.oof for m in members])))[0],
               "folds": sorted(int(fold) for fold in np.unique(folds))}
+    if not weights:  # the fit on every row as plain data: what the bundle applies to the test images
+        report["stacker"] = on_all.coefficients()
     if weights:  # fold k's pseudo-label teacher blends fold k's members with the weights fitted without fold k
         report["fold_weights"] = {str(fold): fitted.weights.tolist() for fold, fitted in per_fold.items()}
     return report

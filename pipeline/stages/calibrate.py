@@ -25,9 +25,9 @@ from sklearn.model_selection import KFold
 from pipeline import cli, plots, runtime
 from pipeline.data import class_indices, read_labeled_table, read_rows, read_test_table
 from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_json
+from pipeline.offline import CALIBRATION_FLOOR, calibrated as calibrated_probs  # applied as the bundle applies it
 from pipeline.passes import PLAIN
 
-FLOOR = 1e-12  # a pass can give a class exactly 0; its log must stay finite
 
 
 def cross_fit_groups(rows: pd.DataFrame, seed: int) -> tuple[np.ndarray, str]:
@@ -42,13 +42,9 @@ def cross_fit_groups(rows: pd.DataFrame, seed: int) -> tuple[np.ndarray, str]:
 
 
 def _log_probs(plain, augmented, plain_weight, temperature) -> torch.Tensor:
+    """offline.calibrated in torch, for the fit's gradients."""
     mixed = plain_weight * plain + (1 - plain_weight) * augmented
-    return torch.log_softmax(torch.log(mixed.clamp_min(FLOOR)) / temperature, dim=-1)
-
-
-def calibrated_probs(passes: np.ndarray, plain_weight: float, temperature: float) -> np.ndarray:
-    plain, augmented = torch.from_numpy(np.asarray(passes, dtype=np.float64))
-    return _log_probs(plain, augmented, plain_weight, temperature).exp().numpy()
+    return torch.log_softmax(torch.log(mixed.clamp_min(CALIBRATION_FLOOR)) / temperature, dim=-1)
 
 
 def calibrated_test_probs(passes: np.ndarray, usable: np.ndarray, report: dict) -> np.ndarray:

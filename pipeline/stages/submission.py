@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline import cli
 from pipeline.data import natural_key, read_labeled_table, read_test_table
 from pipeline.io import write_csv
+from pipeline.offline import submission_values
 
 
 class SubmissionError(ValueError):
@@ -42,14 +43,13 @@ def make_submission(probs: np.ndarray, test_ids: list[str], classes: list[str], 
         frame = frame.set_index("id").loc[sample["id"]].reset_index()
     else:
         frame = frame.iloc[sorted(range(len(frame)), key=lambda i: natural_key(test_ids[i]))].reset_index(drop=True)
-    if positive_class is not None:
-        if positive_class not in classes:
-            raise SubmissionError(f"positive_class {positive_class!r} is not one of the classes {classes}")
-        return pd.DataFrame({"id": frame["id"], "label": frame[positive_class].clip(clip, 1 - clip)})
+    if positive_class is not None and positive_class not in classes:
+        raise SubmissionError(f"positive_class {positive_class!r} is not one of the classes {classes}")
     columns = list(sample.columns[1:]) if sample is not None else sorted(classes)
-    values = frame[columns].to_numpy(dtype=np.float64).clip(clip, 1 - clip)  # float32 rows sum to 1 only to ~1e-7
-    values = values / values.sum(axis=1, keepdims=True)
-    return pd.concat([frame[["id"]], pd.DataFrame(values, columns=columns)], axis=1)
+    # float32 rows sum to 1 only to ~1e-7: clipped and renormalised in float64, as the bundle does (pipeline.offline)
+    names, values = submission_values(frame[classes].to_numpy(dtype=np.float64), classes,
+                                      {"clip": clip, "positive_class": positive_class, "columns": columns})
+    return pd.concat([frame[["id"]], pd.DataFrame(values, columns=names)], axis=1)
 
 
 def check_against_sample(frame: pd.DataFrame, sample: pd.DataFrame, positive_class: str | None) -> None:

@@ -16,14 +16,10 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 
 from pipeline import cli, passes, plots, runtime
-from pipeline.data import read_split, read_test_table
+from pipeline.data import class_prior, read_split, read_test_table
 from pipeline.inference import tta_log_probs
 from pipeline.io import remove_stale_temporaries, save_npy, write_json
 from pipeline.model import WeightsError, restore_model
-
-
-def class_prior(train: pd.DataFrame, n_classes: int) -> np.ndarray:
-    return np.bincount(train["y"], minlength=n_classes) / len(train)
 
 
 def with_prior_for_unusable(probs: np.ndarray, usable: np.ndarray, prior: np.ndarray, unusable_paths) -> np.ndarray:
@@ -112,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     prior, unusable = class_prior(train, len(classes)), test.loc[~usable, "path"].tolist()
     test_passes = np.stack([with_prior_for_unusable(test_usable[index], usable, prior, unusable if index == 0 else [])
                             for index in range(2)])
-    metrics = {**valid_metrics(valid_passes, y, n_aug, len(classes)), "size": size, "classes": classes,
+    # amp: whether the passes ran under bf16 autocast, which bounds how close the bundle's fp32 models come to them
+    metrics = {**valid_metrics(valid_passes, y, n_aug, len(classes)), "size": size, "classes": classes, "amp": amp,
                **({"snapshots": per_checkpoint} if len(per_checkpoint) > 1 else {})}
 
     save_npy(valid_passes, out_dir / "valid_passes.npy")
