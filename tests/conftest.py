@@ -182,6 +182,17 @@ def micro_run(tmp_path_factory) -> ReferenceRun:
 
 
 @pytest.fixture(scope="session")
+def csv_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny recipe's single-split run: (its copy of the workflow, its working directory). The workflow tests edit
+    that copy's code; the bundle tests package the run."""
+    root = tmp_path_factory.mktemp("csv_run")
+    workflow, workdir = copy_workflow(root / "repo"), root / "my work dir; 'quoted'"  # paths reach shells quoted
+    result = snakemake(workflow, workdir, configfiles=[CONFIGS / "tiny_csv.yaml"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workflow, workdir
+
+
+@pytest.fixture(scope="session")
 def kfold_run(tmp_path_factory) -> Path:
     """A real 3-fold run of the K-fold test recipe (its working directory): the K-fold tests read it, and the Slurm
     test compares its own run with it."""

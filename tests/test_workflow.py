@@ -22,15 +22,6 @@ from pipeline import backbones, passes, run_lock
 pytestmark = pytest.mark.workflow
 
 
-@pytest.fixture(scope="module")
-def csv_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("csv_run")
-    workflow, workdir = copy_workflow(root / "repo"), root / "my work dir; 'quoted'"  # paths reach shells quoted
-    result = snakemake(workflow, workdir, configfiles=[CONFIGS / "tiny_csv.yaml"])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workflow, workdir
-
-
 def scored(submission: pd.DataFrame, solution: pd.DataFrame, classes: list[str]) -> tuple[float, float]:
     merged = solution.merge(submission, on="id", validate="one_to_one")
     probs = merged[classes].to_numpy()

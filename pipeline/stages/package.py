@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         classes = read_split(plan["members"][0]["folds"][0]["split"])[2]
         manifest = {"bundle_version": offline.BUNDLE_VERSION, "classes": classes,
                     "submission": bundle.submission_format(plan, classes),
-                    "test_images": {"suffixes": list(offline.IMAGE_SUFFIXES), "max_pixels": plan["max_pixels"]},
+                    # images.max_pixels null: Pillow's own limit, as the image-stats stage applies it
+                    "test_images": {"suffixes": list(offline.IMAGE_SUFFIXES),
+                                    "max_pixels": plan["max_pixels"] or offline.Image.MAX_IMAGE_PIXELS},
                     "members": members, "blend": bundle.blend_entry(weights),
                     "calibration": bundle.calibration_entry(read_json(plan["calibration"])), "models": models,
                     "made_from": {"out_dir": plan["out_dir"], "submission": plan["submission"],
