@@ -59,7 +59,8 @@ def tta_stage_seconds(out: Path, threads: int, amp: bool) -> tuple[float, int]:
     test = pd.read_csv(out / "test.csv", dtype={"id": str})
     test = test[test["usable"]]
     recipe_tta = json.loads((out / "metrics.json").read_text())
-    params = {**defaults(("seed", "transforms", "loader", "tta")), "n_aug": recipe_tta["n_aug"], "mode": "deterministic",
+    params = {**defaults(("seed", "transforms", "loader", "tta")), "n_aug": recipe_tta["n_aug"],
+              "mode": "deterministic",
               "augmentation": meta["images"]["augmentation"], "max_zoom": meta["images"]["max_zoom"],
               "size": meta["size"], "preprocessing": meta["images"]["preprocessing"], "batch_size": 32}
     started = time.perf_counter()

@@ -147,7 +147,8 @@ def readme(manifest: dict, title: str, out_dir: str, wheels: dict | None) -> str
         f"{int8['fp32_images_per_s']:.0f} images/s where they were measured).\n")
     return README.format(title=title, out_dir=out_dir, n_models=len(manifest["models"]), what=what,
                          slug=title.lower().replace("_", "-") + "-bundle",
-                         wheels_note=(WHEELS_PRESENT.format(**wheels) if wheels else WHEELS_ABSENT), int8_note=int8_note)
+                         wheels_note=WHEELS_PRESENT.format(**wheels) if wheels else WHEELS_ABSENT,
+                         int8_note=int8_note)
 
 
 def compare_submissions(ours: Path, theirs: Path) -> dict:

@@ -73,7 +73,8 @@ def with_static_padding(module: torch.nn.Module, size: int) -> torch.nn.Module:
         from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
     except ImportError:
         return module
-    dynamic = {name: child for name, child in module.named_modules() if isinstance(child, (Conv2dSame, Conv2dSameExport))}
+    dynamic = {name: child for name, child in module.named_modules()
+               if isinstance(child, (Conv2dSame, Conv2dSameExport))}
     if not dynamic:
         return module
     input_sizes = {}

@@ -65,6 +65,7 @@ def fixed_view_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dic
     passes = []
     for index, spec in enumerate(views):
         dataset = ImageDataset(cache_dir, frame["path"], labels, FixedView(size, preprocessing, spec))
+        described = f"{spec['crop']} x{spec['zoom']:g}, {spec['symmetry']}"
         passes.append(predict(classifier, inference_loader(dataset, params, device), device, amp,
-                              f"TTA {name} view {index}/{n_aug} ({spec['crop']} x{spec['zoom']:g}, {spec['symmetry']})"))
+                              f"TTA {name} view {index}/{n_aug} ({described})"))
     return np.stack(passes)

@@ -378,7 +378,8 @@ class Predictor:
         if blend is None:
             passes = member_passes[0]
         else:
-            member_probs = np.stack([tta_mean(passes, member["n_aug"]) for passes, member in zip(member_passes, members)])
+            member_probs = np.stack([tta_mean(passes, member["n_aug"])
+                                     for passes, member in zip(member_passes, members)])
             blended = combine(member_probs, blend["weights"], blend["space"]) if blend["method"] == "weights" \
                 else stacked(member_probs, blend["stacker"], len(self.manifest["classes"]))
             passes = np.stack([blended, blended])

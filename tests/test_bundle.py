@@ -303,17 +303,19 @@ def test_package_refuses_random_tta_before_any_job_runs(csv_run, tmp_path):
     workflow_dir, work = csv_run
     random_tta = write_override(tmp_path / "random.yaml", tta={"n_aug": 2, "mode": "random"})
     result = snakemake(workflow_dir, work, "-n", "package", configfiles=[CONFIGS / "tiny_csv.yaml", random_tta])
-    assert result.returncode != 0
-    assert "snakemake package cannot make a bundle of this run" in result.stderr
-    assert "tta.mode random: its 2 augmented passes are drawn from torch's random generator" in result.stderr
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in said  # stopped while planning
+    assert "snakemake package cannot make a bundle of this run" in said
+    assert "tta.mode random: its 2 augmented passes are drawn from torch's random generator" in said
 
 
 @workflow
-def test_package_names_a_backbone_that_does_not_export_before_any_job_runs(csv_run, tmp_path):
+def test_package_names_a_backbone_that_does_not_export_before_any_job_runs(csv_run, tmp_path, monkeypatch):
     """What the export check found is cached like the backbone check; a cached refusal must stop the plan."""
     from pipeline import backbone_check
 
     workflow_dir, work = csv_run
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # part of the cache key, as in the run below
     cache = tmp_path / "cache" / "lesson2-pipeline"
     cache.mkdir(parents=True)
     key = backbone_check.cache_key("tf_efficientnet_lite0", "none")
@@ -321,8 +323,9 @@ def test_package_names_a_backbone_that_does_not_export_before_any_job_runs(csv_r
     (cache / f"export-{key}-{versions}.json").write_text(json.dumps({"problem": "UnsupportedOperatorError: aten::x"}))
     result = snakemake(workflow_dir, work, "-n", "package", configfiles=[CONFIGS / "tiny_csv.yaml"],
                        env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert result.returncode != 0
-    assert "model.arch tf_efficientnet_lite0 does not export to ONNX: UnsupportedOperatorError" in result.stderr
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in said
+    assert "model.arch tf_efficientnet_lite0 does not export to ONNX: UnsupportedOperatorError" in said
 
 
 @workflow

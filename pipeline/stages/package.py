@@ -103,7 +103,8 @@ def held_out_scores(manifest: dict, plan: dict, staging: Path, kind: str, thread
 
 
 def int8_report(manifest: dict, plan: dict, staging: Path, threads: int, batch_size: int, pool) -> dict:
-    fp32, int8 = (held_out_scores(manifest, plan, staging, kind, threads, batch_size, pool) for kind in ("fp32", "int8"))
+    fp32, int8 = (held_out_scores(manifest, plan, staging, kind, threads, batch_size, pool)
+                  for kind in ("fp32", "int8"))
     n_folds = len(plan["members"][0]["folds"])
     report = {"scope": "out-of-fold" if n_folds > 1 else "validation", "threads": threads,
               **{f"{kind}_{key}": value for kind, scores in (("fp32", fp32), ("int8", int8))
