@@ -7,8 +7,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import runtime
-from pipeline import offline
+from pipeline import offline, runtime
 from pipeline.loaders import ImageDataset, inference_loader
 from pipeline.model import ImageClassifier
 from pipeline.transforms import DEFAULT_PREPROCESSING, FixedView, train_transform, valid_transform

@@ -18,10 +18,9 @@ def model_wildcards(member, fold):
 
 def packaged_member(name):
     """One member of the final blend (the run's one chain without members): its TTA, resize rule and each fold's
-    split, TTA metrics and checkpoints (the last size's snapshots, then its final weights)."""
+    split and checkpoints (the last size's snapshots, then its final weights)."""
     chain = CHAINS[name]
-    folds = [{"fold": fold, "split": concrete(model_out("split.csv"), wildcards),
-              "metrics": concrete(model_out("metrics.json"), wildcards), "checkpoints": tta_checkpoints(wildcards)}
+    folds = [{"fold": fold, "split": concrete(model_out("split.csv"), wildcards), "checkpoints": tta_checkpoints(wildcards)}
              for fold in (FOLDS or [None]) for wildcards in [model_wildcards(name, fold)]]
     return {"name": name, "n_aug": chain.tta["n_aug"], "mode": chain.tta["mode"],
             "augmentation": chain.transforms["augmentation"], "max_zoom": chain.transforms["max_zoom"],
@@ -59,7 +58,7 @@ def package_inputs(wildcards):
     reproduce the run stops the workflow, before any job runs."""
     plan = package_plan()
     stop_on(package_problems(plan), "snakemake package cannot make a bundle of this run")
-    models = [fold[key] for member in plan["members"] for fold in member["folds"] for key in ("split", "metrics")]
+    models = [fold["split"] for member in plan["members"] for fold in member["folds"]]
     checkpoints = [path for member in plan["members"] for fold in member["folds"] for path in fold["checkpoints"]]
     return {"models": models + checkpoints, "calibration": plan["calibration"], "submission": plan["submission"],
             "blend": plan["blend"] or [], "sample": sample_submission()}

@@ -10,8 +10,8 @@ STAGES_DIR = REPO / "pipeline" / "stages"
 STAGES = sorted(path.stem for path in STAGES_DIR.glob("[!_]*.py"))
 CORE = sorted(path.stem for path in (REPO / "pipeline").glob("[!_]*.py"))
 # The core's commands a person runs beside the workflow, never a rule (`python -m pipeline.compare`), and the
-# bundle's predict.py (pipeline.offline, copied into every bundle).
-COMMANDS = ["compare", "offline"]
+# bundle's predict.py (pipeline.offline_predict, written into every bundle after pipeline.offline).
+COMMANDS = ["compare", "offline_predict"]
 
 
 def test_a_stages_code_is_its_module_its_packages_and_every_core_module_it_imports_transitively():

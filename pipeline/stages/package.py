@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import bundle, cli, cv_scores, export, offline
+from pipeline import bundle, cli, cv_scores, export, offline, offline_predict
 from pipeline.data import read_split
 from pipeline.io import read_json, write_json
 from pipeline.model import WeightsError
 
-# How far an fp32 bundle may land from TTA passes that ran under bf16 autocast (docs/bundle.md, "What parity holds").
-BF16_TOLERANCE = 0.05
-FP32_TOLERANCE = 1e-4
+# The bundle's float32 ONNX models against the TTA stage's float32 torch passes (deterministic TTA never autocasts).
+TOLERANCE = 1e-4
 CALIBRATION_IMAGES = 32  # training images per fold for int8's activation ranges
 
 
@@ -67,7 +66,7 @@ def calibration_batches(member: dict, split_csv: str, data_dir: Path, pool) -> l
     """uint8 batches of a fold's first training images, every TTA view, for int8's activation ranges."""
     train, _, _ = read_split(split_csv)
     files = [data_dir / path for path in train["path"][:CALIBRATION_IMAGES]]
-    prepared = pool.starmap(offline.prepare, [(path, [member["input"]], None) for path in files])
+    prepared = pool.starmap(offline_predict.prepare, [(path, [member["input"]], None) for path in files])
     views = np.concatenate([arrays[0] for error, arrays in prepared if error is None])
     return [views[start:start + 16] for start in range(0, len(views), 16)]
 
@@ -81,7 +80,7 @@ def quantize(manifest: dict, plan: dict, staging: Path, pool) -> None:
             for name in fold["models"]:
                 int8_name = name.replace(".onnx", ".int8.onnx")
                 export.quantize_int8(staging / name, staging / int8_name, batches)
-                manifest["models"][name]["int8"] = {"file": int8_name, "sha256": offline.sha256_of(staging / int8_name),
+                manifest["models"][name]["int8"] = {"file": int8_name, "sha256": offline_predict.sha256_of(staging / int8_name),
                                                     "bytes": (staging / int8_name).stat().st_size}
                 print(f"{int8_name}: quantised", flush=True)
 
@@ -92,10 +91,10 @@ def held_out_scores(manifest: dict, plan: dict, staging: Path, kind: str, thread
     through that fold's models, combined as the bundle combines them."""
     files = {name: staging / (model["int8"]["file"] if kind == "int8" else model["file"])
              for name, model in manifest["models"].items()}
-    predictor = offline.Predictor(manifest, offline.sessions(files, threads, "cpu"))
+    predictor = offline_predict.Predictor(manifest, offline_predict.sessions(files, threads, "cpu"))
     probs, labels, started = [], [], time.perf_counter()
     for position, (images, y) in enumerate(held_out_rows(plan)):
-        probs.append(offline.predict_folder(predictor.fold(position), images, batch_size, pool))
+        probs.append(offline_predict.predict_folder(predictor.fold(position), images, batch_size, pool))
         labels.append(y)
     seconds = time.perf_counter() - started
     logloss, accuracy = cv_scores.scores(np.concatenate(labels), np.concatenate(probs))
@@ -117,36 +116,30 @@ def int8_report(manifest: dict, plan: dict, staging: Path, threads: int, batch_s
     return report
 
 
-def check_against_run(staging: Path, plan: dict, threads: int, batch_size: int, pool, amp: bool) -> dict:
+def check_against_run(staging: Path, plan: dict, threads: int, batch_size: int, pool) -> dict:
     """The bundle, as predict.py runs it, on the run's own test images, compared with the run's submission.csv."""
-    loaded = offline.Bundle(staging)
-    predictor = offline.Predictor(loaded.manifest, offline.sessions(loaded.files, threads))
+    loaded = offline_predict.Bundle(staging)
+    predictor = offline_predict.Predictor(loaded.manifest, offline_predict.sessions(loaded.files, threads))
     files = offline.image_files(Path(plan["data_dir"]) / "test")
     started = time.perf_counter()
-    probs = offline.predict_folder(predictor, files, batch_size, pool, on_unreadable=lambda line: print(line))
+    probs = offline_predict.predict_folder(predictor, files, batch_size, pool, on_unreadable=lambda line: print(line))
     seconds = time.perf_counter() - started
     written = staging.parent / f".{staging.name}.check.csv"
-    header, rows = offline.submission_rows([path.stem for path in files], probs, loaded.manifest,
+    header, rows = offline_predict.submission_rows([path.stem for path in files], probs, loaded.manifest,
                                            Path(plan["sample"]) if plan["sample"] else None)
-    offline.write_submission(written, header, rows)
+    offline_predict.write_submission(written, header, rows)
     try:
         found = bundle.compare_submissions(written, Path(plan["submission"]))
     finally:
         written.unlink(missing_ok=True)
-    tolerance = BF16_TOLERANCE if amp else FP32_TOLERANCE
-    found.update({"tolerance": tolerance, "bf16_passes": amp, "images_per_s": len(files) / seconds,
-                  "provider": predictor.provider})
+    found.update({"tolerance": TOLERANCE, "images_per_s": len(files) / seconds, "provider": predictor.provider})
     print(f"checked against {plan['submission']}: {found['rows']} rows, largest probability difference "
-          f"{found['max_difference']:.2g} (tolerance {tolerance:g}), top class differs in "
+          f"{found['max_difference']:.2g} (tolerance {TOLERANCE:g}), top class differs in "
           f"{found['top_class_differs']}; {found['images_per_s']:.1f} images/s", flush=True)
-    problem = bundle.parity_problem(found, need_same_top_class=not amp)
+    problem = bundle.parity_problem(found)
     if problem:
         cli.fail(f"the bundle does not reproduce {plan['submission']}: {problem}")
     return found
-
-
-def ran_under_bf16(plan: dict) -> bool:
-    return any(read_json(fold["metrics"]).get("amp", False) for member in plan["members"] for fold in member["folds"])
 
 
 RECIPE_KEYS = ("package",)
@@ -167,14 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "models").mkdir(parents=True)
 
-    with offline.worker_pool(max(1, args.threads - 1)) as pool:  # forked before any ONNX Runtime session
+    with offline_predict.worker_pool(max(1, args.threads - 1)) as pool:  # forked before any ONNX Runtime session
         try:
             models, members = export_models(plan, staging, cache_dir)
         except (export.ExportError, WeightsError) as error:
             cli.fail(str(error))
         weights = read_json(plan["blend"]) if plan["blend"] else None
         classes = read_split(plan["members"][0]["folds"][0]["split"])[2]
-        manifest = {"bundle_version": offline.BUNDLE_VERSION, "classes": classes,
+        manifest = {"bundle_version": offline_predict.BUNDLE_VERSION, "classes": classes,
                     "submission": bundle.submission_format(plan, classes),
                     # images.max_pixels null: Pillow's own limit, as the image-stats stage applies it
                     "test_images": {"suffixes": list(offline.IMAGE_SUFFIXES),
@@ -186,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         if params["quantize"] == "int8":
             quantize(manifest, plan, staging, pool)
             manifest["int8"] = int8_report(manifest, plan, staging, args.threads, args.batch_size, pool)
-        shutil.copyfile(offline.__file__, staging / "predict.py")
+        (staging / "predict.py").write_text(bundle.predict_script())
         (staging / "requirements.txt").write_text(bundle.requirements())
         write_json(manifest, staging / "manifest.json")
         wheels = None
@@ -198,8 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                 cli.fail(str(error))
             print(f"wheels for {wheels['platform']}, Python {wheels['python']}: {', '.join(fetched)}", flush=True)
         if params["check"]:
-            manifest["checked_against_run"] = check_against_run(staging, plan, args.threads, args.batch_size, pool,
-                                                                ran_under_bf16(plan))
+            manifest["checked_against_run"] = check_against_run(staging, plan, args.threads, args.batch_size, pool)
             write_json(manifest, staging / "manifest.json")
     (staging / "README.md").write_text(bundle.readme(manifest, Path(plan["out_dir"]).name, plan["out_dir"], wheels))
     shutil.rmtree(out_dir, ignore_errors=True)

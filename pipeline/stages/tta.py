@@ -1,5 +1,6 @@
-"""Stage 6 - test-time augmentation: one plain pass plus `n_aug` passes with the training augmentations,
-on the validation set (for metrics) and the test set (for the submission). As fastai 0.7's `learn.TTA()`, the
+"""Stage 6 - test-time augmentation: one plain pass plus `n_aug` passes with the training augmentations drawn at
+random (`tta.mode: random`, fastai 0.7's), or with fixed views (`deterministic`: the offline bundle repeats them), on
+the validation set (for metrics) and the test set (for the submission). As fastai 0.7's `learn.TTA()`, the
 prediction is the mean of the passes' probabilities (`valid_probs.npy`, `test_probs.npy`). The plain pass and the
 augmented passes' mean are also kept apart (`*_passes.npy`, see `pipeline.passes`) for the calibrate stage.
 With several checkpoints (a snapshot ensemble: the ends of the last SGDR cycles), each pass is averaged over them.
@@ -94,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     params = args.params
     started = cli.announce("tta", params)
     device, amp = runtime.start(params, args.threads)
+    # Deterministic TTA computes what the offline bundle's float32 ONNX models compute, so it runs in float32: under
+    # bf16 autocast the demo's bundle landed up to 0.14 away from its submission (3 of 397 top classes), and the
+    # calibration would be fitted on passes no bundle computes.
+    amp = amp and params["mode"] != "deterministic"
     train, valid, classes = read_split(args.split_csv)
     test = read_test_table(args.test_csv)
     usable = test["usable"].to_numpy()
