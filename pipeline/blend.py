@@ -11,8 +11,8 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
-# Applying a blend is the bundle's job too (pipeline.offline): one implementation for both.
-from pipeline.offline import FLOOR, combine, stacked, stacker_features
+# Applying a blend is the bundle's job too (pipeline.offline_combine): one implementation for both.
+from pipeline.offline_combine import FLOOR, combine, stacked, stacker_features
 
 
 def true_class_log_probs(member_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -67,12 +67,12 @@ class Stacker:
         return self
 
     def coefficients(self) -> dict:
-        """The fitted regression as plain data, what `pipeline.offline.stacked` applies (and the bundle carries)."""
+        """The fitted regression as plain data: what `offline_combine.stacked` applies, and the bundle carries."""
         return {"coef": self.model.coef_.tolist(), "intercept": self.model.intercept_.tolist(),
                 "classes": self.model.classes_.tolist()}
 
     def predict(self, member_probs: np.ndarray) -> np.ndarray:
-        # A class absent from a fold's training rows keeps probability 0 in its own column (offline.stacked).
+        # A class absent from a fold's training rows keeps probability 0 in its own column (offline_combine.stacked).
         return stacked(member_probs, self.coefficients(), self.n_classes)
 
 

@@ -1,7 +1,7 @@
 """What `snakemake package` writes besides the models: the manifest (how the run made its submission, as data), the
 bundle's requirements, its README, and the wheels for a notebook with the internet off. Torch-free.
 
-The manifest's layout (`bundle_version` 1), read by the bundle's predict.py (pipeline/offline.py):
+The manifest's layout (`bundle_version` 1), read by the bundle's predict.py (pipeline/offline*.py):
     classes        the models' output order (the sorted class names)
     submission     layout (csv / folders), columns (csv: one per class, in sample_submission's order),
                    positive_class (folders: `label` is its probability), clip
@@ -32,19 +32,28 @@ from pipeline.data import class_prior, read_split
 REQUIREMENTS = ("onnxruntime", "numpy", "pillow", "tqdm")
 
 
+PREDICT_PARTS = ("offline.py", "offline_combine.py", "offline_predict.py")
+
+
 def predict_script() -> str:
-    """predict.py, one file: pipeline/offline.py, then pipeline/offline_predict.py less its docstring, its
-    `from __future__` line and its import of offline.py, whose text now stands above it."""
-    shared = Path(offline.__file__).read_text()
-    own = Path(offline.__file__).with_name("offline_predict.py").read_text()
-    module = ast.parse(own)
-    dropped = set()
-    for node in module.body:
-        is_docstring = node is module.body[0] and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-        if is_docstring or (isinstance(node, ast.ImportFrom) and node.module in ("__future__", "pipeline.offline")):
-            dropped.update(range(node.lineno - 1, node.end_lineno))
-    kept = [line for number, line in enumerate(own.splitlines(keepends=True)) if number not in dropped]
-    return shared.rstrip() + "\n\n\n# --- pipeline/offline_predict.py: the bundle's own ---\n" + "".join(kept).lstrip("\n")
+    """predict.py, one file: pipeline/offline.py, offline_combine.py and offline_predict.py in that order, each after
+    the first less its docstring, its `from __future__` line and its imports of the parts above it."""
+    folder = Path(offline.__file__).parent
+    modules = {f"pipeline.{name.removesuffix('.py')}" for name in PREDICT_PARTS}
+    script = (folder / PREDICT_PARTS[0]).read_text().rstrip() + "\n"
+    for name in PREDICT_PARTS[1:]:
+        text = (folder / name).read_text()
+        module = ast.parse(text)
+        dropped = set()
+        for node in module.body:
+            is_docstring = node is module.body[0] and isinstance(node, ast.Expr) and isinstance(node.value,
+                                                                                                ast.Constant)
+            imports_above = isinstance(node, ast.ImportFrom) and node.module in modules | {"__future__"}
+            if is_docstring or imports_above:
+                dropped.update(range(node.lineno - 1, node.end_lineno))
+        kept = [line for number, line in enumerate(text.splitlines(keepends=True)) if number not in dropped]
+        script += f"\n\n# --- pipeline/{name} ---\n" + "".join(kept).lstrip("\n").rstrip() + "\n"
+    return script
 
 
 def requirements() -> str:

@@ -1,4 +1,5 @@
-"""The bundle's own half of predict.py (pipeline/offline.py stands above it there): the manifest and its checks,
+"""The bundle's own part of predict.py (pipeline/offline.py and offline_combine.py stand above it there): the manifest
+and its checks,
 ONNX Runtime sessions, reading images in worker processes while the models run, and the command line.
 
     python -m pipeline.offline_predict TEST_DIR --bundle outputs/demo/package [--out submission.csv] ...
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.offline import (PLAIN, as_cached, average, calibrated, combine, from_log_probs, image_files,  # bundle
-                              IMAGE_SUFFIXES, inspect_image, natural_key, stacked, submission_values, tta_mean, view)
+from pipeline.offline import IMAGE_SUFFIXES, as_cached, image_files, inspect_image, natural_key, view
+from pipeline.offline_combine import (PLAIN, average, calibrated, combine, from_log_probs, stacked, submission_values,
+                                      tta_mean)
 
 BUNDLE_VERSION = 1
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# Combining passes is the bundle's job too (pipeline.offline): one implementation for both.
-from pipeline.offline import AUGMENTED, PLAIN, average, from_log_probs, tta_mean  # noqa: F401
+# Combining passes is the bundle's job too (pipeline.offline_combine): one implementation for both.
+from pipeline.offline_combine import AUGMENTED, PLAIN, average, from_log_probs, tta_mean  # noqa: F401
 
 
 def plain(passes: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from conftest import CONFIGS, REPO, snakemake, with_defaults, write_override
-from pipeline import bundle, offline, offline_predict, recipe_checks
+from pipeline import bundle, offline, offline_combine, offline_predict, recipe_checks
 from pipeline.resizing import resize_one
 
 workflow = pytest.mark.workflow
@@ -55,11 +55,11 @@ def test_the_stacker_applied_from_its_coefficients_is_scikit_learns(n_classes):
     """The bundle applies the stacker from its coefficients, with no scikit-learn: binary and multinomial alike."""
     rng = np.random.default_rng(1)
     member_probs = rng.dirichlet(np.ones(n_classes), size=(2, 40))
-    fitted = LogisticRegression().fit(offline.stacker_features(member_probs), rng.integers(0, n_classes, 40))
+    fitted = LogisticRegression().fit(offline_combine.stacker_features(member_probs), rng.integers(0, n_classes, 40))
     coefficients = {"coef": fitted.coef_.tolist(), "intercept": fitted.intercept_.tolist(),
                     "classes": fitted.classes_.tolist()}
-    np.testing.assert_allclose(offline.stacked(member_probs, coefficients, n_classes),
-                               fitted.predict_proba(offline.stacker_features(member_probs)), atol=1e-12)
+    np.testing.assert_allclose(offline_combine.stacked(member_probs, coefficients, n_classes),
+                               fitted.predict_proba(offline_combine.stacker_features(member_probs)), atol=1e-12)
 
 
 def test_deterministic_tta_refuses_more_passes_than_it_has_views():
@@ -150,8 +150,8 @@ def test_the_int8_models_log_loss_and_speed_are_measured_against_fp32_and_they_r
     assert int8["int8_images_per_s"] > 0 and int8["fp32_images_per_s"] > 0
     assert manifest["checked_against_run"]["max_difference"] <= 1e-4
     offline_predict.main([str(work / "data" / "test"), "--out", str(tmp_path / "int8.csv"), "--models", "int8",
-                  "--sample", str(work / "data" / "sample_submission.csv"), "--bundle", str(folder),
-                  "--threads", "1", "--workers", "1"])
+                          "--sample", str(work / "data" / "sample_submission.csv"), "--bundle", str(folder),
+                          "--threads", "1", "--workers", "1"])
     found = bundle.compare_submissions(tmp_path / "int8.csv", work / "out" / "submission.csv")
     assert found["same_ids"] and found["same_columns"]
     assert found["max_difference"] > 1e-4  # the int8 files ran: their probabilities are not the fp32 models'
@@ -211,8 +211,9 @@ def test_the_parity_check_fails_when_one_step_of_the_bundle_is_broken(blend_run,
     manifest = json.loads((broken / "manifest.json").read_text())
     breaking(manifest)
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    offline_predict.main([str(blend_run / "data" / "test"), "--out", str(tmp_path / "broken.csv"), "--bundle", str(broken),
-                  "--sample", str(blend_run / "data" / "sample_submission.csv"), "--threads", "1", "--workers", "1"])
+    offline_predict.main([str(blend_run / "data" / "test"), "--out", str(tmp_path / "broken.csv"),
+                          "--bundle", str(broken), "--sample", str(blend_run / "data" / "sample_submission.csv"),
+                          "--threads", "1", "--workers", "1"])
     found = bundle.compare_submissions(tmp_path / "broken.csv", blend_run / "out" / "submission.csv")
     assert bundle.parity_problem({**found, "tolerance": 1e-4}) is not None
 

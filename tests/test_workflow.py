@@ -218,7 +218,12 @@ def test_turning_a_sizes_lr_find_on_or_off_never_reruns_its_fits(csv_run, tmp_pa
     # shared modules: exactly the stages that import them (directly or not), and what depends on those
     ("transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
     ("data.py", {"image_stats", "resize", "split", "augmentation_preview"} | FROM_THE_CACHE),
-], ids=["stages/submission.py", "stages/tta.py", "transforms.py", "data.py"])
+    # the bundle's parts (predict.py): the prediction math reruns what combines predictions, never training; the
+    # bundle's own command line reruns nothing of a plain run (only `package`, which `all` does not ask for)
+    ("offline_combine.py", AFTER_TTA),
+    ("offline_predict.py", set()),
+], ids=["stages/submission.py", "stages/tta.py", "transforms.py", "data.py", "offline_combine.py",
+        "offline_predict.py"])
 def test_editing_a_module_reruns_the_stages_that_import_it_and_their_dependents(csv_run, module, expected):
     workflow, work = csv_run
     with restored_afterwards(workflow / "pipeline" / module) as original:

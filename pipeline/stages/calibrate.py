@@ -25,7 +25,8 @@ from sklearn.model_selection import KFold
 from pipeline import cli, plots, runtime
 from pipeline.data import class_indices, read_labeled_table, read_rows, read_test_table
 from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_json
-from pipeline.offline import CALIBRATION_FLOOR, calibrated as calibrated_probs  # applied as the bundle applies it
+# applied as the bundle applies it
+from pipeline.offline_combine import CALIBRATION_FLOOR, calibrated as calibrated_probs
 from pipeline.passes import PLAIN
 
 
@@ -42,7 +43,7 @@ def cross_fit_groups(rows: pd.DataFrame, seed: int) -> tuple[np.ndarray, str]:
 
 
 def _log_probs(plain, augmented, plain_weight, temperature) -> torch.Tensor:
-    """offline.calibrated in torch, for the fit's gradients."""
+    """offline_combine.calibrated in torch, for the fit's gradients."""
     mixed = plain_weight * plain + (1 - plain_weight) * augmented
     return torch.log_softmax(torch.log(mixed.clamp_min(CALIBRATION_FLOOR)) / temperature, dim=-1)
 

@@ -1,5 +1,5 @@
 """The offline bundle (`snakemake package`): every model the submission uses as ONNX, how the run combined them as
-`manifest.json`, and the one-file `predict.py` (pipeline/offline.py) that writes the same submission with ONNX
+`manifest.json`, and the one-file `predict.py` (pipeline/offline*.py) that writes the same submission with ONNX
 Runtime, NumPy and Pillow alone, for Kaggle code competitions. Before the bundle is kept, it predicts the run's own
 test images and must give the run's submission.csv (`package.check`). With `package.quantize: int8`, also int8
 models, their out-of-sample log loss and speed measured against the fp32 models'.
@@ -80,7 +80,8 @@ def quantize(manifest: dict, plan: dict, staging: Path, pool) -> None:
             for name in fold["models"]:
                 int8_name = name.replace(".onnx", ".int8.onnx")
                 export.quantize_int8(staging / name, staging / int8_name, batches)
-                manifest["models"][name]["int8"] = {"file": int8_name, "sha256": offline_predict.sha256_of(staging / int8_name),
+                manifest["models"][name]["int8"] = {"file": int8_name,
+                                                    "sha256": offline_predict.sha256_of(staging / int8_name),
                                                     "bytes": (staging / int8_name).stat().st_size}
                 print(f"{int8_name}: quantised", flush=True)
 

@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline import cli
 from pipeline.data import natural_key, read_labeled_table, read_test_table
 from pipeline.io import write_csv
-from pipeline.offline import submission_values
+from pipeline.offline_combine import submission_values
 
 
 class SubmissionError(ValueError):
@@ -46,7 +46,7 @@ def make_submission(probs: np.ndarray, test_ids: list[str], classes: list[str], 
     if positive_class is not None and positive_class not in classes:
         raise SubmissionError(f"positive_class {positive_class!r} is not one of the classes {classes}")
     columns = list(sample.columns[1:]) if sample is not None else sorted(classes)
-    # float32 rows sum to 1 only to ~1e-7: clipped and renormalised in float64, as the bundle does (pipeline.offline)
+    # float32 rows sum to 1 only to ~1e-7: clipped and renormalised in float64, as the bundle does (offline_combine)
     names, values = submission_values(frame[classes].to_numpy(dtype=np.float64), classes,
                                       {"clip": clip, "positive_class": positive_class, "columns": columns})
     return pd.concat([frame[["id"]], pd.DataFrame(values, columns=names)], axis=1)
