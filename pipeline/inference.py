@@ -31,7 +31,7 @@ def tta_log_probs(model, frame: pd.DataFrame, cache_dir: str, params: dict, devi
     validation transform, then the training augmentations drawn at random; with `mode: deterministic` the first
     n_aug + 1 fixed views of `pipeline.offline.tta_views`, as the bundle computes them.
     `params`: a complete slice of size, seed, n_aug, mode and the transforms and loader sections."""
-    if params.get("mode", "random") == "deterministic":
+    if params["mode"] == "deterministic":
         return fixed_view_log_probs(model, frame, cache_dir, params, device, amp, name)
     size, n_aug, preprocessing = params["size"], params["n_aug"], params.get("preprocessing")
     labels = frame["y"] if "y" in frame else None

@@ -137,9 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     if not files:
         cli.fail(f"no image files in {' '.join(args.images)}")
 
-    params = {**settings, "size": meta["size"], "n_aug": args.tta, "batch_size": args.batch_size, "num_workers": 0,
-              "preprocessing": images.get("preprocessing"), "max_zoom": images["max_zoom"],
-              "augmentation": images["augmentation"]}
+    # --tta N: the recipe's default TTA mode (the checkpoint does not say which mode its run's TTA took)
+    params = {**settings, **recipe_defaults.defaults(("tta.mode",)), "size": meta["size"], "n_aug": args.tta,
+              "batch_size": args.batch_size, "num_workers": 0, "preprocessing": images.get("preprocessing"),
+              "max_zoom": images["max_zoom"], "augmentation": images["augmentation"]}
     readable, probs, errors = predict_files(model, meta, files, images, params, device, amp)
 
     for path, row in zip(readable, probs):
