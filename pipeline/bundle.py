@@ -117,9 +117,10 @@ def download_wheels(requirements_txt: Path, destination: Path, platform: str, py
 
 README = """# {title}: an offline inference bundle
 
-Made by `snakemake package` from the run in `{out_dir}` ({n_models} models: {what}). It writes that run's submission
-for any folder of test images, with no internet, no torch and no pickle: ONNX models (normalisation inside), this
-folder's `manifest.json` (classes, the TTA views, fold averaging, blend, calibration) and `predict.py`.
+Made by `snakemake package` from the run in `{out_dir}`: {what}.
+It writes that run's submission for any folder of test images, with no internet, no torch and no pickle: ONNX models
+(normalisation inside), this folder's `manifest.json` (classes, the TTA views, fold averaging, blend, calibration)
+and `predict.py`.
 
 ## In a Kaggle notebook (internet off)
 
@@ -160,17 +161,23 @@ WHEELS_ABSENT = ("This bundle has no `wheels/` (package.wheels: false): with the
                  "--find-links ...`.")
 
 
+# What the calibrate stage chose, as the bundle's README says it.
+CALIBRATION_CHOSEN = {"plain": "submitted as the plain view's probabilities (calibration found TTA did not help)",
+                      "tta_mean": "submitted as fastai's TTA mean", "fitted": "calibrated (plain-view weight, temperature)"}
+
+
 def readme(manifest: dict, title: str, out_dir: str, wheels: dict | None) -> str:
-    members = manifest["members"]
+    members, n_models = manifest["members"], len(manifest["models"])
     folds = len(members[0]["folds"])
-    what = (f"{len(members)} member{'s' if len(members) > 1 else ''} x {folds} fold{'s' if folds > 1 else ''}, "
-            f"TTA of {members[0]['n_aug']} views, calibrated")
+    what = (f"{n_models} model{'s' if n_models > 1 else ''} ({len(members)} member{'s' if len(members) > 1 else ''} "
+            f"x {folds} fold{'s' if folds > 1 else ''}), {len(members[0]['input']['views'])} TTA views each, "
+            f"{CALIBRATION_CHOSEN[manifest['calibration']['chosen']]}")
     int8 = manifest.get("int8")
     int8_note = "" if not int8 else (
         f"\n`--models int8` runs the int8 models: {int8['scope']} log loss {int8['int8_logloss']:.4f} against "
         f"{int8['fp32_logloss']:.4f} for fp32 ({int8['int8_images_per_s']:.0f} against "
         f"{int8['fp32_images_per_s']:.0f} images/s where they were measured).\n")
-    return README.format(title=title, out_dir=out_dir, n_models=len(manifest["models"]), what=what,
+    return README.format(title=title, out_dir=out_dir, what=what,
                          slug=title.lower().replace("_", "-") + "-bundle",
                          wheels_note=WHEELS_PRESENT.format(**wheels) if wheels else WHEELS_ABSENT,
                          int8_note=int8_note)
