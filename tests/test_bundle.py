@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from conftest import CONFIGS, REPO, snakemake, with_defaults, write_override
+from conftest import CONFIGS, REPO, checksums, snakemake, with_defaults, write_override
 from pipeline import bundle, offline, offline_combine, offline_predict, recipe_checks
 from pipeline.resizing import resize_one
 
@@ -103,11 +103,15 @@ def assert_reproduces(written: Path, work: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def csv_bundle(csv_run, tmp_path_factory) -> tuple[Path, Path]:
-    """The single-split run's bundle with its wheels and int8 models: (the bundle, the run's working directory)."""
+    """The single-split run's bundle with its wheels and int8 models: (the bundle, the run's working directory).
+    The package job reads data_dir (test images, training images for int8): it must leave every byte there as it was."""
     workflow, work = csv_run
     options = write_override(tmp_path_factory.mktemp("package") / "package.yaml",
                              package={"wheels": True, "quantize": "int8"})
-    return package(workflow, work, [CONFIGS / "tiny_csv.yaml", options]), work
+    before = checksums(work / "data")
+    folder = package(workflow, work, [CONFIGS / "tiny_csv.yaml", options])
+    assert checksums(work / "data") == before
+    return folder, work
 
 
 @pytest.fixture(scope="session")
