@@ -143,6 +143,34 @@ def check_against_run(staging: Path, plan: dict, threads: int, batch_size: int, 
     return found
 
 
+def describe_run(plan: dict, models: dict, members: list[dict]) -> dict:
+    """The manifest (pipeline/bundle.py lists its fields): how the run made its submission, as data."""
+    weights = read_json(plan["blend"]) if plan["blend"] else None
+    classes = read_split(plan["members"][0]["folds"][0]["split"])[2]
+    return {"bundle_version": offline_predict.BUNDLE_VERSION, "classes": classes,
+            "submission": bundle.submission_format(plan, classes),
+            # images.max_pixels null: Pillow's own limit, as the image-stats stage applies it
+            "test_images": {"suffixes": list(offline.IMAGE_SUFFIXES),
+                            "max_pixels": plan["max_pixels"] or offline.Image.MAX_IMAGE_PIXELS},
+            "members": members, "blend": bundle.blend_entry(weights),
+            "calibration": bundle.calibration_entry(read_json(plan["calibration"])), "models": models,
+            "made_from": {"out_dir": plan["out_dir"], "submission": plan["submission"],
+                          "made_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+
+
+def fetch_wheels(staging: Path, params: dict) -> dict | None:
+    """With package.wheels, the requirements' wheels in staging/wheels; the platform and Python they are for."""
+    if not params["wheels"]:
+        return None
+    wheels = {"platform": params["platform"], "python": params["python"]}
+    try:
+        fetched = bundle.download_wheels(staging / "requirements.txt", staging / "wheels", **wheels)
+    except RuntimeError as error:
+        cli.fail(str(error))
+    print(f"wheels for {wheels['platform']}, Python {wheels['python']}: {', '.join(fetched)}", flush=True)
+    return wheels
+
+
 RECIPE_KEYS = ("package",)
 
 
@@ -156,41 +184,24 @@ def main(argv: list[str] | None = None) -> None:
     params, plan = args.params, args.plan
     started = cli.announce("package", params)
     torch.set_num_threads(args.threads)
-    out_dir, cache_dir = Path(args.out_dir), Path(args.cache_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    out_dir = Path(args.out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.staging")  # renamed onto out_dir once complete and checked
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "models").mkdir(parents=True)
 
     with offline_predict.worker_pool(max(1, args.threads - 1)) as pool:  # forked before any ONNX Runtime session
         try:
-            models, members = export_models(plan, staging, cache_dir)
+            models, members = export_models(plan, staging, Path(args.cache_dir))
         except (export.ExportError, WeightsError) as error:
             cli.fail(str(error))
-        weights = read_json(plan["blend"]) if plan["blend"] else None
-        classes = read_split(plan["members"][0]["folds"][0]["split"])[2]
-        manifest = {"bundle_version": offline_predict.BUNDLE_VERSION, "classes": classes,
-                    "submission": bundle.submission_format(plan, classes),
-                    # images.max_pixels null: Pillow's own limit, as the image-stats stage applies it
-                    "test_images": {"suffixes": list(offline.IMAGE_SUFFIXES),
-                                    "max_pixels": plan["max_pixels"] or offline.Image.MAX_IMAGE_PIXELS},
-                    "members": members, "blend": bundle.blend_entry(weights),
-                    "calibration": bundle.calibration_entry(read_json(plan["calibration"])), "models": models,
-                    "made_from": {"out_dir": plan["out_dir"], "submission": plan["submission"],
-                                  "made_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+        manifest = describe_run(plan, models, members)
         if params["quantize"] == "int8":
             quantize(manifest, plan, staging, pool)
             manifest["int8"] = int8_report(manifest, plan, staging, args.threads, args.batch_size, pool)
         (staging / "predict.py").write_text(bundle.predict_script())
         (staging / "requirements.txt").write_text(bundle.requirements())
         write_json(manifest, staging / "manifest.json")
-        wheels = None
-        if params["wheels"]:
-            wheels = {"platform": params["platform"], "python": params["python"]}
-            try:
-                fetched = bundle.download_wheels(staging / "requirements.txt", staging / "wheels", **wheels)
-            except RuntimeError as error:
-                cli.fail(str(error))
-            print(f"wheels for {wheels['platform']}, Python {wheels['python']}: {', '.join(fetched)}", flush=True)
+        wheels = fetch_wheels(staging, params)
         if params["check"]:
             manifest["checked_against_run"] = check_against_run(staging, plan, args.threads, args.batch_size, pool)
             write_json(manifest, staging / "manifest.json")
