@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from pipeline.io import atomic_path
-from pipeline.model import ImageClassifier, restore_model
+from pipeline.model import ImageClassifier, load_checkpoint, restore_model
+from pipeline.offline_predict import sha256_of
 
 OPSET = 17
 INPUT, OUTPUT = "images", "log_probs"
@@ -138,7 +139,7 @@ def export_checkpoint(checkpoint: Path, cache_dir: Path) -> tuple[Path, dict]:
     _, meta = _checkpoint_meta(checkpoint)
     key = content_key(checkpoint)
     cached = cache_dir / f"{key}.onnx"
-    source = {"checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(checkpoint), "arch": meta["arch"],
+    source = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint), "arch": meta["arch"],
               "size": meta["size"], "stage": meta.get("stage"), "preprocessing": meta["images"]["preprocessing"],
               "export_key": key, "opset": OPSET, "torch": metadata.version("torch")}
     if cached.is_file():
@@ -157,8 +158,6 @@ def export_checkpoint(checkpoint: Path, cache_dir: Path) -> tuple[Path, dict]:
 
 
 def _checkpoint_meta(checkpoint: Path) -> tuple[dict, dict]:
-    from pipeline.model import load_checkpoint
-
     state, meta = load_checkpoint(checkpoint, {})
     if "images" not in meta or "preprocessing" not in meta.get("images", {}):
         raise ExportError(f"{checkpoint}: its meta does not say how its images were preprocessed (a checkpoint older "
@@ -166,16 +165,11 @@ def _checkpoint_meta(checkpoint: Path) -> tuple[dict, dict]:
     return state, meta
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def copy_model(source: Path, destination: Path) -> str:
     """Copy an exported model into the bundle; its sha256, for the manifest."""
     with atomic_path(destination) as tmp:
         shutil.copyfile(source, tmp)
-    return _sha256(destination)
+    return sha256_of(destination)
 
 
 def exports_cleanly(arch: str, size: int = 64) -> str | None:
