@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test lint clean-demo
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: setup
 # Two workers: half of a test's time is one core importing torch while the other idles (see tests/conftest.py).
 test: setup
 	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder
+
+# The rule files as snakefmt formats them, and Snakemake's own linter on the workflow: both take seconds.
+lint: setup
+	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/snakemake --lint
 
 clean-demo:
 	rm -rf outputs/demo data/demo

@@ -14,17 +14,20 @@ if not workflow.overwrite_configfiles:
 report: "rules/report/workflow.rst"
 
 
+include: "rules/recipe.smk"
 include: "rules/common.smk"
 include: "rules/prepare.smk"
 include: "rules/features.smk"
 include: "rules/finetune.smk"
 include: "rules/results.smk"
 include: "rules/tracking.smk"
+include: "rules/package_plan.smk"
 include: "rules/package.smk"
+include: "rules/onstart.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
         tracked_run(),
-    default_target: True

@@ -4,7 +4,7 @@ and predict.py (fp32, int8) against the pipeline's TTA stage doing the same pass
 Runs the demo recipe end to end in a scratch folder (tracking off: it is not what is measured), then `snakemake
 package` with `package: {quantize: int8}` from an empty export cache (Snakemake's benchmark file times the job), then
 alternates, `--repeats` times:
-  - the TTA stage's own work on the test images: `pipeline.inference.tta_log_probs` over the resize cache, the run's
+  - the TTA stage's own work on the test images: `pipeline.predict.inference.tta_log_probs` over the resize cache, the run's
     checkpoint, in float32 as deterministic TTA runs, and under bf16 autocast for reference (where the CPU has native
     bf16, what the stage would take if it autocast);
   - the bundle's predict.py as a notebook runs it (a subprocess: start-up, reading and resizing the raw test images,
@@ -47,10 +47,10 @@ def tta_stage_seconds(out: Path, threads: int, amp: bool) -> tuple[float, int]:
     import pandas as pd
     import torch
 
-    from pipeline import runtime
-    from pipeline.inference import tta_log_probs
-    from pipeline.model import restore_model
-    from pipeline.recipe_defaults import defaults
+    from pipeline.compute import runtime
+    from pipeline.predict.inference import tta_log_probs
+    from pipeline.models.classifier import restore_model
+    from pipeline.recipe.defaults import defaults
 
     torch.set_num_threads(threads)
     checkpoint = sorted((out / "finetune").glob("*/model.pt"))[-1]
@@ -104,7 +104,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.runtime import use_amp
+    from pipeline.compute.runtime import use_amp
 
     stage_amp = use_amp("auto", torch.device("cpu"))
     timings = {"tta_stage_bf16": [], "tta_stage_fp32": [], "bundle_fp32": [], "bundle_int8": []}

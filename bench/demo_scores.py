@@ -18,8 +18,8 @@ from sklearn.metrics import accuracy_score, log_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py` from anywhere
 
-from pipeline import passes  # noqa: E402
-from pipeline.data import read_labeled_table, read_test_table  # noqa: E402
+from pipeline.predict import passes  # noqa: E402
+from pipeline.data.dataset import read_labeled_table, read_test_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

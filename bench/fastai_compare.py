@@ -4,7 +4,7 @@ each timed wall-clock end to end as a subprocess, each scored on the hidden test
     python bench/fastai_compare.py [--n 1200 --n-test 400] [--fastai-path /tmp/fastai-site] [--work DIR] [--pretrained]
 
 With --pretrained, both start from the same ImageNet weights: timm's tf_efficientnet_lite0 with the packaged
-EfficientNet-Lite0 tensors (converted once by this project's `pipeline.backbones`, handed to fastai as a timm state
+EfficientNet-Lite0 tensors (converted once by this project's `pipeline.models.backbones`, handed to fastai as a timm state
 dict), normalised as timm's pretrained config says (mean = std = 0.5); fastai's `vision_learner` builds its own timm
 body and head on that arch, and `fine_tune`'s frozen epoch then unfrozen epochs are the same calls as below. Ours
 then also trains as fastai does: `train: {optimizer: adamw, weight_decay: 0.01, train_bn: true}` and fastai's lrs
@@ -57,8 +57,9 @@ import yaml
 
 from common import machine, report
 from demo_scores import hidden_test
-from pipeline import passes, recipe_defaults
-from pipeline.data import read_labeled, read_labeled_table, read_test_table
+from pipeline.predict import passes
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.data.dataset import read_labeled, read_labeled_table, read_test_table
 from pipeline.stages import demo_data
 from pipeline.stages.split import RECIPE_KEYS, make_split
 
@@ -130,7 +131,7 @@ def packaged_lite0_for_timm(work: Path) -> Path:
     """The packaged ImageNet Lite0 tensors in timm's layout, for fastai's own timm model to load."""
     import torch
 
-    from pipeline import backbones
+    from pipeline.models import backbones
 
     path = work / "tf_efficientnet_lite0_packaged.pth"
     torch.save(backbones.create(backbones.resolve("tf_efficientnet_lite0"), "packaged").state_dict(), path)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from common import make_images, report
-from pipeline.data import read_split
-from pipeline.model import build_classifier, save_checkpoint
+from pipeline.data.dataset import read_split
+from pipeline.models.classifier import build_classifier, save_checkpoint
 from pipeline.stages import demo_data
 
 PYTHON = sys.executable

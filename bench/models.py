@@ -27,15 +27,16 @@ import pandas as pd
 import torch
 
 from common import best_of, make_images, report
-from pipeline import recipe_defaults, runtime
-from pipeline.data import read_labels_csv
-from pipeline.fit import DEFAULT_OPTIMIZER, EpochLog, FitSpec, TensorBatches, fit, train_step
-from pipeline.loaders import ImageDataset, image_loaders, inference_loader
-from pipeline.model import build_classifier
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.compute import runtime
+from pipeline.data.dataset import read_labels_csv
+from pipeline.train.fit import DEFAULT_OPTIMIZER, EpochLog, FitSpec, Phase, TensorBatches, fit, train_step
+from pipeline.train.loaders import ImageDataset, image_loaders, inference_loader
+from pipeline.models.classifier import build_classifier
 from pipeline.stages import demo_data
 from pipeline.stages.precompute import precompute_activations
 from pipeline.stages.resize import resize_cache
-from pipeline.transforms import valid_transform
+from pipeline.data.transforms import valid_transform
 
 
 def loader_params(params: dict) -> dict:
@@ -50,7 +51,9 @@ def synchronise(device: torch.device) -> None:
 
 def stage_epoch(model, train_batches, valid_batches, lr: float, device: torch.device, amp: bool) -> None:
     """One epoch as a training stage runs it: `fit` with one constant-lr cycle, validation included."""
-    fit(model, train_batches, valid_batches, FitSpec(lr, 1), device, EpochLog(None), "bench", 0, amp=amp)
+    phase = Phase(name="bench", model=model, train_batches=train_batches, valid_batches=valid_batches, device=device,
+                  log=EpochLog(None), amp=amp)
+    fit(phase, FitSpec(lr, 1), 0)
     synchronise(device)
 
 

@@ -19,12 +19,13 @@ import torch
 import yaml
 
 from common import machine  # puts the repository on sys.path
-from pipeline import recipe_defaults, runtime  # noqa: E402
-from pipeline.data import read_split  # noqa: E402
-from pipeline.fit import EpochLog, OptimizerSpec, TensorBatches, run_fits  # noqa: E402
+from pipeline.recipe import defaults as recipe_defaults  # noqa: E402
+from pipeline.compute import runtime
+from pipeline.data.dataset import read_split  # noqa: E402
+from pipeline.train.fit import EpochLog, OptimizerSpec, Phase, TensorBatches, run_fits  # noqa: E402
 from pipeline.io import read_json  # noqa: E402
-from pipeline.loaders import image_loaders  # noqa: E402
-from pipeline.model import build_seeded_classifier  # noqa: E402
+from pipeline.train.loaders import image_loaders  # noqa: E402
+from pipeline.models.classifier import build_seeded_classifier  # noqa: E402
 from pipeline.stages.train_head import load_activations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,20 +62,24 @@ def train_variant(recipe: dict, out: Path, train: dict, lrs: dict | None) -> dic
     train_acts = TensorBatches(*load_activations(activations, "train", train_rows), batch_size, True,
                                torch.Generator())
     valid_acts = TensorBatches(*load_activations(activations, "valid", valid_rows), batch_size)
-    run_fits(model.head, train_acts, valid_acts, head["precomputed"], "precomputed", device, log, seed=seed,
-             optimizer_spec=optimizer)
+    shared = {"device": device, "log": log, "seed": seed, "optimizer_spec": optimizer}
+    run_fits(Phase(name="precomputed", model=model.head, train_batches=train_acts, valid_batches=valid_acts, **shared),
+             head["precomputed"])
     model.freeze()
     model.train_bn(train["train_bn"])
-    loaders = image_loaders(train_rows, valid_rows, out / "resized" / str(recipe["images"]["shorter_side"]),
-                            {**loader_params, "size": head["size"]}, device)
-    run_fits(model, *loaders, head["augmented"], "augmented", device, log, seed=seed, optimizer_spec=optimizer)
+    train_loader, valid_loader = image_loaders(train_rows, valid_rows,
+                                               out / "resized" / str(recipe["images"]["shorter_side"]),
+                                               {**loader_params, "size": head["size"]}, device)
+    run_fits(Phase(name="augmented", model=model, train_batches=train_loader, valid_batches=valid_loader, **shared),
+             head["augmented"])
     for step in finetune:
         model.unfreeze() if step.get("unfreeze") else model.freeze()
         model.train_bn(train["train_bn"])
-        loaders = image_loaders(train_rows, valid_rows, out / "resized" / str(recipe["images"]["shorter_side"]),
-                                {**loader_params, "size": step["size"]}, device)
-        run_fits(model, *loaders, step["fits"], f"size {step['size']}", device, log, seed=seed,
-                 optimizer_spec=optimizer)
+        train_loader, valid_loader = image_loaders(train_rows, valid_rows,
+                                                   out / "resized" / str(recipe["images"]["shorter_side"]),
+                                                   {**loader_params, "size": step["size"]}, device)
+        run_fits(Phase(name=f"size {step['size']}", model=model, train_batches=train_loader,
+                       valid_batches=valid_loader, **shared), step["fits"])
     last = log.rows[-1]
     return {"valid_logloss": round(last["valid_loss"], 4), "valid_accuracy": round(last["accuracy"], 4),
             "train_seconds": round(time.perf_counter() - started, 1)}

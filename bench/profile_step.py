@@ -16,9 +16,9 @@ import torch
 from torch.profiler import profile
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from pipeline import runtime
-from pipeline.fit import DEFAULT_OPTIMIZER, train_step
-from pipeline.model import build_classifier
+from pipeline.compute import runtime
+from pipeline.train.fit import DEFAULT_OPTIMIZER, train_step
+from pipeline.models.classifier import build_classifier
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from common import best_of, make_images, report
-from pipeline.data import all_images
-from pipeline.resizing import resized_size
+from pipeline.data.dataset import all_images
+from pipeline.data.resizing import resized_size
 from pipeline.stages import demo_data
 from pipeline.stages.resize import resize_cache
 

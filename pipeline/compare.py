@@ -16,8 +16,12 @@ import os
 import time
 from pathlib import Path
 
-from pipeline import cli, run_record, tracked_runs, tracking, tracking_store
-from pipeline.tracked_runs import HEADLINE_ROWS, LEADERBOARD
+from pipeline import cli
+from pipeline.tracking import record as run_record
+from pipeline.tracking import runs as tracked_runs
+from pipeline.tracking import mlflow_log as tracking
+from pipeline.tracking import store as tracking_store
+from pipeline.tracking.runs import HEADLINE_ROWS, LEADERBOARD
 
 
 class CompareError(LookupError):

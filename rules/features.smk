@@ -6,26 +6,28 @@ rule precompute:
     input:
         split=model_out("split.csv"),
         test=out("test.csv"),
-        cache=lambda wildcards: model_chain(wildcards).resized,
+        cache=resize_cache,
         code=code("precompute"),
     output:
         train=ensure(model_out("activations/{head_size}/train.npy"), non_empty=True),
         valid=ensure(model_out("activations/{head_size}/valid.npy"), non_empty=True),
         test=ensure(model_out("activations/{head_size}/test.npy"), non_empty=True),
         manifest=model_out("activations/{head_size}/manifest.json"),
-    wildcard_constraints:
-        head_size=r"\d+",
-    params:
-        p=lambda wildcards: as_params(arch=(c := model_chain(wildcards)).model["arch"], weights=c.model["weights"],
-                                      **c.weights, size=c.head["size"], **c.loader, **c.runtime),
-        out_dir=lambda wildcards, output: Path(output.manifest).parent,
-    threads: MAX_THREADS
-    resources:
-        gpu=GPU_JOBS,
     log:
         model_out("logs/precompute_{head_size}.log"),
     benchmark:
         model_out("benchmarks/precompute_{head_size}.tsv")
+    wildcard_constraints:
+        head_size=r"\d+",
+    conda:
+        ENVIRONMENT
+    threads: MAX_THREADS
+    resources:
+        gpu=GPU_JOBS,
+    params:
+        run=STAGE_RUNNER,
+        p=precompute_params,
+        out_dir=folder_of("manifest"),
     shell:
         stage_shell(
             "precompute",
@@ -38,9 +40,11 @@ rule train_head:
     """lr_find and fits on the activations, then fits with augmentation through the frozen body."""
     input:
         split=model_out("split.csv"),
-        activations=lambda wildcards: [concrete(f"{model_chain(wildcards).activations}/{name}", wildcards)
-                                       for name in ("train.npy", "valid.npy", "manifest.json")],
-        cache=lambda wildcards: model_chain(wildcards).resized,
+        activations=lambda wildcards: [
+            concrete(f"{model_chain(wildcards).activations}/{name}", wildcards)
+            for name in ("train.npy", "valid.npy", "manifest.json")
+        ],
+        cache=resize_cache,
         code=code("train_head"),
     output:
         model=model_out("head/model.pt"),
@@ -48,26 +52,29 @@ rule train_head:
         lr_schedule=training_report(model_out("head/lr_schedule.png"), "lr_schedule", "head"),
         curves=training_report(model_out("head/curves.png"), "curves", "head"),
         batch_loss=training_report(model_out("head/batch_loss.png"), "batch_loss", "head"),
-        lr_find=[training_report(model_out("head/lr_find.png"), "lr_find", "head"), model_out("head/lr_find.csv")]
-        if PRIMARY.head["lr_find"]  # alike in every member (pipeline.members.uniform_problems)
-        else [],
-    params:
-        p=lambda wildcards: as_params(**(c := model_chain(wildcards)).model, **c.weights, **c.head, **c.transforms,
-                                      **c.loader, **c.training_runtime, **c.train, images=c.resize_rule),
-        activations=lambda wildcards, input: Path(input.activations[0]).parent,
-        out_dir=lambda wildcards, output: Path(output.model).parent,
-    threads: MAX_THREADS
-    resources:
-        gpu=TRAINING_GPUS,
+        lr_find=(
+            [training_report(model_out("head/lr_find.png"), "lr_find", "head"), model_out("head/lr_find.csv")]
+            if PRIMARY.head["lr_find"]  # alike in every member (pipeline.recipe.members.uniform_problems)
+            else []
+        ),
     log:
         model_out("logs/train_head.log"),
     benchmark:
         model_out("benchmarks/train_head.tsv")
+    conda:
+        ENVIRONMENT
+    threads: MAX_THREADS
+    resources:
+        gpu=TRAINING_GPUS,
+    params:
+        run=TRAINING_RUNNER,
+        p=train_head_params,
+        activations=lambda wildcards, input: Path(input.activations[0]).parent,
+        out_dir=folder_of("model"),
     shell:
         stage_shell(
             "train_head",
             "--split-csv {input.split:q} --activations {params.activations:q} "
             "--cache-dir {input.cache:q} --out-dir {params.out_dir:q} --threads {threads} --params "
             "{params.p:q}",
-            launch="{TRAINING_LAUNCH}",
         )

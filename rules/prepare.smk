@@ -12,17 +12,19 @@ if DEMO:
             code=code("demo_data"),
         output:
             DEMO_BUILT,
-        params:
-            demo=as_params(layout=LAYOUT, **config["demo"]),
-            classes=" ".join(["--classes", *map(shlex.quote, config["demo"]["classes"])]) if "classes" in config["demo"] else "",
         log:
             out("logs/demo_data.log"),
+        conda:
+            ENVIRONMENT
+        params:
+            run=STAGE_RUNNER,
+            data_dir=data_dir,
+            settings=flags(layout=LAYOUT, **{key: config["demo"][key] for key in DEMO_SETTINGS}),
+            classes=flags(classes=config["demo"].get("classes")),
         shell:
             stage_shell(
                 "demo_data",
-                "{DATA:q} --layout {LAYOUT} --n-labeled {config[demo][n_labeled]} "
-                "--n-test {config[demo][n_test]} --seed {config[demo][seed]} "
-                "--large-fraction {config[demo][large_fraction]} {params.classes}",
+                "{params.data_dir:q} {params.settings} {params.classes}",
             )
 
 
@@ -43,14 +45,18 @@ rule split:
         split=out("split.csv"),
         test=out("test.csv"),
         counts=report(out("class_counts.csv"), caption=caption("class_counts"), category="1. Data"),
-    params:
-        p=as_params(**DATA_LAYOUT, **split_params()),
     log:
         out("logs/split.log"),
+    conda:
+        ENVIRONMENT
+    params:
+        run=STAGE_RUNNER,
+        data_dir=data_dir,
+        p=split_params(),
     shell:
         stage_shell(
             "split",
-            "--data-dir {DATA:q} --bad-images {input.bad_images:q} --split-csv {output.split:q} "
+            "--data-dir {params.data_dir:q} --bad-images {input.bad_images:q} --split-csv {output.split:q} "
             "--test-csv {output.test:q} --class-counts {output.counts:q} --params {params.p:q}",
         )
 
@@ -67,10 +73,14 @@ if KFOLD:
             code=code("fold_split"),
         output:
             model_out("split.csv"),
-        wildcard_constraints:
-            member=r"[A-Za-z][A-Za-z0-9_]*",  # a member's own folds; the students' come from pseudo_labels
         log:
             model_out("logs/fold_split.log"),
+        wildcard_constraints:
+            member=r"[A-Za-z][A-Za-z0-9_]*",  # a member's own folds; the students' come from pseudo_labels
+        conda:
+            ENVIRONMENT
+        params:
+            run=STAGE_RUNNER,
         shell:
             stage_shell(
                 "fold_split",
@@ -89,22 +99,22 @@ rule image_stats:
         plot_all=report(out("plots/sizes_all.png"), caption=caption("sizes"), category="1. Data"),
         plot_small=report(out("plots/sizes_under_1000.png"), caption=caption("sizes"), category="1. Data"),
         bad_images=out("stats/bad_images.csv"),
-    params:
-        p=as_params(
-            **DATA_LAYOUT,
-            on_bad_image=config["images"]["on_bad_image"],
-            max_pixels=config["images"]["max_pixels"],
-        ),
-        fingerprint=DATA_FINGERPRINT,
-    threads: MAX_THREADS
     log:
         out("logs/image_stats.log"),
     benchmark:
         out("benchmarks/image_stats.tsv")
+    conda:
+        ENVIRONMENT
+    threads: MAX_THREADS
+    params:
+        run=STAGE_RUNNER,
+        data_dir=data_dir,
+        p=stage_slice("image_stats", config),
+        fingerprint=DATA_FINGERPRINT,
     shell:
         stage_shell(
             "image_stats",
-            "--data-dir {DATA:q} --sizes-csv {output.sizes:q} --summary {output.summary:q} "
+            "--data-dir {params.data_dir:q} --sizes-csv {output.sizes:q} --summary {output.summary:q} "
             "--plot-all {output.plot_all:q} --plot-small {output.plot_small:q} "
             "--bad-images {output.bad_images:q} --threads {threads} --params {params.p:q}",
         )
@@ -119,25 +129,24 @@ rule resize:
         code=code("resize"),
     output:
         directory(out("resized/{side}")),
-    wildcard_constraints:
-        side=r"\d+",
-    params:
-        p=lambda wildcards: as_params(
-            **DATA_LAYOUT,
-            shorter_side=int(wildcards.side),
-            jpeg_quality=config["images"]["jpeg_quality"],
-            jpeg_draft=config["images"]["jpeg_draft"],
-        ),
-        fingerprint=DATA_FINGERPRINT,
-    threads: MAX_THREADS
     log:
         out("logs/resize_{side}.log"),
     benchmark:
         out("benchmarks/resize_{side}.tsv")
+    wildcard_constraints:
+        side=r"\d+",
+    conda:
+        ENVIRONMENT
+    threads: MAX_THREADS
+    params:
+        run=STAGE_RUNNER,
+        data_dir=data_dir,
+        p=lambda wildcards: stage_slice("resize", config, shorter_side=int(wildcards.side)),
+        fingerprint=DATA_FINGERPRINT,
     shell:
         stage_shell(
             "resize",
-            "--data-dir {DATA:q} --bad-images {input.bad_images:q} --out-dir {output:q} "
+            "--data-dir {params.data_dir:q} --bad-images {input.bad_images:q} --out-dir {output:q} "
             "--threads {threads} --params {params.p:q}",
         )
 
@@ -149,11 +158,13 @@ rule augmentation_preview:
         code=code("augmentation_preview"),
     output:
         report(out("plots/augmentations.png"), caption=caption("augmentations"), category="1. Data"),
-    params:
-        p=as_params(size=PRIMARY.head["size"], seed=PRIMARY.recipe["seed"], **PRIMARY.transforms,
-                    preprocessing=PRIMARY.preprocessing),
     log:
         out("logs/augmentation_preview.log"),
+    conda:
+        ENVIRONMENT
+    params:
+        run=STAGE_RUNNER,
+        p=stage_slice("augmentation_preview", PRIMARY.recipe, preprocessing=PRIMARY.preprocessing),
     shell:
         stage_shell(
             "augmentation_preview",

@@ -8,8 +8,8 @@ rule tta:
     input:
         split=model_out("split.csv"),
         test=out("test.csv"),
-        cache=lambda wildcards: model_chain(wildcards).resized,
-        checkpoint=lambda wildcards: concrete(model_chain(wildcards).final_checkpoint(), wildcards),
+        cache=resize_cache,
+        checkpoint=final_checkpoint,
         snapshots=tta_snapshots,
         code=code("tta"),
     output:
@@ -17,27 +17,37 @@ rule tta:
         test=ensure(model_out("tta/test_probs.npy"), non_empty=True),
         valid_passes=model_out("tta/valid_passes.npy"),
         test_passes=model_out("tta/test_passes.npy"),
-        confusion=report(model_out("tta/confusion_matrix.png"), caption=caption("confusion_matrix"), category="3. Results",
-                         subcategory=MODEL_LABEL if KFOLD else "validation"),
-        metrics=report(model_out("metrics.json"), caption=caption("metrics"), category="3. Results",
-                       subcategory=MODEL_LABEL if KFOLD else "validation"),
-    params:
-        p=lambda wildcards: as_params(arch=(c := model_chain(wildcards)).model["arch"], **c.tta, **c.transforms, **c.loader,
-                                      **c.runtime, preprocessing=c.preprocessing),
-        checkpoints=lambda wildcards: " ".join(map(shlex.quote, tta_checkpoints(wildcards))),
-        out_dir=lambda wildcards, output: Path(output.test).parent,
-    threads: MAX_THREADS
-    resources:
-        gpu=GPU_JOBS,
+        confusion=report(
+            model_out("tta/confusion_matrix.png"),
+            caption=caption("confusion_matrix"),
+            category="3. Results",
+            subcategory=MODEL_LABEL if KFOLD else "validation",
+        ),
+        metrics=report(
+            model_out("metrics.json"),
+            caption=caption("metrics"),
+            category="3. Results",
+            subcategory=MODEL_LABEL if KFOLD else "validation",
+        ),
     log:
         model_out("logs/tta.log"),
     benchmark:
         model_out("benchmarks/tta.tsv")
+    conda:
+        ENVIRONMENT
+    threads: MAX_THREADS
+    resources:
+        gpu=GPU_JOBS,
+    params:
+        run=STAGE_RUNNER,
+        p=tta_params,
+        checkpoints=lambda wildcards: flags(checkpoint=tta_checkpoints(wildcards)),
+        out_dir=folder_of("test"),
     shell:
         stage_shell(
             "tta",
             "--split-csv {input.split:q} --test-csv {input.test:q} --cache-dir {input.cache:q} "
-            "--checkpoint {params.checkpoints} --out-dir {params.out_dir:q} "
+            "{params.checkpoints} --out-dir {params.out_dir:q} "
             "--metrics {output.metrics:q} --threads {threads} --params {params.p:q}",
         )
 
@@ -52,32 +62,42 @@ if KFOLD:
         scores, and the fold ensemble's test probabilities (per member, with members)."""
         input:
             split=out("split.csv"),
-            fold_splits=lambda wildcards: for_every_fold(model_out("split.csv"), wildcards),
-            valid_passes=lambda wildcards: for_every_fold(model_out("tta/valid_passes.npy"), wildcards),
-            test_passes=lambda wildcards: for_every_fold(model_out("tta/test_passes.npy"), wildcards),
-            metrics=lambda wildcards: for_every_fold(model_out("metrics.json"), wildcards),
+            fold_splits=every_fold("split.csv"),
+            valid_passes=every_fold("tta/valid_passes.npy"),
+            test_passes=every_fold("tta/test_passes.npy"),
+            metrics=every_fold("metrics.json"),
             code=code("oof"),
         output:
             oof=member_out("oof.csv"),
             valid_passes=member_out("oof/valid_passes.npy"),
             test_passes=member_out("oof/test_passes.npy"),
             metrics=member_out("oof/cv_metrics.json"),
-            folds_plot=report(member_out("plots/cv_folds.png"), caption=caption("cv_folds"), category="3. Results",
-                              subcategory="{member}, out of fold" if MEMBER_NAMES else "out of fold"),
-            confusion=report(member_out("plots/oof_confusion_matrix.png"), caption=caption("oof_confusion_matrix"),
-                             category="3. Results",
-                             subcategory="{member}, out of fold" if MEMBER_NAMES else "out of fold"),
-        params:
-            p=lambda wildcards: as_params(folds=FOLDS, n_aug=model_chain(wildcards).tta["n_aug"], **config["ensemble"]),
-            fold_dirs=lambda wildcards: " ".join(map(shlex.quote, for_every_fold(MODEL_DIR, wildcards))),
-            out_dir=lambda wildcards, output: Path(output.valid_passes).parent,
-            plots_dir=lambda wildcards, output: Path(output.folds_plot).parent,
+            folds_plot=report(
+                member_out("plots/cv_folds.png"),
+                caption=caption("cv_folds"),
+                category="3. Results",
+                subcategory="{member}, out of fold" if MEMBER_NAMES else "out of fold",
+            ),
+            confusion=report(
+                member_out("plots/oof_confusion_matrix.png"),
+                caption=caption("oof_confusion_matrix"),
+                category="3. Results",
+                subcategory="{member}, out of fold" if MEMBER_NAMES else "out of fold",
+            ),
         log:
             member_out("logs/oof.log"),
+        conda:
+            ENVIRONMENT
+        params:
+            run=STAGE_RUNNER,
+            p=oof_params,
+            fold_dirs=lambda wildcards: flags(fold_dirs=for_every_fold(MODEL_DIR, wildcards)),
+            out_dir=folder_of("valid_passes"),
+            plots_dir=folder_of("folds_plot"),
         shell:
             stage_shell(
                 "oof",
-                "--split-csv {input.split:q} --fold-dirs {params.fold_dirs} --oof-csv {output.oof:q} "
+                "--split-csv {input.split:q} {params.fold_dirs} --oof-csv {output.oof:q} "
                 "--out-dir {params.out_dir:q} --plots-dir {params.plots_dir:q} --params {params.p:q}",
             )
 
@@ -86,13 +106,6 @@ if MEMBER_NAMES:
 
     localrules:
         blend,
-
-    def blend_members(wildcards):
-        """The members a blend blends: every member; in the pseudo-label round's, the students too."""
-        return MEMBER_NAMES + ([STUDENT] if wildcards.blend == "blend_pseudo" else [])
-
-    def blend_inputs(name):
-        return lambda wildcards: [member_out(name).format(member=member) for member in blend_members(wildcards)]
 
     rule blend:
         """Blend weights fitted on the members' out-of-fold predictions (each fold scored with weights fitted on the
@@ -105,29 +118,41 @@ if MEMBER_NAMES:
             cv_metrics=blend_inputs("oof/cv_metrics.json"),
             code=code("blend"),
         output:
-            weights=report(out("{blend}/weights.json"), caption=caption("blend_weights"), category="3. Results",
-                           subcategory="{blend}"),
+            weights=report(
+                out("{blend}/weights.json"),
+                caption=caption("blend_weights"),
+                category="3. Results",
+                subcategory="{blend}",
+            ),
             oof=out("{blend}/oof.csv"),
             valid_passes=out("{blend}/valid_passes.npy"),
             test_passes=out("{blend}/test_passes.npy"),
             cv_metrics=out("{blend}/cv_metrics.json"),
-            correlation=report(out("{blend}/correlation.png"), caption=caption("blend_correlation"),
-                               category="3. Results", subcategory="{blend}"),
+            correlation=report(
+                out("{blend}/correlation.png"),
+                caption=caption("blend_correlation"),
+                category="3. Results",
+                subcategory="{blend}",
+            ),
             folds_plot=out("{blend}/cv_folds.png"),
-        wildcard_constraints:
-            blend="blend|blend_pseudo",
-        params:
-            p=as_params(seed=config["seed"], **config["blend"]),
-            names=lambda wildcards: " ".join(map(shlex.quote, blend_members(wildcards))),
-            member_dirs=lambda wildcards: " ".join(shlex.quote(out(f"members/{name}")) for name in blend_members(wildcards)),
-            out_dir=lambda wildcards, output: Path(output.weights).parent,
         log:
             out("logs/{blend}.log"),
+        wildcard_constraints:
+            blend="blend|blend_pseudo",
+        conda:
+            ENVIRONMENT
+        params:
+            run=STAGE_RUNNER,
+            p=stage_slice("blend", config),
+            members=lambda wildcards: flags(
+                members=blend_members(wildcards),
+                member_dirs=[out(f"members/{name}") for name in blend_members(wildcards)],
+            ),
+            out_dir=folder_of("weights"),
         shell:
             stage_shell(
                 "blend",
-                "--split-csv {input.split:q} --members {params.names} --member-dirs {params.member_dirs} "
-                "--out-dir {params.out_dir:q} --params {params.p:q}",
+                "--split-csv {input.split:q} {params.members} " "--out-dir {params.out_dir:q} --params {params.p:q}",
             )
 
 
@@ -151,13 +176,14 @@ if STUDENT:
         output:
             split=out(f"members/{STUDENT}/folds/{{fold}}/split.csv"),
             report=out(f"members/{STUDENT}/folds/{{fold}}/pseudo_labels.json"),
-        params:
-            p=as_params(**config["pseudo"]),
-            weights=lambda wildcards, input: f"--blend-weights {shlex.quote(input.blend_weights)}"
-            if input.blend_weights
-            else "",
         log:
             out(f"members/{STUDENT}/folds/{{fold}}/logs/pseudo_labels.log"),
+        conda:
+            ENVIRONMENT
+        params:
+            run=STAGE_RUNNER,
+            p=stage_slice("pseudo_labels", config),
+            weights=lambda wildcards, input: flags(blend_weights=input.blend_weights or None),
         shell:
             stage_shell(
                 "pseudo_labels",
@@ -165,29 +191,6 @@ if STUDENT:
                 "{params.weights} --fold {wildcards.fold} --out {output.split:q} --report {output.report:q} "
                 "--params {params.p:q}",
             )
-
-
-def calibration_inputs():
-    """Out-of-sample predictions to calibrate on, and the test predictions to apply it to: a K-fold run's
-    out-of-fold ones (the final blend's with members), or a single split's validation set."""
-    if MEMBER_NAMES:
-        return {"rows": out(f"{FINAL_BLEND}/oof.csv"), "valid_passes": out(f"{FINAL_BLEND}/valid_passes.npy"),
-                "test_passes": out(f"{FINAL_BLEND}/test_passes.npy"), "cv_metrics": out(f"{FINAL_BLEND}/cv_metrics.json")}
-    if KFOLD:
-        return {"rows": out("oof.csv"), "valid_passes": rules.oof.output.valid_passes,
-                "test_passes": rules.oof.output.test_passes, "cv_metrics": rules.oof.output.metrics}
-    return {"rows": out("split.csv"), "valid_passes": rules.tta.output.valid_passes,
-            "test_passes": rules.tta.output.test_passes}
-
-
-# The TTA passes calibrate weighs: a blend's passes are one blended prediction twice (no augmented passes to weigh).
-CALIBRATION_N_AUG = 0 if MEMBER_NAMES else config["tta"]["n_aug"]
-
-
-def interpretation(name):
-    """An interpret output, in the report's Results under "interpretation"."""
-    return report(out(f"interpret/{name}"), caption=caption(Path(name).stem), category="3. Results",
-                  subcategory="interpretation (out of fold)" if KFOLD else "interpretation")
 
 
 # Seconds of work each, on arrays already computed: on a cluster they run where Snakemake runs.
@@ -211,24 +214,39 @@ rule calibrate:
         report=out("calibration/calibration.json"),
         valid=out("calibration/valid_probs.npy"),
         test=ensure(out("calibration/test_probs.npy"), non_empty=True),
-        plot=report(out("calibration/reliability.png"), caption=caption("reliability"), category="3. Results",
-                    subcategory="calibration"),
-        cv_metrics=[report(out("cv_metrics.json"), caption=caption("cv_metrics"), category="3. Results",
-                           subcategory="out of fold"), out("metrics.json")]
-        if KFOLD
-        else [],
-    params:
-        p=as_params(n_aug=CALIBRATION_N_AUG, seed=config["seed"], **config["calibration"]),
-        out_dir=lambda wildcards, output: Path(output.report).parent,
-        cv_reports=lambda wildcards, input, output: (
-            f"--cv-metrics-in {shlex.quote(input.cv_metrics)} --cv-metrics {shlex.quote(output.cv_metrics[0])} "
-            f"--metrics {shlex.quote(output.cv_metrics[1])}"
-        )
-        if KFOLD
-        else "",
-    threads: 2  # two parameters fitted on (N, C) arrays: more threads only contend
+        plot=report(
+            out("calibration/reliability.png"),
+            caption=caption("reliability"),
+            category="3. Results",
+            subcategory="calibration",
+        ),
+        cv_metrics=(
+            [
+                report(
+                    out("cv_metrics.json"),
+                    caption=caption("cv_metrics"),
+                    category="3. Results",
+                    subcategory="out of fold",
+                ),
+                out("metrics.json"),
+            ]
+            if KFOLD
+            else []
+        ),
     log:
         out("logs/calibrate.log"),
+    conda:
+        ENVIRONMENT
+    threads: 2  # two parameters fitted on (N, C) arrays: more threads only contend
+    params:
+        run=STAGE_RUNNER,
+        p=stage_slice("calibrate", config, n_aug=CALIBRATION_N_AUG),
+        out_dir=folder_of("report"),
+        cv_reports=lambda wildcards, input, output: (
+            flags(cv_metrics_in=input.cv_metrics, cv_metrics=output.cv_metrics[0], metrics=output.cv_metrics[1])
+            if KFOLD
+            else ""
+        ),
     shell:
         stage_shell(
             "calibrate",
@@ -253,11 +271,14 @@ rule interpret:
         by_class=interpretation("by_class.png"),
         most_confused=interpretation("most_confused.csv"),
         per_class=interpretation("per_class.csv"),
-    params:
-        p=as_params(size=PRIMARY.final_size, **config["interpret"], preprocessing=PRIMARY.preprocessing),
-        out_dir=lambda wildcards, output: Path(output.per_class).parent,
     log:
         out("logs/interpret.log"),
+    conda:
+        ENVIRONMENT
+    params:
+        run=STAGE_RUNNER,
+        p=stage_slice("interpret", config, size=PRIMARY.final_size, preprocessing=PRIMARY.preprocessing),
+        out_dir=folder_of("per_class"),
     shell:
         stage_shell(
             "interpret",
@@ -280,13 +301,16 @@ rule report_tables:
         code=code("report_tables"),
     output:
         report(out("report/tables.html"), caption=caption("tables"), category="3. Results", subcategory="tables"),
-    params:
-        # the out-of-fold tables of a K-fold run, and with members the blends' and the pseudo-label round's
-        cv_metrics=lambda wildcards, input: (f"--cv-metrics {shlex.quote(input.cv_metrics)}" if KFOLD else "")
-        + (f" --blend {' '.join(map(shlex.quote, input.blends))}" if BLENDS else "")
-        + (f" --pseudo-labels {' '.join(map(shlex.quote, input.pseudo_labels))}" if STUDENT else ""),
     log:
         out("logs/report_tables.log"),
+    conda:
+        ENVIRONMENT
+    params:
+        run=STAGE_RUNNER,
+        # the out-of-fold tables of a K-fold run, and with members the blends' and the pseudo-label round's
+        cv_metrics=lambda wildcards, input: flags(
+            cv_metrics=input.cv_metrics if KFOLD else None, blend=input.blends, pseudo_labels=input.pseudo_labels
+        ),
     shell:
         stage_shell(
             "report_tables",
@@ -306,11 +330,14 @@ rule submission:
         code=code("submission"),
     output:
         ensure(out("submission.csv"), non_empty=True),
-    params:
-        p=as_params(positive_class=config["data"]["positive_class"], **config["submission"]),
-        sample=sample_submission_flag(),
     log:
         out("logs/submission.log"),
+    conda:
+        ENVIRONMENT
+    params:
+        run=STAGE_RUNNER,
+        p=stage_slice("submission", config),
+        sample=sample_submission_flag(),
     shell:
         stage_shell(
             "submission",

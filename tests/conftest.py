@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,8 +18,8 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline import demo_folder
-from pipeline.fit import EpochLog, ResumePoint, TensorBatches, run_fits
+from pipeline.data import demo_folder
+from pipeline.train.fit import EpochLog, Phase, ResumePoint, TensorBatches, run_fits
 from pipeline.stages import demo_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +106,8 @@ def recipe_for_user_data(recipe: Path, destination: Path, data_dir: Path) -> Pat
 def copy_workflow(destination: Path) -> Path:
     """The workflow's own files, copied so a test may edit code without touching the repository."""
     destination.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "Snakefile", destination)
+    for file in ("Snakefile", "environment.yml"):  # each rule names environment.yml as its software (`conda:`)
+        shutil.copy(REPO / file, destination)
     for folder in ("rules", "config", "pipeline"):
         shutil.copytree(REPO / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return destination
@@ -153,7 +155,8 @@ def train_resumably(model, train, valid, fits: list[dict], resume_path: Path, ke
     """A stage's training as the stages run it: the recipe's fits with a resume point, deleted once they finish."""
     log = EpochLog(None)
     resume = ResumePoint(resume_path, key, model, log)
-    run_fits(model, train, valid, fits, "t", torch.device("cpu"), log, seed=seed, resume=resume)
+    run_fits(Phase(name="t", model=model, train_batches=train, valid_batches=valid, device=torch.device("cpu"), log=log,
+                   seed=seed, resume=resume), fits)
     resume.finish()
     return model
 
@@ -187,7 +190,7 @@ def csv_run(tmp_path_factory) -> tuple[Path, Path]:
     that copy's code; the bundle tests package the run."""
     root = tmp_path_factory.mktemp("csv_run")
     workflow, workdir = copy_workflow(root / "repo"), root / "my work dir; 'quoted'"  # paths reach shells quoted
-    result = snakemake(workflow, workdir, configfiles=[CONFIGS / "tiny_csv.yaml"])
+    result = snakemake(workflow, workdir, configfiles=[CONFIGS / "tiny_csv.yaml"], env=params_audit(workdir))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workflow, workdir
 
@@ -197,7 +200,7 @@ def kfold_run(tmp_path_factory) -> Path:
     """A real 3-fold run of the K-fold test recipe (its working directory): the K-fold tests read it, and the Slurm
     test compares its own run with it."""
     work = tmp_path_factory.mktemp("kfold_run")
-    result = snakemake(REPO, work, configfiles=[CONFIGS / "kfold_csv.yaml"])
+    result = snakemake(REPO, work, configfiles=[CONFIGS / "kfold_csv.yaml"], env=params_audit(work))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work
 
@@ -208,7 +211,7 @@ def blend_run(tmp_path_factory) -> Path:
     it, and the Slurm test compares its own two-member blend with it."""
     work = tmp_path_factory.mktemp("blend_run")
     recipes = [CONFIGS / name for name in ("kfold_csv.yaml", "blend_csv.yaml", "pseudo_csv.yaml")]
-    result = snakemake(REPO, work, configfiles=recipes)
+    result = snakemake(REPO, work, configfiles=recipes, env=params_audit(work))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work
 
@@ -234,6 +237,20 @@ def snakemake(workflow: Path, workdir: Path, *args: str, configfiles: list[Path]
     environment = {key: value for key, value in environment.items() if value is not None}
     return subprocess.run(snakemake_command(workflow, workdir, *args, configfiles=configfiles), capture_output=True,
                           text=True, timeout=900, env=environment)
+
+
+def params_audit(workdir: Path) -> dict:
+    """The environment under which each stage records which keys of its slice it read (pipeline.cli.audit_reads)."""
+    return {"LESSON2_PARAMS_AUDIT": str(workdir / "params_audit")}
+
+
+def unread_params(workdir: Path) -> dict[str, list[str]]:
+    """Per stage that ran under params_audit: the keys its rule passed that none of its jobs read."""
+    passed, read = {}, {}
+    for record in map(json.loads, map(Path.read_text, (workdir / "params_audit").glob("*.json"))):
+        passed.setdefault(record["stage"], set()).update(record["passed"])
+        read.setdefault(record["stage"], set()).update(record["read"])
+    return {stage: sorted(keys - read[stage]) for stage, keys in passed.items()}
 
 
 @pytest.fixture(scope="session")

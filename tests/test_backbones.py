@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torchvision import models
 
-from pipeline import backbones
-from pipeline.backbone_check import BackboneProblem, checked_backbone
-from pipeline.backbones import WeightsError
-from pipeline.model import build_classifier
-from pipeline.transforms import valid_transform
+from pipeline.models import backbones
+from pipeline.workflow.backbone_check import BackboneProblem, checked_backbone
+from pipeline.models.backbones import WeightsError
+from pipeline.models.classifier import build_classifier
+from pipeline.data.transforms import valid_transform
 
 LITE0 = backbones.resolve("tf_efficientnet_lite0")
 

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data import DataError, inspect_image, load_rgb, read_labels_csv, read_test
-from pipeline.resizing import resize_one
+from pipeline.data.dataset import DataError, inspect_image, load_rgb, read_labels_csv, read_test
+from pipeline.data.resizing import resize_one
 from pipeline.stages import image_stats, resize, split
 from pipeline.stages.tta import class_prior, with_prior_for_unusable
-from pipeline.transforms import valid_transform
+from pipeline.data.transforms import valid_transform
 
 
 def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:

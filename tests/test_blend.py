@@ -8,7 +8,8 @@ import pytest
 from sklearn.metrics import log_loss
 
 from conftest import write_test_table
-from pipeline import blend, passes
+from pipeline.compete import blending as blend
+from pipeline.predict import passes
 from pipeline.stages.blend import main
 
 CLASSES = ["akita", "beagle", "corgi", "pug"]

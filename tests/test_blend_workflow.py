@@ -13,7 +13,7 @@ from sklearn.metrics import log_loss
 
 import report_browser
 from conftest import CONFIGS, REPO, planned_jobs, snakemake, write_override
-from pipeline.blend import combine
+from pipeline.compete.blending import combine
 
 pytestmark = pytest.mark.workflow
 

@@ -14,8 +14,12 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from conftest import CONFIGS, REPO, checksums, snakemake, with_defaults, write_override
-from pipeline import bundle, offline, offline_combine, offline_predict, recipe_checks
-from pipeline.resizing import resize_one
+from pipeline.compete import bundle
+from pipeline.offline import images as offline
+from pipeline.offline import combine as offline_combine
+from pipeline.offline import predictor as offline_predict
+from pipeline.recipe import checks as recipe_checks
+from pipeline.data.resizing import resize_one
 
 workflow = pytest.mark.workflow
 BLEND_RECIPES = [CONFIGS / name for name in ("kfold_csv.yaml", "blend_csv.yaml", "pseudo_csv.yaml")]
@@ -318,7 +322,7 @@ def test_package_refuses_random_tta_before_any_job_runs(csv_run, tmp_path):
 @workflow
 def test_package_names_a_backbone_that_does_not_export_before_any_job_runs(csv_run, tmp_path, monkeypatch):
     """What the export check found is cached like the backbone check; a cached refusal must stop the plan."""
-    from pipeline import backbone_check
+    from pipeline.workflow import backbone_check
 
     workflow_dir, work = csv_run
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # part of the cache key, as in the run below

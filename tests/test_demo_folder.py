@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from conftest import checksums
-from pipeline import demo_folder
+from pipeline.data import demo_folder
 from pipeline.stages import demo_data
 
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (`devices: N`, pipeline/distributed.py) on CPU with 2 gloo processes.
+"""Data-parallel training (`devices: N`, pipeline/compute/distributed.py) on CPU with 2 gloo processes.
 
 First the training loop itself, with torch's own process launcher: the ranks end with the same weights, a run
 killed mid-epoch resumes to the very weights of an uninterrupted one, and the result matches one process's.
@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import CONFIGS, REPO, Interrupted, InterruptedInEpoch, planned_jobs, same_state, snakemake, \
     tiny_problem, train_resumably, write_override
-from pipeline import distributed, runtime
-from pipeline.fit import evaluate
+from pipeline.compute import distributed
+from pipeline.compute import runtime
+from pipeline.train.fit import evaluate
 
 FITS = [{"lr": 0.5, "n_cycle": 3, "cycle_len": 1}]
 N = 256  # 16 steps of 16 an epoch

@@ -7,7 +7,7 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from pipeline.model import build_classifier, set_drop_path, supports_drop_path
+from pipeline.models.classifier import build_classifier, set_drop_path, supports_drop_path
 
 ARCH = "tf_efficientnet_lite0"
 

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem, train_resumably
-from pipeline import fit as fit_module
-from pipeline.fit import (DEFAULT_OPTIMIZER, EpochLog, FitSpec, OptimizerSpec, ResumePoint, TensorBatches, fit, lr_find,
-                          run_fits)
-from pipeline.model import build_classifier
+from pipeline.train import fit as fit_module
+from pipeline.train.fit import (DEFAULT_OPTIMIZER, EpochLog, FitSpec, OptimizerSpec, Phase, ResumePoint, TensorBatches,
+                                fit, lr_find, run_fits)
+from pipeline.models.classifier import build_classifier
 
 CPU = torch.device("cpu")
 
@@ -26,7 +26,8 @@ def test_epoch_counts_follow_cycle_len_and_cycle_mult():
 def test_sgdr_restarts_at_the_start_of_each_cycle(tmp_path):
     model, train, valid = tiny_problem()  # 4 batches per epoch
     log = EpochLog(tmp_path / "log.csv")
-    history = fit(model, train, valid, FitSpec(0.1, 3, cycle_len=1, cycle_mult=2), CPU, log, "t", 0, warmup=False)
+    phase = Phase(name="t", model=model, train_batches=train, valid_batches=valid, device=CPU, log=log, warmup=False)
+    history = fit(phase, FitSpec(0.1, 3, cycle_len=1, cycle_mult=2), 0)
     lrs = [step[0] for step in history]
     assert len(lrs) == 7 * 4
     for start, length in [(0, 4), (4, 8), (12, 16)]:  # cycles of 1, 2 and 4 epochs
@@ -43,20 +44,24 @@ def test_warmup_runs_the_first_twentieth_of_the_first_cycle_at_a_hundredth():
     model, _, valid = tiny_problem()
     x, y = torch.randn(400, 8), torch.randint(0, 2, (400,))
     train = TensorBatches(x, y, 10)  # 40 batches: warm-up is 2 iterations
-    history = fit(model, train, valid, FitSpec(0.1, 1, cycle_len=1), CPU, EpochLog(None), "t", 0, warmup=True)
+    phase = Phase(name="t", model=model, train_batches=train, valid_batches=valid, device=CPU,
+                  log=EpochLog(None), warmup=True)
+    history = fit(phase, FitSpec(0.1, 1, cycle_len=1), 0)
     assert [step[0] for step in history[:3]] == pytest.approx([0.001, 0.001, 0.1 / 2 * (1 + math.cos(math.pi * 2 / 40))])
 
 
 def test_constant_lr_without_cycle_len():
     model, train, valid = tiny_problem()
-    history = fit(model, train, valid, FitSpec(0.05, 2), CPU, EpochLog(None), "t", 0)
+    phase = Phase(name="t", model=model, train_batches=train, valid_batches=valid, device=CPU,
+                  log=EpochLog(None))
+    history = fit(phase, FitSpec(0.05, 2), 0)
     assert {step[0] for step in history} == {0.05}
 
 
 def test_fit_learns_a_separable_problem():
     model, train, valid = tiny_problem(n=256)
     log = EpochLog(None)
-    fit(model, train, valid, FitSpec(0.1, 3), CPU, log, "t", 0)
+    fit(Phase(name="t", model=model, train_batches=train, valid_batches=valid, device=CPU, log=log), FitSpec(0.1, 3), 0)
     assert log.rows[-1]["accuracy"] > 0.9
 
 
@@ -141,17 +146,17 @@ def test_every_batch_loss_is_kept_and_a_resumed_run_keeps_the_same(tmp_path):
     fits = [{"lr": 0.05, "n_cycle": 2}, {"lr": 0.05, "n_cycle": 1, "cycle_len": 1}]
     model, train, valid = tiny_problem()  # 4 batches per epoch
     clean = EpochLog(None)
-    run_fits(model, train, valid, fits, "t", CPU, clean)
+    run_fits(Phase(name="t", model=model, train_batches=train, valid_batches=valid, device=CPU, log=clean), fits)
     assert [(phase, fit_index) for phase, fit_index, _ in clean.batch_losses] == [("t", 0)] * 8 + [("t", 1)] * 4
     model, train, valid = tiny_problem()
     killed = EpochLog(None)
     with pytest.raises(Interrupted):  # in the second epoch of the first fit
-        run_fits(model, InterruptedInEpoch(train, 1), valid, fits, "t", CPU, killed,
-                 resume=ResumePoint(tmp_path / "resume.pt", "k", model, killed))
+        run_fits(Phase(name="t", model=model, train_batches=InterruptedInEpoch(train, 1), valid_batches=valid,
+                       device=CPU, log=killed, resume=ResumePoint(tmp_path / "resume.pt", "k", model, killed)), fits)
     model, train, valid = tiny_problem()
     resumed = EpochLog(None)
-    run_fits(model, train, valid, fits, "t", CPU, resumed,
-             resume=ResumePoint(tmp_path / "resume.pt", "k", model, resumed))
+    run_fits(Phase(name="t", model=model, train_batches=train, valid_batches=valid, device=CPU, log=resumed,
+                   resume=ResumePoint(tmp_path / "resume.pt", "k", model, resumed)), fits)
     assert resumed.batch_losses == clean.batch_losses
 
 
@@ -201,7 +206,8 @@ def test_each_epoch_iterates_its_batches_exactly_once():
     # A progress bar that called iter() on a DataLoader as well would start a second set of workers every epoch.
     model, train, valid = tiny_problem()
     counted = CountedBatches(train.x, train.y, 16, shuffle=True, generator=torch.Generator())
-    fit(model, counted, valid, FitSpec(0.05, 3), CPU, EpochLog(None), "t", 0)
+    phase = Phase(name="t", model=model, train_batches=counted, valid_batches=valid, device=CPU, log=EpochLog(None))
+    fit(phase, FitSpec(0.05, 3), 0)
     assert counted.iterations == 3
 
 

@@ -1,4 +1,4 @@
-"""One GPU per job on a box with several (pipeline/gpus.py), on CPU with a faked device count: concurrent jobs get
+"""One GPU per job on a box with several (pipeline/compute/gpus.py), on CPU with a faked device count: concurrent jobs get
 different GPUs, a GPU comes free when its job ends however it ends, and a scheduler's choice is left alone."""
 import os
 import re
@@ -18,12 +18,12 @@ CLAIM = textwrap.dedent("""
     device_count, hold, how = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     if how == "runtime":  # what a torch stage does first, on a box with device_count GPUs (faked: there are none)
         import torch
-        from pipeline import runtime
+        from pipeline.compute import runtime
         with mock.patch("torch.cuda.is_available", return_value=True), \\
                 mock.patch("torch.cuda.device_count", return_value=device_count), mock.patch("torch.cuda.set_device"):
             index = runtime.setup(threads=1, seed=42, device="auto").index
     else:  # the allocator runtime.setup calls, without importing torch: a second instead of several
-        from pipeline import gpus
+        from pipeline.compute import gpus
         index = gpus.pick(device_count)
     print(index, flush=True)
     if hold == "fail":

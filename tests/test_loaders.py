@@ -15,11 +15,13 @@ import torch
 from PIL import Image
 
 from conftest import REPO, Interrupted, InterruptedInEpoch, same_state, train_resumably
-from pipeline import fit, recipe_defaults, runtime
-from pipeline.fit import EpochLog, FitSpec
-from pipeline.loaders import ImageDataset, Prefetched, image_loaders, inference_loader
-from pipeline.model import build_classifier
-from pipeline.transforms import train_transform
+from pipeline.train import fit
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.compute import runtime
+from pipeline.train.fit import EpochLog, FitSpec
+from pipeline.train.loaders import ImageDataset, Prefetched, image_loaders, inference_loader
+from pipeline.models.classifier import build_classifier
+from pipeline.data.transforms import train_transform
 
 CPU = torch.device("cpu")
 
@@ -110,7 +112,8 @@ def test_training_runs_in_channels_last(image_split):
     seen = []
     model.body[0].register_forward_pre_hook(lambda _, args: seen.append(
         (model.training, args[0].is_contiguous(memory_format=torch.channels_last))))
-    fit.fit(model, train_loader, valid_loader, FitSpec(1e-3, 1), CPU, EpochLog(None), "test", 0)
+    fit.fit(fit.Phase(name="test", model=model, train_batches=train_loader, valid_batches=valid_loader, device=CPU,
+                      log=EpochLog(None)), FitSpec(1e-3, 1), 0)
     assert model.body[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert {training for training, _ in seen} == {True, False}
     assert all(nhwc for _, nhwc in seen)
@@ -126,7 +129,7 @@ def test_bf16_autocast_is_on_by_default_only_where_the_hardware_has_it(monkeypat
 
 WORKER_SCRIPT = r'''
 import sys, time, torch
-from pipeline import loaders
+from pipeline.train import loaders
 if sys.argv[1] == "unprotected":
     loaders._die_with_parent = lambda: None
 class SlowAfterTheFirst(torch.utils.data.Dataset):

@@ -1,11 +1,12 @@
-"""A recipe's members (pipeline/members.py): each member's own recipe, merged as Snakemake merges a --configfile,
+"""A recipe's members (pipeline/recipe/members.py): each member's own recipe, merged as Snakemake merges a --configfile,
 and the checks a recipe with members, a blend and a pseudo-label round passes before anything is planned.
 tests/test_blend_workflow.py runs such a recipe end to end."""
 import pytest
 import yaml
 
 from conftest import CONFIGS, REPO, SCHEMA, with_defaults
-from pipeline import members, recipe_checks
+from pipeline.recipe import members
+from pipeline.recipe import checks as recipe_checks
 
 KFOLD = yaml.safe_load((CONFIGS / "kfold_csv.yaml").read_text())
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torchvision import models
 
-from pipeline import backbones
-from pipeline.backbones import WeightsError
-from pipeline.model import (Float32LogSoftmax, build_classifier, checkpoint_meta, load_checkpoint, restore_model,
+from pipeline.models import backbones
+from pipeline.models.backbones import WeightsError
+from pipeline.models.classifier import (Float32LogSoftmax, build_classifier, checkpoint_meta, load_checkpoint, restore_model,
                             save_checkpoint)
 
 # The same stage tests for a torchvision backbone (the lesson's ResNet) and a timm one (the demo's, pretrained).
@@ -171,7 +171,7 @@ def test_checkpoint_round_trip_and_metadata_checks(tmp_path):
 def test_a_fine_tune_checkpoint_keeps_the_heads_own_dropouts_for_the_next_size(tmp_path):
     """A fine-tune size's slice carries no ps: its checkpoint must record the restored head's, or the next size (and
     predict) would rebuild the head with the schema's default dropouts instead of the recipe's."""
-    from pipeline import recipe_defaults
+    from pipeline.recipe import defaults as recipe_defaults
 
     model = build_classifier("resnet18", "none", n_classes=2, ps=[0.1, 0.25])
     params = recipe_defaults.complete({"arch": "resnet18", "size": 32}, ("model.arch", "transforms"))
@@ -192,16 +192,18 @@ def test_a_checkpoint_restores_either_library_bit_for_bit(classifier, tmp_path):
 
 
 def test_a_frozen_fit_of_the_pretrained_body_leaves_its_weights_and_batchnorm_statistics_alone():
-    from pipeline.fit import EpochLog, TensorBatches, run_fits
-    from pipeline.runtime import state_digest
+    from pipeline.train.fit import EpochLog, Phase, TensorBatches, run_fits
+    from pipeline.compute.runtime import state_digest
 
     torch.manual_seed(0)
     model = build_classifier("tf_efficientnet_lite0", "packaged", n_classes=3)
     before = state_digest(model.body)
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 3, (32,))
     model.freeze()
-    run_fits(model, TensorBatches(x, y, 8, True, torch.Generator().manual_seed(0)), TensorBatches(x, y, 8),
-             [{"lr": 1e-2, "n_cycle": 1, "cycle_len": 1}], "frozen", torch.device("cpu"), EpochLog(None))
+    train = TensorBatches(x, y, 8, True, torch.Generator().manual_seed(0))
+    run_fits(Phase(name="frozen", model=model, train_batches=train,
+                   valid_batches=TensorBatches(x, y, 8), device=torch.device("cpu"), log=EpochLog(None)),
+             [{"lr": 1e-2, "n_cycle": 1, "cycle_len": 1}])
     assert state_digest(model.body) == before
     assert model.head[0].num_batches_tracked > 0  # the head's BatchNorm did learn
 
@@ -209,7 +211,7 @@ def test_a_frozen_fit_of_the_pretrained_body_leaves_its_weights_and_batchnorm_st
 def test_a_frozen_fit_with_train_bn_moves_the_bodys_batchnorm_only():
     """fastai v2's train_bn, under AdamW: the body's BatchNorm learns the new images' statistics (and its scale and
     shift); every other weight of the frozen body stays as pretrained."""
-    from pipeline.fit import EpochLog, OptimizerSpec, TensorBatches, run_fits
+    from pipeline.train.fit import EpochLog, OptimizerSpec, Phase, TensorBatches, run_fits
 
     torch.manual_seed(0)
     model = build_classifier("tf_efficientnet_lite0", "packaged", n_classes=3)
@@ -217,9 +219,11 @@ def test_a_frozen_fit_with_train_bn_moves_the_bodys_batchnorm_only():
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 3, (32,))
     model.freeze()
     model.train_bn(True)
-    run_fits(model, TensorBatches(x, y, 8, True, torch.Generator().manual_seed(0)), TensorBatches(x, y, 8),
-             [{"lr": 1e-3, "n_cycle": 1, "cycle_len": 1}], "frozen", torch.device("cpu"), EpochLog(None),
-             optimizer_spec=OptimizerSpec("adamw", 0.01))
+    train = TensorBatches(x, y, 8, True, torch.Generator().manual_seed(0))
+    run_fits(Phase(name="frozen", model=model, train_batches=train,
+                   valid_batches=TensorBatches(x, y, 8), device=torch.device("cpu"), log=EpochLog(None),
+                   optimizer_spec=OptimizerSpec("adamw", 0.01)),
+             [{"lr": 1e-3, "n_cycle": 1, "cycle_len": 1}])
     batchnorm = {f"{name}.{key}" for name, module in model.body.named_modules() if isinstance(module, nn.BatchNorm2d)
                  for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
     changed = {name for name, value in model.body.state_dict().items() if not torch.equal(value, before[name])}

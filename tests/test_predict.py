@@ -10,9 +10,10 @@ import yaml
 from PIL import Image
 
 from conftest import TEST_CORES
-from pipeline import backbones, recipe_defaults
+from pipeline.models import backbones
+from pipeline.recipe import defaults as recipe_defaults
 from pipeline.io import params_digest
-from pipeline.model import Classifier, checkpoint_meta, cut_body, save_checkpoint
+from pipeline.models.classifier import Classifier, checkpoint_meta, cut_body, save_checkpoint
 from pipeline.stages import predict, train_head
 
 workflow = pytest.mark.workflow  # reads the reference run's checkpoint and predictions

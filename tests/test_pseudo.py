@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from conftest import write_test_table
-from pipeline import recipe_defaults
-from pipeline.blend import combine
-from pipeline.data import read_split, training_targets
-from pipeline.fit import TensorBatches, train_step
-from pipeline.loaders import ImageDataset, image_loaders
-from pipeline.regularise import OFF, BatchMixer, Regularisation, loss
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.compete.blending import combine
+from pipeline.data.dataset import read_split, training_targets
+from pipeline.train.fit import TensorBatches, train_step
+from pipeline.train.loaders import ImageDataset, image_loaders
+from pipeline.train.regularise import OFF, BatchMixer, Regularisation, loss
 from pipeline.stages import pseudo_labels
 
 CLASSES = ["cat", "dog", "fox"]

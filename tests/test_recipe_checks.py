@@ -1,4 +1,4 @@
-"""The checks every recipe and its data pass before anything is planned (pipeline/recipe_checks.py), called directly:
+"""The checks every recipe and its data pass before anything is planned (pipeline/recipe/checks.py), called directly:
 each problem names its key, file or row. tests/test_workflow.py checks that the workflow stops on them."""
 import copy
 from pathlib import Path
@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, REPO, SCHEMA, with_defaults
-from pipeline import recipe_checks
-from pipeline.data import DataError, read_labels_csv
+from pipeline.recipe import checks as recipe_checks
+from pipeline.data.dataset import DataError, read_labels_csv
 
 TINY = yaml.safe_load((CONFIGS / "tiny_csv.yaml").read_text())
 
@@ -234,7 +234,7 @@ def test_a_recipe_data_parallel_training_cannot_run_is_refused(sections, problem
 # ---- Slurm requests against the cluster's nodes (the real cluster: tests/test_slurm.py) ---------------------------
 
 def test_a_slurm_request_larger_than_every_node_of_its_partition_is_named():
-    from pipeline.slurm_check import Request, partitions, request_problems
+    from pipeline.workflow.slurm_check import Request, partitions, request_problems
 
     largest, default = partitions("main*|2|3000\nmain*|4|2000\ngpu|32|256000+\n")
     assert largest == {"main": (4, 3000), "gpu": (32, 256000)} and default == "main"

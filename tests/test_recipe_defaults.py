@@ -1,5 +1,5 @@
 """The schema is the one home of every default: a stage run by hand with a partial `--params` slice runs with the
-defaults the workflow's recipe would have given it (pipeline.recipe_defaults, applied by cli.stage_parser)."""
+defaults the workflow's recipe would have given it (pipeline.recipe.defaults, applied by cli.stage_parser)."""
 import importlib
 import json
 import re
@@ -10,8 +10,9 @@ import yaml
 from snakemake.utils import validate
 
 from conftest import REPO
-from pipeline import cli, recipe_defaults
-from pipeline.fit import FitSpec
+from pipeline import cli
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.train.fit import FitSpec
 
 SCHEMA = REPO / "config" / "schema.yaml"
 # Every stage that parses a recipe slice, with the keys it declares.
@@ -68,7 +69,7 @@ def test_the_head_stage_gets_every_default_of_its_sections_and_keeps_what_it_is_
 
 
 def workflow_recipe() -> dict:
-    """A minimal recipe with the defaults Snakemake's validate fills in, as rules/common.smk has it."""
+    """A minimal recipe with the defaults Snakemake's validate fills in, as rules/recipe.smk has it."""
     recipe = {"data_dir": "data", "out_dir": "out", "data": {"layout": "csv"}, "model": {"arch": "resnet18"},
               "head": {"size": 32, "precomputed": [{"lr": 0.01, "n_cycle": 1}]},
               "finetune": [{"size": 40, "fits": [{"lr": 0.01, "n_cycle": 1}]}]}
@@ -95,11 +96,16 @@ def test_each_stage_s_defaults_are_those_the_workflow_s_recipe_gets(name):
     assert filled and filled == {flat: from_recipe[flat] for flat in filled}
 
 
-def test_a_key_no_declaration_names_is_neither_filled_nor_touched():
-    parser = cli.stage_parser(None, stage("tta").RECIPE_KEYS)
+def test_a_key_no_declaration_names_is_neither_filled_nor_touched_nor_read():
+    parser = cli.stage_parser(None, stage("tta").RECIPE_KEYS, stage("tta").WORKFLOW_KEYS)
     params = parser.parse_args(["--params", '{"clip": 0.3, "images": {"shorter_side": 40}}']).params
-    assert params["clip"] == 0.3 and params["images"] == {"shorter_side": 40}  # submission's key, a derived one
-    assert "weights" not in params and "lr_find" not in params  # not tta's keys: no default either
+    passed = dict(params)
+    assert passed["clip"] == 0.3 and passed["images"] == {"shorter_side": 40}  # submission's key, a derived one
+    assert "weights" not in passed and "lr_find" not in passed  # not tta's keys: no default either
+    for undeclared in ("clip", "images"):  # a stage reading what it did not declare is a bug in the stage
+        with pytest.raises(KeyError, match=f"reads '{undeclared}', which its RECIPE_KEYS / WORKFLOW_KEYS"):
+            params[undeclared]
+    assert params.get("preprocessing") is None  # declared by the stage, derived by the workflow: no default
 
 
 @pytest.mark.parametrize("names, message", [

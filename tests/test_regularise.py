@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import Interrupted, InterruptedInEpoch, same_state
-from pipeline.fit import EpochLog, ResumePoint, TensorBatches, evaluate, run_fits
-from pipeline.regularise import OFF, BatchMixer, Regularisation, averaged_model, loss
+from pipeline.train.fit import EpochLog, Phase, ResumePoint, TensorBatches, evaluate, run_fits
+from pipeline.train.regularise import OFF, BatchMixer, Regularisation, averaged_model, loss
 
 CPU = torch.device("cpu")
 
@@ -74,7 +74,8 @@ def train(fits, resume_path=None, kill_in_epoch=None):
     resume = ResumePoint(resume_path, "k", model, log) if resume_path else None
     if kill_in_epoch is not None:
         batches = InterruptedInEpoch(batches, kill_in_epoch)
-    run_fits(model, batches, valid, fits, "t", CPU, log, resume=resume, regularisation=EVERYTHING, averaged=averaged)
+    run_fits(Phase(name="t", model=model, train_batches=batches, valid_batches=valid, device=CPU, log=log,
+                   resume=resume, regularisation=EVERYTHING, averaged=averaged), fits)
     return model, averaged, log
 
 

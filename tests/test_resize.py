@@ -1,8 +1,8 @@
 import numpy as np
 from PIL import Image
 
-from pipeline.data import load_rgb
-from pipeline.resizing import resize_one, resized_size
+from pipeline.data.dataset import load_rgb
+from pipeline.data.resizing import resize_one, resized_size
 
 
 def test_fastai_resize_rule():

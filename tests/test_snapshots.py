@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from conftest import Interrupted, InterruptedInEpoch, same_state, tiny_problem
-from pipeline import plots, recipe_defaults, training
-from pipeline.data import read_split
-from pipeline.fit import EpochLog, ResumePoint, run_fits
+from pipeline.report import plots
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.train import run as training
+from pipeline.data.dataset import read_split
+from pipeline.train.fit import EpochLog, Phase, ResumePoint, run_fits
 from pipeline.io import params_digest
-from pipeline.model import build_seeded_classifier, checkpoint_meta, restore_model, save_checkpoint
+from pipeline.models.classifier import build_seeded_classifier, checkpoint_meta, restore_model, save_checkpoint
 from pipeline.stages import demo_data, finetune, resize, split, tta
 
 CPU = torch.device("cpu")
@@ -34,7 +36,8 @@ def train_keeping_snapshots(fits, resume_path=None, fail_at_cycle=None):
             raise Interrupted
         kept.append((log.rows[-1]["fit"], log.rows[-1]["epoch"], cycle, copy.deepcopy(model.state_dict())))
 
-    run_fits(model, train, valid, fits, "t", CPU, log, resume=resume, on_cycle_end=keep)
+    run_fits(Phase(name="t", model=model, train_batches=train, valid_batches=valid, device=CPU, log=log, resume=resume),
+             fits, on_cycle_end=keep)
     return model, kept
 
 
@@ -70,7 +73,7 @@ def test_a_job_killed_while_keeping_a_snapshot_keeps_it_on_the_rerun(tmp_path):
 # The fine-tune stage end to end: 32 training images at 24 px, 2 batches an epoch, a last fit of 3 one-epoch cycles;
 # the body stays frozen, as at the first size of the lesson, which keeps each run to a couple of seconds.
 PARAMS = {"arch": "resnet18", "weights": "none", "size": 24, "unfreeze": False, "batch_size": 16, "num_workers": 0,
-          "device": "cpu", "fits": [{"lr": [1e-3, 3e-3, 3e-3], "n_cycle": 3, "cycle_len": 1}]}
+          "device": "cpu", "snapshots": 3, "fits": [{"lr": [1e-3, 3e-3, 3e-3], "n_cycle": 3, "cycle_len": 1}]}
 
 
 @pytest.fixture(autouse=True)
@@ -101,6 +104,7 @@ def stage_inputs(tmp_path_factory) -> dict:
 def run_stage(inputs: dict, out_dir: Path, snapshots: list[Path], params: dict = PARAMS) -> None:
     root = inputs["root"]
     flag = ["--snapshots", *map(str, snapshots)] if snapshots else []
+    params = {**params, "snapshots": len(snapshots) + 1}  # the recipe's count: these paths and model.pt
     finetune.main(["--split-csv", str(root / "split.csv"), "--cache-dir", str(root / "resized"),
                    "--checkpoint", str(root / "head.pt"), "--out-dir", str(out_dir), "--threads", "1",
                    "--params", json.dumps(params), *flag])
@@ -137,8 +141,8 @@ def kill_in_epoch(epoch):
     def arm(monkeypatch):
         real_loaders = finetune.image_loaders
 
-        def image_loaders(*args):
-            train, valid = real_loaders(*args)
+        def image_loaders(*args, **kwargs):
+            train, valid = real_loaders(*args, **kwargs)
             return InterruptedInEpoch(train, epoch), valid
         monkeypatch.setattr(finetune, "image_loaders", image_loaders)
     return arm

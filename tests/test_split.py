@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import recipe_defaults
-from pipeline.data import DataError, class_counts, read_folders, read_labels_csv
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.data.dataset import DataError, class_counts, read_folders, read_labels_csv
 from pipeline.stages import split as split_stage
 from pipeline.stages.split import get_cv_idxs
 

@@ -19,9 +19,11 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, REPO, checksums, planned_jobs, snakemake, with_defaults, write_override
-from pipeline import deps, run_record, tracking_store
-from pipeline.data import data_fingerprint
-from pipeline.demo_folder import BUILT_MARKER, OWNER_MARKER
+from pipeline.workflow import deps
+from pipeline.tracking import record as run_record
+from pipeline.tracking import store as tracking_store
+from pipeline.data.dataset import data_fingerprint
+from pipeline.data.demo_folder import BUILT_MARKER, OWNER_MARKER
 
 RECIPE = CONFIGS / "kfold_csv.yaml"
 FOLDS = (0, 1, 2)
@@ -109,9 +111,9 @@ def test_no_stage_but_track_imports_mlflow_nor_does_the_snakefile():
     mlflow_users = [stage for stage in stages for path in deps.module_files(f"pipeline.stages.{stage}")
                     if "import mlflow" in Path(path).read_text() or "from mlflow" in Path(path).read_text()]
     assert sorted(set(mlflow_users)) == ["track"]
-    for planning in [REPO / "Snakefile", *(REPO / "rules").glob("*.smk"), REPO / "pipeline" / "tracking_store.py"]:
+    for planning in [REPO / "Snakefile", *(REPO / "rules").glob("*.smk"), REPO / "pipeline" / "tracking" / "store.py"]:
         assert "mlflow import" not in planning.read_text() and "import mlflow" not in planning.read_text(), planning
-    imported = subprocess.run([sys.executable, "-c", "import sys, pipeline.stages.track, pipeline.tracked_runs; "
+    imported = subprocess.run([sys.executable, "-c", "import sys, pipeline.stages.track, pipeline.tracking.runs; "
                                "print('mlflow' in sys.modules)"], capture_output=True, text=True, cwd=REPO)
     assert imported.stdout.strip() == "False", imported.stderr  # only logging itself pays MLflow's import
 

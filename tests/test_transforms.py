@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from pipeline.transforms import (AUTO_AUGMENTS, DEFAULT_PREPROCESSING, RandomLighting, RandomRotateReflect, RandomZoom,
+from pipeline.data.transforms import (AUTO_AUGMENTS, DEFAULT_PREPROCESSING, RandomLighting, RandomRotateReflect, RandomZoom,
                                  train_transform, valid_transform)
 
 COLOURS = {(230, 20, 20): "red", (20, 230, 20): "green", (20, 20, 230): "blue", (230, 230, 20): "yellow"}

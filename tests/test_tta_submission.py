@@ -3,10 +3,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import passes, recipe_defaults
-from pipeline.data import read_labels_csv
-from pipeline.inference import tta_log_probs
-from pipeline.model import build_classifier
+from pipeline.predict import passes
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.data.dataset import read_labels_csv
+from pipeline.predict.inference import tta_log_probs
+from pipeline.models.classifier import build_classifier
 from pipeline.stages import tta
 from pipeline.stages.resize import resize_cache
 from pipeline.stages.submission import SubmissionError, make_submission

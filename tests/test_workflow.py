@@ -17,7 +17,9 @@ from sklearn.metrics import log_loss
 import report_browser
 from conftest import CONFIGS, REPO, copy_workflow, planned_jobs, recipe_for_user_data, restored_afterwards, \
     snakemake, snakemake_command, write_override
-from pipeline import backbones, passes, run_lock
+from pipeline.models import backbones
+from pipeline.predict import passes
+from pipeline.workflow import run_lock
 
 pytestmark = pytest.mark.workflow
 
@@ -216,14 +218,14 @@ def test_turning_a_sizes_lr_find_on_or_off_never_reruns_its_fits(csv_run, tmp_pa
     ("stages/submission.py", {"submission", "track"}),
     ("stages/tta.py", AFTER_TTA),
     # shared modules: exactly the stages that import them (directly or not), and what depends on those
-    ("transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
-    ("data.py", {"image_stats", "resize", "split", "augmentation_preview"} | FROM_THE_CACHE),
+    ("data/transforms.py", {"augmentation_preview"} | FROM_THE_CACHE),
+    ("data/dataset.py", {"image_stats", "resize", "split", "augmentation_preview"} | FROM_THE_CACHE),
     # the bundle's parts (predict.py): the prediction math reruns what combines predictions, never training; the
     # bundle's own command line reruns nothing of a plain run (only `package`, which `all` does not ask for)
-    ("offline_combine.py", AFTER_TTA),
-    ("offline_predict.py", set()),
-], ids=["stages/submission.py", "stages/tta.py", "transforms.py", "data.py", "offline_combine.py",
-        "offline_predict.py"])
+    ("offline/combine.py", AFTER_TTA),
+    ("offline/predictor.py", set()),
+], ids=["stages/submission.py", "stages/tta.py", "data/transforms.py", "data/dataset.py", "offline/combine.py",
+        "offline/predictor.py"])
 def test_editing_a_module_reruns_the_stages_that_import_it_and_their_dependents(csv_run, module, expected):
     workflow, work = csv_run
     with restored_afterwards(workflow / "pipeline" / module) as original:
@@ -264,7 +266,7 @@ def test_folder_layout_gives_a_binary_submission_that_beats_uniform_and_new_weig
     assert set(jobs) - {"all"} == {"precompute"} | AFTER_THE_HEAD - {"lr_find", "track"}, jobs  # tracking: none
 
 
-# What the check the workflow runs before planning (pipeline.backbone_check, called by rules/common.smk) says about
+# What the check the workflow runs before planning (pipeline.workflow.backbone_check, called by rules/recipe.smk) says about
 # each bad arch or weights. Offline, with empty torch and Hugging Face caches.
 BAD_BACKBONES = {
     "unknown arch": (("resnet19", "none"), "'resnet19' is neither a torchvision classification model nor a timm "
@@ -281,7 +283,7 @@ BAD_BACKBONES = {
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 CHECK_EACH = """
 import json, sys
-from pipeline.backbone_check import BackboneProblem, checked_backbone
+from pipeline.workflow.backbone_check import BackboneProblem, checked_backbone
 answers = {}
 for case, (arch, weights) in json.loads(sys.argv[1]).items():
     try:

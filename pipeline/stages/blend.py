@@ -21,8 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import blend, cli, cv_scores, passes, plots
-from pipeline.data import class_indices, read_labeled_table
+from pipeline.compete import blending as blend
+from pipeline import cli
+from pipeline.compete import cv_scores
+from pipeline.predict import passes
+from pipeline.report import plots
+from pipeline.data.dataset import class_indices, read_labeled_table
 from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_csv, write_json
 
 MEMBER_FILES = ("oof.csv", "oof/valid_passes.npy", "oof/test_passes.npy", "oof/cv_metrics.json")
@@ -54,8 +58,8 @@ def read_member(name: str, folder: Path, n_classes: int) -> Member:
     _check_passes(valid_passes, folder / "oof" / "valid_passes.npy", len(rows), n_classes)
     _check_passes(test_passes, folder / "oof" / "test_passes.npy", None, n_classes)
     n_aug = cv["n_aug"]
-    return Member(name, folder, rows, cv, passes.tta_mean(valid_passes, n_aug), passes.plain(valid_passes),
-                  passes.tta_mean(test_passes, n_aug))
+    return Member(name=name, folder=folder, rows=rows, cv=cv, oof=passes.tta_mean(valid_passes, n_aug),
+                  plain=passes.plain(valid_passes), test=passes.tta_mean(test_passes, n_aug))
 
 
 def check_alike(members: list[Member], classes: list[str], split_csv: str) -> None:
@@ -81,7 +85,8 @@ def cv_metrics(y, folds, blended, blended_plain, classes, method) -> dict:
         per_fold.append({"fold": int(fold), "n_valid": int(rows.sum()), "valid_logloss": logloss,
                          "valid_accuracy": accuracy, "valid_logloss_no_tta": logloss_no_tta,
                          "valid_accuracy_no_tta": accuracy_no_tta})
-    return cv_scores.cv_metrics(y, blended, blended_plain, per_fold, 0, method, classes)
+    return cv_scores.cv_metrics(y=y, probs=blended, plain=blended_plain, folds=per_fold, n_aug=0, average=method,
+                                classes=classes)
 
 
 def weights_report(members, params, classes, y, folds, blended, on_all, per_fold) -> dict:
@@ -113,8 +118,10 @@ def fit_blend(oof, plain, y, folds, params, n_classes):
     return blended, blended_plain, new_blender().fit(oof, y), per_fold
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds.
 RECIPE_KEYS = ("seed", "blend")
+# The stacker's regularisation and seeded cross-validation; the weights need neither.
+USED_WHEN = {"blend.stacker_c": ("blend.method", "stacker"), "seed": ("blend.method", "stacker")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,9 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--members", required=True, nargs="+", help="the members' names, in the recipe's order")
     parser.add_argument("--member-dirs", required=True, nargs="+", help="out_dir/members/<name> of each, in order")
     parser.add_argument("--out-dir", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("blend", params)
+    args, params, started = cli.begin("blend", parser, argv)
     if len(args.members) != len(args.member_dirs):
         cli.fail(f"{len(args.members)} --members but {len(args.member_dirs)} --member-dirs")
     _, classes = read_labeled_table(args.split_csv)
@@ -134,10 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = members[0].rows
     y, folds = class_indices(rows["label"], classes).to_numpy(), rows["fold"].to_numpy()
     oof, plain, test = (np.stack([getattr(member, part) for member in members]) for part in ("oof", "plain", "test"))
-    blended, blended_plain, on_all, per_fold = fit_blend(oof, plain, y, folds, params, len(classes))
+    blended, blended_plain, on_all, per_fold = fit_blend(oof=oof, plain=plain, y=y, folds=folds, params=params,
+                                                         n_classes=len(classes))
     method = params["method"] + (f" ({params['space']})" if params["method"] == "weights" else "")
-    report = weights_report(members, params, classes, y, folds, blended, on_all, per_fold)
-    metrics = cv_metrics(y, folds, blended, blended_plain, classes, method)
+    report = weights_report(members=members, params=params, classes=classes, y=y, folds=folds, blended=blended,
+                            on_all=on_all, per_fold=per_fold)
+    metrics = cv_metrics(y=y, folds=folds, blended=blended, blended_plain=blended_plain, classes=classes, method=method)
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
     write_csv(pd.concat([rows, pd.DataFrame(blended, columns=classes)], axis=1), out_dir / "oof.csv",

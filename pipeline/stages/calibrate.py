@@ -22,12 +22,14 @@ import torch
 from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import KFold
 
-from pipeline import cli, plots, runtime
-from pipeline.data import class_indices, read_labeled_table, read_rows, read_test_table
+from pipeline import cli
+from pipeline.report import plots
+from pipeline.compute import runtime
+from pipeline.data.dataset import class_indices, read_labeled_table, read_rows, read_test_table
 from pipeline.io import read_json, remove_stale_temporaries, save_npy, write_json
 # applied as the bundle applies it
-from pipeline.offline_combine import CALIBRATION_FLOOR, calibrated as calibrated_probs
-from pipeline.passes import PLAIN
+from pipeline.offline.combine import CALIBRATION_FLOOR, calibrated as calibrated_probs
+from pipeline.predict.passes import PLAIN
 
 
 
@@ -137,8 +139,8 @@ def _check_passes(passes: np.ndarray, path: str, n_rows: int | None, n_classes: 
         cli.fail(f"{path} has {passes.shape[2]} classes but {split_csv} has {n_classes}")
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
-RECIPE_KEYS = ("seed", "tta", "calibration")
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds.
+RECIPE_KEYS = ("seed", "tta.n_aug", "calibration")
 
 
 def read_inputs(args) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray]:
@@ -172,9 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cv-metrics-in", help="a K-fold run's uncalibrated OOF figures")
     parser.add_argument("--cv-metrics", help="where to write them with the calibrated figures added")
     parser.add_argument("--metrics", help="where to write the K-fold run's headline metrics")
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("calibrate", params)
+    args, params, started = cli.begin("calibrate", parser, argv)
     runtime.setup(args.threads, params["seed"], "cpu")  # two parameters on (N, C) arrays: no GPU needed
     if args.cv_metrics_in and not (args.cv_metrics and args.metrics):
         cli.fail("--cv-metrics-in needs --cv-metrics and --metrics to write to")

@@ -4,7 +4,7 @@ Real images of a real task, laid out exactly like a Kaggle competition so the de
 as a real run: RGB JPEGs of varied sizes and aspect ratios (mostly 150-600 px, a few over 1000 px so the size
 histograms and the resize cache matter), class names as words, a hidden test split with `sample_submission.csv`,
 and the hidden test labels in `solution.csv` (which no stage reads; the tests score the submission with it).
-It writes only into a folder it creates itself or finds empty (see `pipeline/demo_folder.py`): pointed at a folder
+It writes only into a folder it creates itself or finds empty (see `pipeline/data/demo_folder.py`): pointed at a folder
 that holds anyone else's files, it stops without touching them.
 
     python -m pipeline.stages.demo_data data/demo --layout csv --n-labeled 1000 --n-test 300
@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import cli, demo_folder
-from pipeline.demo_folder import DIGIT_NAMES, default_classes
+from pipeline import cli
+from pipeline.data import demo_folder
+from pipeline.data.demo_folder import DIGIT_NAMES, default_classes
 from pipeline.io import atomic_path, write_csv, write_json
-from pipeline.parallel import map_chunks
+from pipeline.compute.parallel import map_chunks
 
 @dataclass(frozen=True)
 class ImageSizes:
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--large-fraction", type=float, default=0.03, help="share of images over 1000 px")
     args = parser.parse_args(argv)
     try:
-        build(args.out, args.layout, args.n_labeled, args.n_test, args.classes, args.seed, args.large_fraction)
+        build(out=args.out, layout=args.layout, n_labeled=args.n_labeled, n_test=args.n_test, classes=args.classes,
+              seed=args.seed, large_fraction=args.large_fraction)
     except demo_folder.NotTheDemoFolder as error:
         cli.fail(str(error))
 

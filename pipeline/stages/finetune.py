@@ -16,18 +16,22 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipeline import cli, distributed, runtime
-from pipeline.data import read_split
-from pipeline.fit import FitSpec
+from pipeline import cli
+from pipeline.compute import distributed
+from pipeline.compute import runtime
+from pipeline.data.dataset import read_split
+from pipeline.train.fit import FitSpec
 from pipeline.io import atomic_path
-from pipeline.loaders import image_loaders
-from pipeline.model import WeightsError, restore_model, save_checkpoint
-from pipeline.training import TrainingRun
+from pipeline.train.loaders import image_loaders
+from pipeline.models.classifier import WeightsError, restore_model, save_checkpoint
+from pipeline.train.run import TrainingRun
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults): one `finetune` item less its lr_find (the
-# lr_find rule's job). No ps / xtra_fc: the head is the restored one, and its checkpoint records what it was built with.
-RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "finetune.size", "finetune.unfreeze", "finetune.bn_freeze",
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds: one
+# `finetune` item less its lr_find (the lr_find rule's job). No ps / xtra_fc: the head is the restored one, and its
+# checkpoint records what it was built with.
+RECIPE_KEYS = ("seed", "device", "amp", "model.arch", "finetune.size", "finetune.unfreeze", "finetune.bn_freeze",
                "finetune.snapshots", "finetune.fits", "finetune.regularise", "transforms", "loader", "train")
+WORKFLOW_KEYS = ("images", "preprocessing", "devices")
 
 
 def snapshot_cycles(fits: list[dict], n_snapshots: int) -> list[int]:
@@ -56,7 +60,7 @@ def snapshot_staging(out_dir: Path, resume_key: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
     parser.add_argument("--checkpoint", required=True, help="model.pt of the previous stage")
@@ -66,13 +70,14 @@ def main(argv: list[str] | None = None) -> None:
                              "final one, earliest first (the final cycle's are model.pt)")
     args = parser.parse_args(argv)
     params = args.params
-    cycles = snapshot_cycles(params["fits"], len(args.snapshots))
+    if len(args.snapshots) != params["snapshots"] - 1:
+        cli.fail(f"snapshots: {params['snapshots']} keeps {params['snapshots'] - 1} weights besides model.pt, "
+                 f"but --snapshots names {len(args.snapshots)} paths")
+    cycles = snapshot_cycles(params["fits"], params["snapshots"] - 1)
     run = TrainingRun("finetune", params, args.threads, args.out_dir)
     train, valid, classes = read_split(args.split_csv)
-    try:
+    with cli.stopping_on(WeightsError):
         model, previous = restore_model(args.checkpoint, params["arch"], classes)
-    except WeightsError as error:
-        cli.fail(str(error))
     print(f"from {args.checkpoint} (trained at {previous['size']}px) -> {params['size']}px, "
           f"{'all layer groups train' if params['unfreeze'] else 'body frozen, head trains'}", flush=True)
     model = runtime.on_device(model, run.device)
@@ -87,9 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         if cycle in cycles and run.main_rank:
             save_checkpoint(run.weights(model), staging / f"cycle_{cycle}.pt", {**meta, "snapshot_cycle": cycle})
 
-    train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, run.device, regularisation)
-    schedules = run.fit(distributed.wrap(model, run.device), train_loader, valid_loader, params["fits"],
-                        f"size {params['size']}", on_cycle_end=stage_snapshot, regularisation=regularisation)
+    train_loader, valid_loader = image_loaders(train=train, valid=valid, cache_dir=args.cache_dir, params=params,
+                                               device=run.device, regularisation=regularisation)
+    schedules = run.fit(model=distributed.wrap(model, run.device), train_batches=train_loader,
+                        valid_batches=valid_loader, fits=params["fits"], phase=f"size {params['size']}",
+                        on_cycle_end=stage_snapshot, regularisation=regularisation)
     if run.main_rank:
         for cycle, path in zip(cycles, args.snapshots):
             # Copied, not moved: a job killed before it finishes loses these outputs; its rerun needs them staged.

@@ -7,7 +7,7 @@ images are the validation set and every other fold's the training set. Writes a 
 from __future__ import annotations
 
 from pipeline import cli
-from pipeline.data import DataError, check_classes, class_counts, read_labeled_table
+from pipeline.data.dataset import DataError, check_classes, class_counts, read_labeled_table
 from pipeline.io import write_csv
 
 

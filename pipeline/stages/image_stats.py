@@ -17,10 +17,11 @@ import os
 import pandas as pd
 from PIL import Image
 
-from pipeline import cli, plots
-from pipeline.data import DataError, all_images, inspect_image
+from pipeline import cli
+from pipeline.report import plots
+from pipeline.data.dataset import DataError, all_images, inspect_image
 from pipeline.io import write_csv, write_json
-from pipeline.parallel import map_chunks
+from pipeline.compute.parallel import map_chunks
 
 COLUMNS = ["id", "split", "width", "height", "mode", "bytes"]
 BAD_COLUMNS = ["id", "split", "path", "error"]
@@ -74,7 +75,7 @@ def summarise(sizes: pd.DataFrame) -> dict:
             "modes": sizes["mode"].value_counts().to_dict(), "total_megabytes": round(sizes["bytes"].sum() / 1e6, 2)}
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds.
 RECIPE_KEYS = ("data.layout", "data.suffix", "images.on_bad_image", "images.max_pixels")
 
 
@@ -86,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot-all", required=True)
     parser.add_argument("--plot-small", required=True)
     parser.add_argument("--bad-images", required=True, help="CSV of unreadable images (id, split, path, error)")
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("image_stats", params)
+    args, params, started = cli.begin("image_stats", parser, argv)
     try:
         sizes, bad = image_stats(args.data_dir, params["layout"], params["suffix"], args.threads,
                                  params["max_pixels"])

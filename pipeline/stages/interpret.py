@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import cli, plots
-from pipeline.data import class_indices, read_labeled_table, read_rows
+from pipeline import cli
+from pipeline.report import plots
+from pipeline.data.dataset import class_indices, read_labeled_table, read_rows
 from pipeline.io import remove_stale_temporaries, write_csv
-from pipeline.loaders import ImageDataset
-from pipeline.transforms import valid_transform
+from pipeline.train.loaders import ImageDataset
+from pipeline.data.transforms import valid_transform
 
 FLOOR = 1e-15  # Kaggle's clip: a zero probability for the actual class costs a finite loss
 
@@ -66,8 +67,10 @@ def class_extremes(scored: pd.DataFrame, label: str, n: int) -> dict[str, pd.Dat
             "most uncertain": own.nsmallest(n, "margin")}
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults); `size` is the final size.
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds; `size` is
+# the final size.
 RECIPE_KEYS = ("interpret",)
+WORKFLOW_KEYS = ("size", "preprocessing")
 
 
 def read_scored(split_csv: str, valid_rows: str, valid_probs: str) -> tuple[pd.DataFrame, list[str]]:
@@ -110,22 +113,21 @@ def draw(scored: pd.DataFrame, classes_table: pd.DataFrame, n_classes: int, para
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--split-csv", required=True, help="every labelled image, with its path in the cache")
     parser.add_argument("--valid-rows", required=True, help="CSV aligned with --valid-probs (split.csv or oof.csv)")
     parser.add_argument("--valid-probs", required=True)
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--out-dir", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("interpret", params)
+    args, params, started = cli.begin("interpret", parser, argv)
     scored, classes = read_scored(args.split_csv, args.valid_rows, args.valid_probs)
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
     classes_table, confused = per_class(scored), most_confused(scored)
     write_csv(classes_table, out_dir / "per_class.csv")
     write_csv(confused, out_dir / "most_confused.csv")
-    draw(scored, classes_table, len(classes), params, args.cache_dir, out_dir)
+    draw(scored=scored, classes_table=classes_table, n_classes=len(classes), params=params, cache_dir=args.cache_dir,
+         out_dir=out_dir)
     top = confused.head(3).itertuples()
     print(f"{int((~scored['correct']).sum())} of {len(scored)} wrong; most confused: "
           + ("; ".join(f"{row.actual} as {row.predicted} x{row.count}" for row in top) or "none"), flush=True)

@@ -16,38 +16,38 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import cli, plots, runtime
-from pipeline.data import read_split
-from pipeline.fit import OptimizerSpec, lr_find
+from pipeline import cli
+from pipeline.report import plots
+from pipeline.compute import runtime
+from pipeline.data.dataset import read_split
+from pipeline.train.fit import OptimizerSpec, lr_find
 from pipeline.io import write_csv
-from pipeline.loaders import image_loaders
-from pipeline.model import WeightsError, restore_model
+from pipeline.train.loaders import image_loaders
+from pipeline.models.classifier import WeightsError, restore_model
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults); `lr` is the size's first fit's.
-RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "finetune.size", "finetune.unfreeze", "finetune.bn_freeze",
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds; `lr` is the
+# size's first fit's.
+RECIPE_KEYS = ("seed", "device", "amp", "model.arch", "finetune.size", "finetune.unfreeze", "finetune.bn_freeze",
                "train.optimizer", "train.weight_decay", "train.train_bn", "transforms", "loader")
+WORKFLOW_KEYS = ("lr", "preprocessing")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
     parser.add_argument("--checkpoint", required=True, help="model.pt the fine-tune size starts from")
     parser.add_argument("--out-dir", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("lr_find", params)
+    args, params, started = cli.begin("lr_find", parser, argv)
     device, amp = runtime.start(params, args.threads)
     train, valid, classes = read_split(args.split_csv)
-    try:
+    with cli.stopping_on(WeightsError):
         model, _ = restore_model(args.checkpoint, params["arch"], classes)
-    except WeightsError as error:
-        cli.fail(str(error))
     model = runtime.on_device(model, device)
     model.train_as_size(params)
-    train_loader, _ = image_loaders(train, valid, args.cache_dir, params, device)
-    found = lr_find(model, train_loader, device, amp=amp, lr=params["lr"],
+    train_loader, _ = image_loaders(train=train, valid=valid, cache_dir=args.cache_dir, params=params, device=device)
+    found = lr_find(model=model, train_batches=train_loader, device=device, amp=amp, lr=params["lr"],
                     optimizer_spec=OptimizerSpec.from_params(params))
     out_dir = Path(args.out_dir)
     write_csv(pd.DataFrame({key: found[key] for key in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")

@@ -18,8 +18,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
-from pipeline import cli, cv_scores, passes, plots
-from pipeline.data import class_indices, read_labeled_table, read_split
+from pipeline import cli
+from pipeline.compete import cv_scores
+from pipeline.predict import passes
+from pipeline.report import plots
+from pipeline.data.dataset import class_indices, read_labeled_table, read_split
 from pipeline.io import read_json, save_npy, write_csv, write_json
 
 FOLD_SCORES = ["valid_logloss", "valid_accuracy", "valid_logloss_no_tta", "valid_accuracy_no_tta"]
@@ -48,24 +51,24 @@ def cv_metrics(y: np.ndarray, oof_passes: np.ndarray, fold_metrics: list[dict], 
     n_aug = params["n_aug"]
     folds = [{"fold": fold, "n_valid": metrics["n_valid"], **{key: metrics[key] for key in FOLD_SCORES}}
              for fold, metrics in zip(params["folds"], fold_metrics)]
-    return cv_scores.cv_metrics(y, passes.tta_mean(oof_passes, n_aug), passes.plain(oof_passes), folds, n_aug,
-                                params["average"], classes)
+    return cv_scores.cv_metrics(y=y, probs=passes.tta_mean(oof_passes, n_aug), plain=passes.plain(oof_passes),
+                                folds=folds, n_aug=n_aug, average=params["average"], classes=classes)
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults); `folds` is the folds the run has.
-RECIPE_KEYS = ("tta", "ensemble")
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds; `folds` is
+# the folds the run has.
+RECIPE_KEYS = ("tta.n_aug", "ensemble")
+WORKFLOW_KEYS = ("folds",)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--split-csv", required=True, help="the K-fold run's fold assignment")
     parser.add_argument("--fold-dirs", required=True, nargs="+", help="out_dir/folds/<k> of each fold, in order")
     parser.add_argument("--oof-csv", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--plots-dir", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("oof", params)
+    args, params, started = cli.begin("oof", parser, argv)
     assignment, classes = read_labeled_table(args.split_csv)
     fold_dirs = [Path(folder) for folder in args.fold_dirs]
     try:

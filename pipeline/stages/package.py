@@ -18,10 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import bundle, cli, cv_scores, export, offline, offline_predict
-from pipeline.data import read_split
+from pipeline.compete import bundle
+from pipeline import cli
+from pipeline.compete import cv_scores
+from pipeline.models import export
+from pipeline.offline import images as offline
+from pipeline.offline import predictor as offline_predict
+from pipeline.data.dataset import read_split
 from pipeline.io import read_json, write_json
-from pipeline.model import WeightsError
+from pipeline.models.classifier import WeightsError
 
 # The bundle's float32 ONNX models against the TTA stage's float32 torch passes (deterministic TTA never autocasts).
 TOLERANCE = 1e-4
@@ -95,7 +100,8 @@ def held_out_scores(manifest: dict, plan: dict, staging: Path, kind: str, thread
     predictor = offline_predict.Predictor(manifest, offline_predict.sessions(files, threads, "cpu"))
     probs, labels, started = [], [], time.perf_counter()
     for position, (images, y) in enumerate(held_out_rows(plan)):
-        probs.append(offline_predict.predict_folder(predictor.fold(position), images, batch_size, pool))
+        probs.append(offline_predict.predict_folder(predictor=predictor.fold(position), files=images,
+                                                    batch_size=batch_size, pool=pool))
         labels.append(y)
     seconds = time.perf_counter() - started
     logloss, accuracy = cv_scores.scores(np.concatenate(labels), np.concatenate(probs))
@@ -103,7 +109,8 @@ def held_out_scores(manifest: dict, plan: dict, staging: Path, kind: str, thread
 
 
 def int8_report(manifest: dict, plan: dict, staging: Path, threads: int, batch_size: int, pool) -> dict:
-    fp32, int8 = (held_out_scores(manifest, plan, staging, kind, threads, batch_size, pool)
+    fp32, int8 = (held_out_scores(manifest=manifest, plan=plan, staging=staging, kind=kind, threads=threads,
+                                  batch_size=batch_size, pool=pool)
                   for kind in ("fp32", "int8"))
     n_folds = len(plan["members"][0]["folds"])
     report = {"scope": "out-of-fold" if n_folds > 1 else "validation", "threads": threads,
@@ -123,7 +130,8 @@ def check_against_run(staging: Path, plan: dict, threads: int, batch_size: int, 
     predictor = offline_predict.Predictor(loaded.manifest, offline_predict.sessions(loaded.files, threads))
     files = offline.image_files(Path(plan["data_dir"]) / "test")
     started = time.perf_counter()
-    probs = offline_predict.predict_folder(predictor, files, batch_size, pool, on_unreadable=lambda line: print(line))
+    probs = offline_predict.predict_folder(predictor=predictor, files=files, batch_size=batch_size, pool=pool,
+                                           on_unreadable=lambda line: print(line))
     seconds = time.perf_counter() - started
     written = staging.parent / f".{staging.name}.check.csv"
     header, rows = offline_predict.submission_rows([path.stem for path in files], probs, loaded.manifest,
@@ -144,7 +152,7 @@ def check_against_run(staging: Path, plan: dict, threads: int, batch_size: int, 
 
 
 def describe_run(plan: dict, models: dict, members: list[dict]) -> dict:
-    """The manifest (pipeline/bundle.py lists its fields): how the run made its submission, as data."""
+    """The manifest (pipeline/compete/bundle.py lists its fields): how the run made its submission, as data."""
     weights = read_json(plan["blend"]) if plan["blend"] else None
     classes = read_split(plan["members"][0]["folds"][0]["split"])[2]
     return {"bundle_version": offline_predict.BUNDLE_VERSION, "classes": classes,
@@ -197,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         manifest = describe_run(plan, models, members)
         if params["quantize"] == "int8":
             quantize(manifest, plan, staging, pool)
-            manifest["int8"] = int8_report(manifest, plan, staging, args.threads, args.batch_size, pool)
+            manifest["int8"] = int8_report(manifest=manifest, plan=plan, staging=staging, threads=args.threads,
+                                           batch_size=args.batch_size, pool=pool)
         (staging / "predict.py").write_text(bundle.predict_script())
         (staging / "requirements.txt").write_text(bundle.requirements())
         write_json(manifest, staging / "manifest.json")

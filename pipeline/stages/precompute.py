@@ -15,17 +15,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import cli, runtime
-from pipeline.data import read_split, read_test_table
+from pipeline import cli
+from pipeline.compute import runtime
+from pipeline.data.dataset import read_split, read_test_table
 from pipeline.io import file_digest, open_npy_for_writing, remove_stale_temporaries, write_json
-from pipeline.loaders import ImageDataset, inference_loader
-from pipeline.model import WeightsError, build_seeded_classifier, preprocessing_of
-from pipeline.transforms import valid_transform
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.train.loaders import ImageDataset, inference_loader
+from pipeline.models.classifier import WeightsError, build_seeded_classifier, preprocessing_of
+from pipeline.data.transforms import valid_transform
 
 SPLITS = ("train", "valid", "test")
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults). The rule passes no ps / xtra_fc: the head
-# built alongside the body is never used here, and the body does not depend on them.
-RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model", "head.size", "loader")
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds. No ps /
+# xtra_fc: the head built alongside the body is never used here and the body does not depend on them, so editing them
+# must not rerun this stage; the schema's defaults build that unused head.
+RECIPE_KEYS = ("seed", "device", "amp", "model.arch", "model.weights", "head.size", "loader")
+WORKFLOW_KEYS = ("weights_digest", "preprocessing")
+UNUSED_HEAD = recipe_defaults.defaults(("model.ps", "model.xtra_fc"))
 
 
 @torch.inference_mode()
@@ -42,21 +47,17 @@ def precompute_activations(model, loader, out_path: Path, device: torch.device, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
     parser.add_argument("--out-dir", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("precompute", params)
+    args, params, started = cli.begin("precompute", parser, argv)
     device, amp = runtime.start(params, args.threads)
     train, valid, classes = read_split(args.split_csv)
     test = read_test_table(args.test_csv).query("usable").reset_index(drop=True)
-    try:
-        model = build_seeded_classifier(params, len(classes))
-    except WeightsError as error:
-        cli.fail(str(error))
+    with cli.stopping_on(WeightsError):
+        model = build_seeded_classifier(params.updated(**UNUSED_HEAD), len(classes))
     body_digest = runtime.state_digest(model.body)
     model = runtime.on_device(model, device)
     preprocessing = preprocessing_of(params)
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, frame in zip(SPLITS, (train, valid, test)):
         dataset = ImageDataset(args.cache_dir, frame["path"], frame.get("y"), transform)
         loader = inference_loader(dataset, params, device)
-        precompute_activations(model, loader, out_dir / f"{name}.npy", device, amp, f"precompute {name}")
+        precompute_activations(model=model, loader=loader, out_path=out_dir / f"{name}.npy", device=device, amp=amp,
+                               desc=f"precompute {name}")
         print(f"{name}: {len(frame)} x {model.n_features} activations -> {out_dir / f'{name}.npy'}", flush=True)
     write_json({"arch": params["arch"], "weights": params["weights"],
                 "weights_digest": params.get("weights_digest"), "preprocessing": preprocessing, "size": params["size"],

@@ -22,12 +22,15 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import cli, passes, recipe_defaults, runtime
-from pipeline.data import IMAGE_SUFFIXES, natural_key
-from pipeline.inference import tta_log_probs
+from pipeline import cli
+from pipeline.predict import passes
+from pipeline.recipe import defaults as recipe_defaults
+from pipeline.compute import runtime
+from pipeline.data.dataset import IMAGE_SUFFIXES, natural_key
+from pipeline.predict.inference import tta_log_probs
 from pipeline.io import write_csv
-from pipeline.model import WeightsError, load_checkpoint, restore_model
-from pipeline.resizing import resize_one
+from pipeline.models.classifier import WeightsError, load_checkpoint, restore_model
+from pipeline.data.resizing import resize_one
 
 # How the images of a checkpoint made before it recorded them were encoded and augmented: the recipe's defaults.
 IMAGE_DEFAULTS = ("images.jpeg_quality", "images.jpeg_draft", "transforms")
@@ -115,7 +118,8 @@ def predict_files(model, meta: dict, files: list[Path], images: dict, params: di
         cached, errors = resize_into(Path(cache), files, images)
         probs = np.empty((0, len(meta["classes"])))
         if cached:
-            log_probs = tta_log_probs(model, pd.DataFrame({"path": cached}), cache, params, device, amp, "images")
+            log_probs = tta_log_probs(model=model, frame=pd.DataFrame({"path": cached}), cache_dir=cache, params=params,
+                                      device=device, amp=amp, name="images")
             probs = passes.tta_mean(passes.from_log_probs(log_probs), params["n_aug"])
     return [path for path in files if path not in errors], probs, errors
 
@@ -141,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     params = {**settings, **recipe_defaults.defaults(("tta.mode",)), "size": meta["size"], "n_aug": args.tta,
               "batch_size": args.batch_size, "num_workers": 0, "preprocessing": images.get("preprocessing"),
               "max_zoom": images["max_zoom"], "augmentation": images["augmentation"]}
-    readable, probs, errors = predict_files(model, meta, files, images, params, device, amp)
+    readable, probs, errors = predict_files(model=model, meta=meta, files=files, images=images, params=params,
+                                            device=device, amp=amp)
 
     for path, row in zip(readable, probs):
         print_top(path, row, classes, args.top_k)

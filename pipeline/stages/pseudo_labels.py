@@ -1,5 +1,5 @@
 """Pseudo-labels - fold k's student split: fold k's training images plus the test images fold k's teacher labels
-confidently (pipeline.pseudo). The teacher is one member's fold-k model, or the members' fold-k models blended with
+confidently (pipeline.compete.pseudo_split). The teacher is one member's fold-k model, or the members' fold-k models blended with
 the weights fitted without fold k's rows (the blend stage's `fold_weights`), so the student never learns from a model
 that saw fold k's validation images. Writes the student's split.csv (fold k's rows unchanged, then one training row
 per pseudo-labelled test image, fold -1, with a `pseudo` column; in soft mode also soft_<i> target columns) and a
@@ -13,12 +13,14 @@ report of how many test images were used, at what threshold, and their class bal
 """
 from __future__ import annotations
 
-from pipeline import cli, pseudo
-from pipeline.data import DataError, read_labeled_table, read_test_table
+from pipeline import cli
+from pipeline.compete import pseudo_split as pseudo
+from pipeline.data.dataset import DataError, read_labeled_table, read_test_table
 from pipeline.io import read_json, write_csv, write_json
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
-RECIPE_KEYS = ("pseudo",)
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe. Not `pseudo.student`: which member
+# learns is the workflow's business (the student's own folder), so naming another must not rerun the teachers' labels.
+RECIPE_KEYS = ("pseudo.teacher", "pseudo.mode", "pseudo.threshold")
 
 
 def fold_teacher(args, n_test: int, n_classes: int):
@@ -54,10 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         pseudo.check_fold_split(fold_split, args.fold_split)
         pseudo.refuse_colliding_ids(fold_split, test, args.test_csv)
         probs = fold_teacher(args, len(test), len(classes))
-        split, used = pseudo.student_split(fold_split, test, probs, classes, params["mode"], params["threshold"])
+        split, used = pseudo.student_split(fold_split=fold_split, test=test, probs=probs, classes=classes,
+                                           mode=params["mode"], threshold=params["threshold"])
     except DataError as error:
         cli.fail(str(error))
-    counts = pseudo.report(args.fold, params, probs, test["usable"].to_numpy(dtype=bool), used, classes)
+    counts = pseudo.report(fold=args.fold, params=params, probs=probs, usable=test["usable"].to_numpy(dtype=bool),
+                           used=used, classes=classes)
     write_csv(split, args.out)
     write_json(counts, args.report)
     print(pseudo.summary(counts), flush=True)

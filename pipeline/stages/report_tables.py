@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import cli
-from pipeline.html_page import section, write_page
+from pipeline.report.pages import section, write_page
 from pipeline.io import read_json
 
 # The blends' folders (rules/results.smk): the members', and with a pseudo-label round the members' and students'.

@@ -16,9 +16,9 @@ import functools
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.data import DataError, all_images, read_bad_paths
-from pipeline.parallel import map_chunks
-from pipeline.resizing import resize_one
+from pipeline.data.dataset import DataError, all_images, read_bad_paths
+from pipeline.compute.parallel import map_chunks
+from pipeline.data.resizing import resize_one
 
 
 def resize_paths(data_dir: str, out_dir: str, shorter_side: int, jpeg_quality: int, draft: bool,
@@ -40,7 +40,7 @@ def resize_cache(data_dir: str, out_dir: str, layout: str, suffix: str, shorter_
     return len(paths)
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds.
 RECIPE_KEYS = ("data.layout", "data.suffix", "images.shorter_side", "images.jpeg_quality", "images.jpeg_draft")
 
 
@@ -49,14 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--bad-images", help="bad_images.csv from the image-stats stage: left out")
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("resize", params)
+    args, params, started = cli.begin("resize", parser, argv)
     shorter_side = params["shorter_side"]
     skip = read_bad_paths(args.bad_images)
     try:
-        n = resize_cache(args.data_dir, args.out_dir, params["layout"], params["suffix"],
-                         shorter_side, params["jpeg_quality"], args.threads, skip, params["jpeg_draft"])
+        n = resize_cache(data_dir=args.data_dir, out_dir=args.out_dir, layout=params["layout"], suffix=params["suffix"],
+                         shorter_side=shorter_side, jpeg_quality=params["jpeg_quality"], n_jobs=args.threads, skip=skip,
+                         draft=params["jpeg_draft"])
     except DataError as error:
         cli.fail(str(error))
     print(f"resized {n} images to shorter side {shorter_side} -> {args.out_dir}", flush=True)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import cli
-from pipeline.data import (DataError, check_classes, class_counts, read_bad_paths, read_labeled, read_test,
+from pipeline.data.dataset import (DataError, check_classes, class_counts, read_bad_paths, read_labeled, read_test,
                            unlabelled_images)
 from pipeline.io import write_csv
 
@@ -75,20 +75,23 @@ def make_split(labeled: pd.DataFrame, params: dict) -> pd.DataFrame:
     return split[["id", "label", "is_valid", "path"]]
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults); a K-fold run adds `assign_folds`.
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds; a K-fold run
+# adds `assign_folds`.
 RECIPE_KEYS = ("data.layout", "data.suffix", "split")
+WORKFLOW_KEYS = ("assign_folds",)
+# fastai's split draws val_pct of the rows (cv_idx); a single fold of stratified_kfold is fold `fold` of n_folds.
+USED_WHEN = {"split.val_pct": ("split.method", "fastai"), "split.cv_idx": ("split.method", "fastai"),
+             "split.n_folds": ("split.method", "stratified_kfold"), "split.fold": ("split.method", "stratified_kfold")}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--bad-images", help="bad_images.csv from the image-stats stage")
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--class-counts", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("split", params)
+    args, params, started = cli.begin("split", parser, argv)
     bad_paths = read_bad_paths(args.bad_images)
     try:
         labeled = read_labeled(args.data_dir, params["layout"], params["suffix"])

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import cli
-from pipeline.data import natural_key, read_labeled_table, read_test_table
+from pipeline.data.dataset import natural_key, read_labeled_table, read_test_table
 from pipeline.io import write_csv
-from pipeline.offline_combine import submission_values
+from pipeline.offline.combine import submission_values
 
 
 class SubmissionError(ValueError):
@@ -81,7 +81,7 @@ def check_written(path: str | Path, submission: pd.DataFrame) -> None:
         raise SubmissionError(f"{path}: rows do not sum to 1")
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds.
 RECIPE_KEYS = ("data.positive_class", "submission")
 
 
@@ -92,14 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--sample", help="sample_submission.csv, when the competition ships one")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("submission", params)
+    args, params, started = cli.begin("submission", parser, argv)
     _, classes = read_labeled_table(args.split_csv)
     test_ids = read_test_table(args.test_csv)["id"].tolist()
     try:
-        submission = make_submission(np.load(args.probs), test_ids, classes, _read_sample(args.sample),
-                                     params["clip"], params["positive_class"])
+        submission = make_submission(probs=np.load(args.probs), test_ids=test_ids, classes=classes,
+                                     sample=_read_sample(args.sample), clip=params["clip"],
+                                     positive_class=params["positive_class"])
         write_csv(submission, args.out, float_format="%.10g")
         check_written(args.out, submission)
     except SubmissionError as error:

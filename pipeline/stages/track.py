@@ -14,17 +14,21 @@ mark this stage writes makes the next run try again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 
-from pipeline import cli, run_record, tracked_runs
-from pipeline.data import data_fingerprint
+from pipeline import cli
+from pipeline.tracking import record as run_record
+from pipeline.tracking import runs as tracked_runs
+from pipeline.data.dataset import data_fingerprint
 from pipeline.io import write_json
-from pipeline.run_record import RunRecord
+from pipeline.tracking.record import RunRecord
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 RECIPE_KEYS = ("tracking",)
+WORKFLOW_KEYS = ("scope", "recipe_digest", "models", "member_dirs", "checkpoints")
 
 
 def run_tags(record: RunRecord, reran: list[str]) -> dict[str, str]:
@@ -58,7 +62,7 @@ def root_cause(error: BaseException) -> str:
 
 def log(record: RunRecord, uri: str, experiment: str) -> tuple[dict, list]:
     """Log the run; returns the mark's fields and the experiment's runs (for the views)."""
-    from pipeline import tracking  # MLflow's import: this stage's alone
+    from pipeline.tracking import mlflow_log as tracking  # MLflow's import: this stage's alone
 
     with tracking.store_lock(uri):
         client = tracking.MlflowClient(uri)
@@ -68,8 +72,9 @@ def log(record: RunRecord, uri: str, experiment: str) -> tuple[dict, list]:
         params = run_record.flatten(record.recipe)
         changed = run_record.changes(previous.data.params, params) if previous else None
         name = f"{experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        run_id = tracking.log_workflow_run(client, experiment_id, record, run_tags(record, reran), name,
-                                           describe(changed, reran))
+        run_id = tracking.log_workflow_run(client=client, experiment=experiment_id, record=record,
+                                           tags=run_tags(record, reran), name=name,
+                                           description=describe(changed, reran))
         runs = tracking.workflow_runs(client, [experiment_id])
     mark = {"status": "logged", "uri": uri, "experiment": experiment, "experiment_id": experiment_id,
             "run_id": run_id, "run_name": name, "stages_rerun": reran,
@@ -78,13 +83,16 @@ def log(record: RunRecord, uri: str, experiment: str) -> tuple[dict, list]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--files", nargs="+", required=True, help="the run's results (the rule's inputs)")
     parser.add_argument("--recipe", type=json.loads, required=True, help="the whole recipe, as JSON")
     parser.add_argument("--mark", required=True, help="tracking/run.json: what was logged, or why it was not")
     args = parser.parse_args(argv)
     params = args.params
     started = cli.announce("track", {key: params[key] for key in ("uri", "experiment", "log_models")})
+    # The rule reruns on the recipe's digest, and passes the recipe itself apart: they must be the same recipe.
+    if hashlib.sha256(json.dumps(args.recipe, sort_keys=True).encode()).hexdigest()[:16] != params["recipe_digest"]:
+        cli.fail("--recipe is not the recipe whose digest --params holds (recipe_digest)")
     record = RunRecord.from_layout(args.recipe, params, args.files)  # our own results: a problem reading them is an error
     views = Path(args.mark).parent
     try:

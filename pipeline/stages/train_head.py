@@ -15,16 +15,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import cli, distributed, plots, runtime
-from pipeline.data import read_split, training_targets
-from pipeline.fit import TensorBatches, lr_find
+from pipeline import cli
+from pipeline.compute import distributed
+from pipeline.report import plots
+from pipeline.compute import runtime
+from pipeline.data.dataset import read_split, training_targets
+from pipeline.train.fit import TensorBatches, lr_find
 from pipeline.io import file_digest, read_json, write_csv
-from pipeline.loaders import image_loaders
-from pipeline.model import WeightsError, build_seeded_classifier
-from pipeline.training import TrainingRun
+from pipeline.train.loaders import image_loaders
+from pipeline.models.classifier import WeightsError, build_seeded_classifier
+from pipeline.train.run import TrainingRun
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
-RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model", "head", "transforms", "loader", "train")
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds.
+RECIPE_KEYS = ("seed", "device", "amp", "model", "head", "transforms", "loader", "train")
+WORKFLOW_KEYS = ("weights_digest", "preprocessing", "images", "devices")
 
 
 def check_activations(manifest: dict, params: dict, classes: list[str], split_csv: str) -> None:
@@ -44,10 +48,8 @@ def load_activations(folder: Path, name: str, targets: np.ndarray) -> tuple[torc
 
 def rebuilt_classifier(params, n_classes: int, manifest: dict):
     """The classifier whose backbone computed the activations: the same seeded build, checked by its digest."""
-    try:
+    with cli.stopping_on(WeightsError):
         model = build_seeded_classifier(params, n_classes)
-    except WeightsError as error:
-        cli.fail(str(error))
     if runtime.state_digest(model.body) != manifest["body_digest"]:
         cli.fail("the rebuilt backbone differs from the one that computed the activations; rerun precompute")
     return model
@@ -58,7 +60,8 @@ def head_lr_find(run: TrainingRun, model, train_acts: TensorBatches) -> None:
     seed = run.params["seed"]
     runtime.seed_everything(seed)
     train_acts.generator.manual_seed(seed)
-    found = lr_find(model.head, train_acts, run.device, amp=run.amp, optimizer_spec=run.optimizer)
+    found = lr_find(model=model.head, train_batches=train_acts, device=run.device, amp=run.amp,
+                    optimizer_spec=run.optimizer)
     if run.main_rank:
         write_csv(pd.DataFrame({k: found[k] for k in ("lr", "loss", "smoothed_loss")}), run.out_dir / "lr_find.csv")
         plots.lr_finder(found, run.out_dir / "lr_find.png")
@@ -66,7 +69,7 @@ def head_lr_find(run: TrainingRun, model, train_acts: TensorBatches) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--activations", required=True, help="folder written by the precompute stage")
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
@@ -89,14 +92,16 @@ def main(argv: list[str] | None = None) -> None:
     if params["lr_find"]:
         head_lr_find(run, model, train_acts)
     # On the activations every rank (if several) fits the same head alike: seconds of work, not worth splitting.
-    schedules = run.fit(model.head, train_acts, valid_acts, params["precomputed"], "precomputed")
+    schedules = run.fit(model=model.head, train_batches=train_acts, valid_batches=valid_acts,
+                        fits=params["precomputed"], phase="precomputed")
     if params["augmented"]:
         model.freeze()
         model.train_bn(params["train_bn"])
         regularisation = run.regularise(model)
-        train_loader, valid_loader = image_loaders(train, valid, args.cache_dir, params, run.device, regularisation)
-        run.fit(distributed.wrap(model, run.device), train_loader, valid_loader, params["augmented"], "augmented",
-                schedules, regularisation=regularisation)
+        train_loader, valid_loader = image_loaders(train=train, valid=valid, cache_dir=args.cache_dir, params=params,
+                                                   device=run.device, regularisation=regularisation)
+        run.fit(model=distributed.wrap(model, run.device), train_batches=train_loader, valid_batches=valid_loader,
+                fits=params["augmented"], phase="augmented", schedules=schedules, regularisation=regularisation)
     run.save(model, schedules, run.checkpoint_meta(model, classes, "head"))
     run.finish()
 

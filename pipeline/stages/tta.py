@@ -2,7 +2,7 @@
 random (`tta.mode: random`, fastai 0.7's), or with fixed views (`deterministic`: the offline bundle repeats them), on
 the validation set (for metrics) and the test set (for the submission). As fastai 0.7's `learn.TTA()`, the
 prediction is the mean of the passes' probabilities (`valid_probs.npy`, `test_probs.npy`). The plain pass and the
-augmented passes' mean are also kept apart (`*_passes.npy`, see `pipeline.passes`) for the calibrate stage.
+augmented passes' mean are also kept apart (`*_passes.npy`, see `pipeline.predict.passes`) for the calibrate stage.
 With several checkpoints (a snapshot ensemble: the ends of the last SGDR cycles), each pass is averaged over them.
 
     python -m pipeline.stages.tta --split-csv out/split.csv --test-csv out/test.csv --cache-dir out/resized/340 \
@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 
-from pipeline import cli, passes, plots, runtime
-from pipeline.data import class_prior, read_split, read_test_table
-from pipeline.inference import tta_log_probs
+from pipeline import cli
+from pipeline.predict import passes
+from pipeline.report import plots
+from pipeline.compute import runtime
+from pipeline.data.dataset import class_prior, read_split, read_test_table
+from pipeline.predict.inference import tta_log_probs
 from pipeline.io import remove_stale_temporaries, save_npy, write_json
-from pipeline.model import WeightsError, restore_model
+from pipeline.models.classifier import WeightsError, restore_model
 
 
 def with_prior_for_unusable(probs: np.ndarray, usable: np.ndarray, prior: np.ndarray, unusable_paths) -> np.ndarray:
@@ -43,8 +46,9 @@ def valid_metrics(valid_passes: np.ndarray, y: np.ndarray, n_aug: int, n_classes
             "n_aug": n_aug, "n_valid": int(len(y))}
 
 
-# Where the slice's keys come from in the recipe (pipeline.recipe_defaults).
-RECIPE_KEYS = (*runtime.RECIPE_KEYS, "model.arch", "tta", "transforms", "loader")
+# The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds.
+RECIPE_KEYS = ("seed", "device", "amp", "model.arch", "tta", "transforms", "loader")
+WORKFLOW_KEYS = ("preprocessing",)
 
 
 def ensemble_passes(checkpoints: list[str], params, classes: list[str], valid: pd.DataFrame, test: pd.DataFrame,
@@ -53,15 +57,14 @@ def ensemble_passes(checkpoints: list[str], params, classes: list[str], valid: p
     also each checkpoint's own validation scores and the size the last one was trained at."""
     valid_by_model, test_by_model, per_checkpoint = [], [], []
     for checkpoint in checkpoints:
-        try:
+        with cli.stopping_on(WeightsError):
             model, meta = restore_model(checkpoint, params["arch"], classes)
-        except WeightsError as error:
-            cli.fail(str(error))
         model = runtime.on_device(model, device)
-        sized = {**params, "size": meta["size"],
-                 "preprocessing": meta.get("images", {}).get("preprocessing", params.get("preprocessing"))}
+        sized = params.updated(size=meta["size"], preprocessing=meta.get("images", {}).get(
+            "preprocessing", params.get("preprocessing")))
         for images, name, found in ((valid, "valid", valid_by_model), (test, "test", test_by_model)):
-            found.append(passes.from_log_probs(tta_log_probs(model, images, cache_dir, sized, device, amp, name)))
+            found.append(passes.from_log_probs(tta_log_probs(model=model, frame=images, cache_dir=cache_dir,
+                                                             params=sized, device=device, amp=amp, name=name)))
         per_checkpoint.append({"checkpoint": Path(checkpoint).name,
                                **valid_metrics(valid_by_model[-1], valid["y"].to_numpy(), params["n_aug"],
                                                len(classes))})
@@ -83,7 +86,7 @@ def report(metrics: dict, valid_passes: np.ndarray, y: np.ndarray, classes: list
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.stage_parser(__doc__, RECIPE_KEYS)
+    parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--split-csv", required=True)
     parser.add_argument("--test-csv", required=True)
     parser.add_argument("--cache-dir", required=True)
@@ -91,9 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="model.pt of the last stage; several = a snapshot ensemble, the final weights last")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--metrics", required=True)
-    args = parser.parse_args(argv)
-    params = args.params
-    started = cli.announce("tta", params)
+    args, params, started = cli.begin("tta", parser, argv)
     device, amp = runtime.start(params, args.threads)
     # Deterministic TTA computes what the offline bundle's float32 ONNX models compute, so it runs in float32: under
     # bf16 autocast the demo's bundle landed up to 0.14 away from its submission (3 of 397 top classes), and the
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
 
-    valid_passes, test_usable, per_checkpoint, size = ensemble_passes(args.checkpoint, params, classes, valid,
-                                                                      test[usable], args.cache_dir, device, amp)
+    valid_passes, test_usable, per_checkpoint, size = ensemble_passes(checkpoints=args.checkpoint, params=params,
+                                                                      classes=classes, valid=valid, test=test[usable],
+                                                                      cache_dir=args.cache_dir, device=device, amp=amp)
     # Metrics from the float32 passes the stage saves, so that calibrate, reading them, scores the very same numbers.
     valid_passes = valid_passes.astype(np.float32)
     prior, unusable = class_prior(train, len(classes)), test.loc[~usable, "path"].tolist()
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     save_npy(passes.tta_mean(valid_passes, n_aug), out_dir / "valid_probs.npy")
     save_npy(passes.tta_mean(test_passes, n_aug), out_dir / "test_probs.npy")
     write_json(metrics, args.metrics)
-    report(metrics, valid_passes, y, classes, n_aug, out_dir / "confusion_matrix.png")
+    report(metrics=metrics, valid_passes=valid_passes, y=y, classes=classes, n_aug=n_aug,
+           confusion_png=out_dir / "confusion_matrix.png")
     cli.finish("tta", started)
 
 

@@ -1,0 +1,1 @@
+"""Where a stage runs: device, seeds, amp, one GPU per process, DDP, process pools."""

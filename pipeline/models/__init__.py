@@ -1,0 +1,1 @@
+"""Backbones by name, the classifier around them, checkpoints, ONNX export."""

@@ -1,0 +1,1 @@
+"""Figures and small HTML pages."""

@@ -1,0 +1,1 @@
+"""Fitting: SGDR fits, regularisers, what the training stages share."""

@@ -1,0 +1,168 @@
+# The recipe, checked before any job is planned (each problem names its key, file or row), and what the rules derive
+# from it: the data, the folds, the members' chains.
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (--directory, tests)
+
+import yaml
+from snakemake.utils import validate
+
+from pipeline.data.dataset import data_fingerprint
+from pipeline.data.demo_folder import BUILT_MARKER, ownership_problem
+from pipeline.recipe import checks as recipe_checks
+from pipeline.recipe import members
+from pipeline.tracking import store as tracking_store
+from pipeline.workflow import slurm_check
+from pipeline.workflow.backbone_check import BackboneProblem, checked_backbone, checked_export
+from pipeline.workflow.chain import Chain
+from pipeline.workflow.deps import UnknownModule, module_files
+from pipeline.workflow.flags import ShellText, flags
+from pipeline.workflow.run_lock import OutDirInUse, hold
+from pipeline.workflow.slices import stage_slice
+
+
+def stop_on(problems, heading="the recipe cannot run"):
+    """Stop, listing every problem found (each names its key, file, row or rule)."""
+    if problems:
+        raise WorkflowError(f"{heading}:\n" + "\n".join(f"  - {problem}" for problem in problems))
+
+
+# The recipe as written, against the schema: each failing key with the constraint it breaks. Then Snakemake's
+# validate fills in the schema's defaults, the one home of every default.
+SCHEMA = f"{workflow.basedir}/config/schema.yaml"
+SAMPLE_SUBMISSION_NAMED = "sample_submission" in config.get("data", {})
+stop_on(recipe_checks.schema_problems(config, yaml.safe_load(Path(SCHEMA).read_text())))
+validate(config, SCHEMA)
+FOLDS, FOLD_PROBLEMS = recipe_checks.kfold_folds(config)
+stop_on(
+    recipe_checks.runtime_problems(config)
+    + recipe_checks.finetune_problems(config)
+    + FOLD_PROBLEMS
+    + recipe_checks.tta_problems(config)
+    + recipe_checks.out_dir_problems(config)
+    + recipe_checks.data_problems(config, SAMPLE_SUBMISSION_NAMED)
+    + tracking_store.tracking_problems(config)
+)
+
+DATA = config["data_dir"]
+OUT = config["out_dir"]
+LAYOUT = config["data"]["layout"]
+# A recipe with `demo:` builds its own data set into data_dir. Pointed at a folder of someone else's files, stop here,
+# before any job is planned: no rule ever writes into a user's data (also with --forceall or -R demo_data).
+DEMO = "demo" in config
+if DEMO and (problem := ownership_problem(DATA)):
+    raise WorkflowError(problem)
+# The demo rule's only output: Snakemake deletes a job's outputs before rerunning it, so the data files themselves
+# are never declared as outputs; the builder clears and rebuilds its own folder by itself.
+DEMO_BUILT = f"{DATA}/{BUILT_MARKER}"
+DEMO_SETTINGS = ("n_labeled", "n_test", "seed", "large_fraction")  # the demo builder's flags, besides its classes
+DEVICES = config["devices"]
+# The GPUs a torch job holds, for Snakemake's --resources gpu=N and Slurm's --gpus: none on CPU, one per process.
+GPU_JOBS = 0 if config["device"] == "cpu" else 1
+TRAINING_GPUS = GPU_JOBS * DEVICES
+# What every stage runs with, for `--sdm conda` and for a reader: the one environment of `make setup`.
+ENVIRONMENT = "../environment.yml"
+# Parallel stages ask for many threads and Snakemake caps them at --cores (workflow.cores would make
+# `snakemake --report` demand --cores too).
+MAX_THREADS = 256
+
+
+SAMPLE_SUBMISSION = f"{DATA}/{config['data']['sample_submission']}"
+
+
+def fingerprint():
+    """Changes when any image under data_dir is replaced, added or removed (Snakemake alone would miss an image
+    rewritten in place inside train/): a stat() per file, once per invocation. Data built by the demo rule is
+    tracked by Snakemake itself."""
+    return "built by rule demo_data" if DEMO else data_fingerprint(DATA)
+
+
+DATA_FINGERPRINT = fingerprint()
+
+
+# The backbone, checked before anything is planned (an unknown arch, weights that cannot be had or do not fit stop
+# here); its preprocessing reaches every stage that shows it images, and the digest of its weights file's content
+# keys precompute and everything after it.
+def backbone_of(recipe, where=""):
+    try:
+        return checked_backbone(recipe["model"]["arch"], recipe["model"]["weights"])
+    except BackboneProblem as problem:
+        raise WorkflowError(f"{where}model: {problem}")
+
+
+KFOLD = bool(FOLDS)
+MEMBER_NAMES = members.names(config)
+STUDENT = members.student_chain(config)  # the pseudo-label round's students, as one more member; None without it
+stop_on(members.recipe_problems(config, KFOLD))
+# Where one model's chain (split, activations, head, fine-tune sizes, TTA) lives: out_dir for a single split,
+# out_dir/folds/<k> for each fold of a K-fold run, so every fold folder holds what a single-split run holds; with
+# members, each member's folds and out-of-fold predictions under out_dir/members/<name>.
+MEMBER_DIR = f"{OUT}/members/{{member}}" if MEMBER_NAMES else OUT
+MODEL_DIR = f"{MEMBER_DIR}/folds/{{fold}}" if KFOLD else OUT
+
+
+wildcard_constraints:
+    fold=r"\d+",
+    member=r"[A-Za-z][A-Za-z0-9_]*(-pseudo)?",
+
+
+# How the report names one model's figures: its fold, and its member when there are several.
+MODEL_LABEL = "{member}, fold {fold}" if MEMBER_NAMES else "fold {fold}"
+# The blends of a recipe with members: the members' (the pseudo-label round's teacher), then with the pseudo-label
+# round the members' and the students'. The last one is what calibrate, interpret and the submission use.
+BLENDS = (["blend", "blend_pseudo"] if STUDENT else ["blend"]) if MEMBER_NAMES else []
+FINAL_BLEND = BLENDS[-1] if BLENDS else None
+
+
+def member_chain(name):
+    """A member's recipe, checked as a whole recipe is (each problem prefixed with the member), with its backbone."""
+    recipe = members.member_recipe(config, name)
+    stop_on(
+        [
+            f"members.{name}: {problem}"
+            for problem in recipe_checks.schema_problems(recipe, yaml.safe_load(Path(SCHEMA).read_text()))
+        ]
+    )
+    validate(recipe, SCHEMA)
+    stop_on(
+        [
+            f"members.{name}: {problem}"
+            for problem in recipe_checks.runtime_problems(recipe)
+            + recipe_checks.finetune_problems(recipe)
+            + recipe_checks.tta_problems(recipe)
+        ]
+    )
+    backbone = backbone_of(recipe, f"members.{name}: ")
+    stop_on([f"members.{name}: {problem}" for problem in recipe_checks.regularise_problems(recipe, backbone["source"])])
+    return Chain(recipe, backbone, OUT, MODEL_DIR, DEVICES)
+
+
+BACKBONE = backbone_of(config)
+stop_on(recipe_checks.regularise_problems(config, BACKBONE["source"]))
+if MEMBER_NAMES:
+    CHAINS = {name: member_chain(name) for name in MEMBER_NAMES}
+    stop_on(members.uniform_problems(config, {name: CHAINS[name].recipe for name in MEMBER_NAMES}))
+    if STUDENT:
+        CHAINS[STUDENT] = CHAINS[members.student(config)]
+        stop_on(members.soft_target_problems(config, CHAINS[STUDENT].recipe))
+    PRIMARY = CHAINS[MEMBER_NAMES[0]]  # what the stages after the blend show images with (preview, interpret)
+else:
+    CHAINS = {None: Chain(config, BACKBONE, OUT, MODEL_DIR, DEVICES)}
+    PRIMARY = CHAINS[None]
+MODEL_CHAINS = [name for name in CHAINS if name is not None]  # every member, the students last; [] without members
+
+# The fine-tune sizes that run lr_find in any chain: the lr_find rule's names.
+LR_FIND_NAMES = sorted({name for c in CHAINS.values() for name in c.lr_find_names()})
+# The TTA passes calibrate weighs: a blend's passes are one blended prediction twice (no augmented passes to weigh).
+CALIBRATION_N_AUG = 0 if MEMBER_NAMES else config["tta"]["n_aug"]
+
+# After the results: the run logged to MLflow (tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in
+# the directory Snakemake runs in; `none` turns it off).
+TRACKING_URI = tracking_store.store_uri(config["tracking"]["uri"])
+TRACKING_MARK = f"{OUT}/{tracking_store.MARK}"
+# The whole recipe reaches the tracking stage on its command line, and only its digest is a param: an edit still
+# reruns the rule, and Snakemake's reason names a digest instead of printing two whole recipes.
+TRACKED_RECIPE = json.dumps(config, sort_keys=True)
