@@ -112,7 +112,7 @@ def test_predict_runs_in_the_precision_the_checkpoint_was_trained_in_unless_told
     monkeypatch.setattr(predict.runtime, "cpu_has_native_bf16", lambda: native_bf16)
     seen = []
 
-    def recording(model, frame, cache, params, device, amp, name):
+    def recording(model, frame, cache_dir, params, device, amp, name):
         seen.append(amp)
         return np.log(np.full((1, len(frame), 3), 1 / 3))
 
