@@ -1,6 +1,11 @@
 # Small helpers the rules share: paths, the stage command, input functions.
+import hashlib
 import shlex
 from pathlib import Path
+
+from pipeline.workflow.deps import UnknownModule, module_files
+from pipeline.workflow.flags import ShellText, flags
+from pipeline.workflow.slices import stage_slice
 
 # Every stage runs with the interpreter running Snakemake and this workflow's pipeline/ first on the path: no reliance
 # on PATH or an activated environment. ShellText keeps both out of the params Snakemake compares between runs: a moved

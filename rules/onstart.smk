@@ -1,4 +1,7 @@
 # One run per out_dir, and on a cluster no job that no node can run: checked when the run starts.
+from pipeline.workflow import slurm_check
+from pipeline.workflow.run_lock import OutDirInUse, hold
+
 # One run per out_dir, from whichever working directory: held from the first job to the end of the run (a dry run,
 # or one with nothing to do, takes nothing).
 HELD_LOCKS = []  # the open lock file: the flock lasts as long as it stays open

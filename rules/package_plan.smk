@@ -1,4 +1,5 @@
 # What `snakemake package` bundles, and why a bundle could not reproduce this run (checked before any job).
+from pipeline.workflow.backbone_check import checked_export
 
 
 class ModelWildcards(dict):

@@ -1,6 +1,5 @@
 # The recipe, checked before any job is planned (each problem names its key, file or row), and what the rules derive
 # from it: the data, the folds, the members' chains.
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,13 +14,8 @@ from pipeline.data.demo_folder import BUILT_MARKER, ownership_problem
 from pipeline.recipe import checks as recipe_checks
 from pipeline.recipe import members
 from pipeline.tracking import store as tracking_store
-from pipeline.workflow import slurm_check
-from pipeline.workflow.backbone_check import BackboneProblem, checked_backbone, checked_export
+from pipeline.workflow.backbone_check import BackboneProblem, checked_backbone
 from pipeline.workflow.chain import Chain
-from pipeline.workflow.deps import UnknownModule, module_files
-from pipeline.workflow.flags import ShellText, flags
-from pipeline.workflow.run_lock import OutDirInUse, hold
-from pipeline.workflow.slices import stage_slice
 
 
 def stop_on(problems, heading="the recipe cannot run"):
