@@ -61,6 +61,16 @@ RECIPE_KEYS = ("tta.n_aug", "ensemble")
 WORKFLOW_KEYS = ("folds",)
 
 
+def print_scores(metrics: dict) -> None:
+    """Each fold's validation scores, then the out-of-fold ones: what a user reads at the end of the log."""
+    for fold in metrics["folds"]:
+        print(f"fold {fold['fold']}: valid log loss {fold['valid_logloss']:.4f}, "
+              f"accuracy {fold['valid_accuracy']:.4f} ({fold['n_valid']} images)", flush=True)
+    print(f"out-of-fold ({metrics['n_oof']} images): log loss {metrics['oof_logloss']:.4f}, accuracy "
+          f"{metrics['oof_accuracy']:.4f}; folds {metrics['fold_valid_logloss_mean']:.4f} "
+          f"± {metrics['fold_valid_logloss_std']:.4f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = cli.stage_parser(__doc__, RECIPE_KEYS, WORKFLOW_KEYS)
     parser.add_argument("--split-csv", required=True, help="the K-fold run's fold assignment")
@@ -91,12 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     plots.confusion_matrix(confusion_matrix(y, oof_probs.argmax(1), labels=range(len(classes))), classes,
                            plots_dir / "oof_confusion_matrix.png",
                            f"out-of-fold, TTA: accuracy {metrics['oof_accuracy']:.3f} ({len(rows)} images)")
-    for fold in metrics["folds"]:
-        print(f"fold {fold['fold']}: valid log loss {fold['valid_logloss']:.4f}, "
-              f"accuracy {fold['valid_accuracy']:.4f} ({fold['n_valid']} images)", flush=True)
-    print(f"out-of-fold ({len(rows)} images): log loss {metrics['oof_logloss']:.4f}, accuracy "
-          f"{metrics['oof_accuracy']:.4f}; folds {metrics['fold_valid_logloss_mean']:.4f} "
-          f"± {metrics['fold_valid_logloss_std']:.4f}", flush=True)
+    print_scores(metrics)
     cli.finish("oof", started)
 
 
