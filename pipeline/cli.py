@@ -10,6 +10,7 @@ import sys
 import time
 from functools import partial
 
+from pipeline.io import write_json
 from pipeline.recipe import defaults as recipe_defaults
 
 # Set by the tests: a folder where each stage process records the keys of its slice it read.
@@ -58,14 +59,9 @@ class StageParams(dict):
 def audit_reads(params: StageParams, folder: str) -> None:
     """At exit, which keys of its slice the stage read (tests/test_deps.py compares them with what its rule passes)."""
     stage = getattr(sys.modules["__main__"].__spec__, "name", "stage")
-    path = os.path.join(folder, f"{stage}.{os.getpid()}.json")
-
-    def write():
-        os.makedirs(folder, exist_ok=True)
-        with open(path, "w") as file:
-            json.dump({"stage": stage, "passed": sorted(params.as_passed), "read": sorted(params.read)}, file)
-
-    atexit.register(write)
+    record = {"stage": stage, "passed": sorted(params.as_passed)}
+    atexit.register(lambda: write_json({**record, "read": sorted(params.read)},
+                                       os.path.join(folder, f"{stage}.{os.getpid()}.json")))
 
 
 def stage_params(recipe_keys: tuple[str, ...], workflow_keys: tuple[str, ...], text: str) -> StageParams:
