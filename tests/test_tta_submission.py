@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,3 +105,21 @@ def test_a_sample_that_disagrees_fails_loudly():
     wrong_classes = pd.DataFrame({"id": ["a", "b"], "akita": 0, "beagle": 0, "corgi": 0})
     with pytest.raises(SubmissionError, match="corgi"):
         make_submission(probs, ["a", "b"], CLASSES, wrong_classes)
+
+
+def test_float32_passes_score_without_scikit_learns_sum_to_one_warning_and_with_the_same_log_loss():
+    # What the TTA stage scores: float32 log-softmax outputs, kept as float32 passes. Their rows sum to 1 only to
+    # float32 rounding (the demo's: 1.2e-7), past log_loss's float64 tolerance (1.5e-8): it warned on every run.
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3.0, size=(2, 300, 120))
+    log_probs = torch.log_softmax(torch.from_numpy(logits).float(), dim=-1).numpy()
+    kept = passes.from_log_probs(log_probs).astype(np.float32)
+    assert np.abs(kept.astype(np.float64).sum(axis=-1) - 1).max() > 1.5e-8
+    y = rng.integers(0, 120, size=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = valid_metrics(kept, y, n_aug=1, n_classes=120)
+    exact = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()  # the same logits in float64
+    assert metrics["valid_logloss_no_tta"] == pytest.approx(-exact[0][np.arange(300), y].mean(), rel=1e-6)
+    exact_mean = np.exp(exact).mean(axis=0)
+    assert metrics["valid_logloss"] == pytest.approx(-np.log(exact_mean[np.arange(300), y]).mean(), rel=1e-6)

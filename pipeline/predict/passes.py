@@ -13,5 +13,7 @@ from pipeline.offline.combine import AUGMENTED, PLAIN, average, from_log_probs, 
 def plain(passes: np.ndarray) -> np.ndarray:
     """The plain pass in float64, as every stage scores it: scikit-learn's log_loss clips at its input dtype's eps, so
     a float32 pass would cap a confidently wrong row at 15.9 nats (float64: 36) and report another log loss than the
-    calibrate stage, which works in float64, reports for the same pass."""
-    return passes[PLAIN].astype(np.float64)
+    calibrate stage, which works in float64, reports for the same pass. Renormalised as tta_mean is: a float32 row
+    sums to 1 only to ~1e-7, and log_loss warns (`y_prob values do not sum to one`) beyond 1.5e-8 in float64."""
+    probs = passes[PLAIN].astype(np.float64)
+    return probs / probs.sum(axis=-1, keepdims=True)
