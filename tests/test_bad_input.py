@@ -213,6 +213,7 @@ def write_labels(folder, text, images=("a", "b")):
     ("id,breed\na,x\nC:evil,y\n", "line 3: id 'C:evil' is an absolute path"),
     ("id,breed\na,x\nb,\n", "line 3: empty label for id 'b'"),
     ("id,breed\na,x\nb,   \n", "line 3: empty label for id 'b'"),
+    ("id,breed\na,x\nb,NaN\n", "line 3: the label 'NaN' of id 'b' reads as a missing value"),
     ("id\na\nb\n", "needs at least two columns"),
 ])
 def test_bad_labels_are_errors_naming_the_row(tmp_path, text, message):
@@ -312,3 +313,17 @@ def test_skip_policy_and_odd_encodings_end_to_end_keep_every_test_id(tmp_path):
     counts = pd.read_csv(out / "class_counts.csv").set_index("label")["n_train"]
     np.testing.assert_allclose(submission.loc[bad_test.stem, counts.index], counts / counts.sum(), atol=1e-6)
     assert "unreadable test images get the training class prior" in (out / "logs" / "tta.log").read_text()
+
+
+def test_the_split_stage_takes_a_label_reading_nan_as_a_class_only_when_the_sample_submission_names_it(tmp_path,
+                                                                                                     capsys):
+    write_labels(tmp_path, "id,breed\na,x\nb,NaN\nc,NaN\nd,x\n", images="abcd")
+    (tmp_path / "test").mkdir()
+    red_square().save(tmp_path / "test" / "t.jpg")
+    with pytest.raises(SystemExit):
+        run_split(tmp_path, tmp_path, '{"layout": "csv", "val_pct": 0.5}', bad_images=False)
+    assert "labels.csv line 3: the label 'NaN' of id 'b' reads as a missing value" in capsys.readouterr().err
+    (tmp_path / "sample_submission.csv").write_text("id,NaN,x\nt,0.5,0.5\n")
+    run_split(tmp_path, tmp_path, '{"layout": "csv", "val_pct": 0.5}', bad_images=False)
+    split_csv = pd.read_csv(tmp_path / "split.csv", dtype=str, keep_default_na=False)
+    assert sorted(split_csv["label"]) == ["NaN", "NaN", "x", "x"]

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline.recipe import defaults as recipe_defaults
-from pipeline.data.dataset import DataError, class_counts, read_folders, read_labels_csv
+from pipeline.data.dataset import DataError, all_images, class_counts, read_folders, read_labels_csv
 from pipeline.stages import split as split_stage
 from pipeline.stages.split import get_cv_idxs
 
@@ -97,3 +97,38 @@ def test_missing_images_and_duplicate_ids_are_named(tmp_path):
     (tmp_path / "labels.csv").write_text("id,breed\na,x\na,y\n")
     with pytest.raises(DataError, match="duplicate ids a"):
         read_labels_csv(tmp_path)
+
+
+def nan_labelled_data(folder):
+    """labels.csv whose second class is spelt `NaN`, each image a (never decoded) stand-in, and one test image."""
+    for name in ("train", "test"):
+        (folder / name).mkdir()
+    for path in ("train/a.jpg", "train/b.jpg", "test/t.jpg"):
+        (folder / path).write_bytes(b"\xff\xd8")
+    (folder / "labels.csv").write_text("id,breed\na,x\nb,NaN\n")
+    return folder
+
+
+def test_a_label_reading_nan_is_a_class_only_among_the_sample_submissions(tmp_path):
+    data = nan_labelled_data(tmp_path)
+    with pytest.raises(DataError, match="line 3: the label 'NaN' of id 'b' reads as a missing value"):
+        read_labels_csv(data)
+    with pytest.raises(DataError, match="line 3: the label 'NaN'"):
+        read_labels_csv(data, sample_classes=["x", "NA"])
+    assert read_labels_csv(data, sample_classes=["x", "NaN"])["label"].tolist() == ["x", "NaN"]
+
+
+def test_the_image_stages_read_the_paths_of_such_labels_without_judging_them(tmp_path):
+    # image_stats and resize know no sample submission; the plan-time check and the split judge the labels
+    assert all_images(nan_labelled_data(tmp_path), "csv")["path"].tolist() == ["train/a.jpg", "train/b.jpg",
+                                                                               "test/t.jpg"]
+
+
+def test_a_class_folder_named_nan_is_a_class(tmp_path):
+    # A folder's name is what someone typed, not a reader's guess at an empty cell: the folder layout keeps it.
+    for split_name in ("train", "valid"):
+        for label in ("NaN", "cat"):
+            (tmp_path / split_name / label).mkdir(parents=True)
+            (tmp_path / split_name / label / f"{split_name}{label}.jpg").write_bytes(b"\xff\xd8")
+    assert sorted(read_folders(tmp_path)["label"].unique()) == ["NaN", "cat"]
+

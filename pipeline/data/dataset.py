@@ -10,10 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+# The strings pandas (and so most readers of a CSV) take for a missing value by default: read_csv's documented
+# `na_values`, kept by pandas only here.
+from pandas._libs.parsers import STR_NA_VALUES
 
 # How an image file is found, read and checked is the bundle's too (pipeline.offline.images): one implementation for both.
 from pipeline.offline.images import IMAGE_SUFFIXES, image_files, inspect_image, load_rgb, natural_key, upright_size  # noqa: F401
@@ -26,7 +31,7 @@ class DataError(ValueError):
     """Bad input data: the message names the file or row."""
 
 
-def _summarise(items: list[str], limit: int = 20) -> str:
+def summarise(items: list[str], limit: int = 20) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
@@ -34,7 +39,7 @@ def _summarise(items: list[str], limit: int = 20) -> str:
 def refuse_duplicates(ids: pd.Series, where: str, what: str) -> None:
     duplicated = ids[ids.duplicated()].tolist()
     if duplicated:
-        raise DataError(f"{where}: {what} {_summarise(duplicated)}")
+        raise DataError(f"{where}: {what} {summarise(duplicated)}")
 
 
 def check_id(image_id: str, where: str) -> str:
@@ -48,8 +53,20 @@ def check_id(image_id: str, where: str) -> str:
     return image_id
 
 
-def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str = "labels.csv") -> pd.DataFrame:
-    """`labels.csv` rows in file order -> (id, label, path). Row numbers in errors count the header as line 1."""
+def sample_classes(sample_csv: str | Path) -> list[str]:
+    """The class columns of a competition's sample_submission.csv (its header less the id column); [] without one."""
+    if not Path(sample_csv).is_file():
+        return []
+    return [str(name) for name in pd.read_csv(sample_csv, nrows=0, encoding="utf-8-sig").columns[1:]]
+
+
+def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str = "labels.csv",
+                    sample_classes: Collection[str] | None = ()) -> pd.DataFrame:
+    """`labels.csv` rows in file order -> (id, label, path). Row numbers in errors count the header as line 1.
+
+    A label that pandas reads as a missing value (`NaN`, `NA`, `null`, `None`, `#N/A`, ...) is an error, unless
+    `sample_classes` (the sample submission's class columns) names it: only there is it surely a class. None reads
+    the rows for their ids and paths only, the labels unjudged (`all_images`)."""
     data_dir = Path(data_dir)
     csv_path = data_dir / labels_csv
     if not csv_path.is_file():
@@ -68,11 +85,16 @@ def read_labels_csv(data_dir: str | Path, suffix: str = ".jpg", labels_csv: str 
         check_id(image_id, f"{csv_path} line {row}")
         if not label:
             raise DataError(f"{csv_path} line {row}: empty label for id {image_id!r}")
+        if sample_classes is not None and label in STR_NA_VALUES and label not in sample_classes:
+            raise DataError(f"{csv_path} line {row}: the label {label!r} of id {image_id!r} reads as a missing value "
+                            "(pandas and most CSV readers take it for an empty cell), so it would become a class of "
+                            "its own; give the image its class, or drop the row (a class really named so must be a "
+                            "column of the sample submission)")
     refuse_duplicates(table["id"], str(csv_path), "duplicate ids")
     table["path"] = "train/" + table["id"] + suffix
     missing = [p for p in table["path"] if not (data_dir / p).is_file()]
     if missing:
-        raise DataError(f"{csv_path}: {len(missing)} labelled images are missing under {data_dir}: {_summarise(missing)}")
+        raise DataError(f"{csv_path}: {len(missing)} labelled images are missing under {data_dir}: {summarise(missing)}")
     return table
 
 
@@ -83,7 +105,9 @@ def unlabelled_images(data_dir: str | Path, labeled: pd.DataFrame) -> list[str]:
 
 
 def read_folders(data_dir: str | Path) -> pd.DataFrame:
-    """`train/<class>/*` and `valid/<class>/*` -> (id, label, path, is_valid); id = file stem."""
+    """`train/<class>/*` and `valid/<class>/*` -> (id, label, path, is_valid); id = file stem. A class folder named
+    like a missing value (`NaN`, `None`) is a class like any other: someone named the folder, no reader guessed it, and
+    every later table is read with keep_default_na=False."""
     data_dir = Path(data_dir)
     rows = []
     for split_name in ("train", "valid"):
@@ -106,9 +130,11 @@ def read_rows(rows_csv: str | Path) -> pd.DataFrame:
     return rows[rows["is_valid"]].reset_index(drop=True) if "is_valid" in rows else rows
 
 
-def read_labeled(data_dir: str | Path, layout: str, suffix: str = ".jpg") -> pd.DataFrame:
+def read_labeled(data_dir: str | Path, layout: str, suffix: str = ".jpg",
+                 sample_classes: Collection[str] | None = ()) -> pd.DataFrame:
+    """The labelled images of either layout; `sample_classes` as read_labels_csv takes them (the csv layout's)."""
     if layout == "csv":
-        return read_labels_csv(data_dir, suffix)
+        return read_labels_csv(data_dir, suffix, sample_classes=sample_classes)
     if layout == "folders":
         return read_folders(data_dir)
     raise DataError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -127,7 +153,8 @@ def read_test(data_dir: str | Path) -> pd.DataFrame:
 
 def all_images(data_dir: str | Path, layout: str, suffix: str = ".jpg") -> pd.DataFrame:
     """(id, split, path) for every labelled and test image; split is 'train' or 'test' (the folder it came from)."""
-    labeled = read_labeled(data_dir, layout, suffix)
+    # Only ids and paths leave here: the labels are judged where they become classes (the split, the plan-time check).
+    labeled = read_labeled(data_dir, layout, suffix, sample_classes=None)
     test = read_test(data_dir)
     return pd.concat([labeled.assign(split="train")[["id", "split", "path"]],
                       test.assign(split="test")[["id", "split", "path"]]], ignore_index=True)
@@ -212,13 +239,14 @@ def training_targets(frame: pd.DataFrame) -> np.ndarray:
     return frame[soft_columns(len(soft))].to_numpy(dtype=np.float32)
 
 
-def data_fingerprint(data_dir: str | Path) -> str:
-    """A cheap digest of every file's name, size and mtime under `data_dir`.
+class DataScan(NamedTuple):
+    fingerprint: str  # see data_fingerprint
+    empty_files: frozenset[str]  # the zero-byte files, as paths relative to data_dir with '/'
 
-    Snakemake sees a changed labels file, but not an image replaced in place inside `train/`;
-    passing this digest as a rule parameter makes such an edit rerun the image stages.
-    """
-    digest = hashlib.sha256()
+
+def scan_data(data_dir: str | Path) -> DataScan:
+    """One stat() per file under `data_dir`: the data fingerprint, and the empty files the plan-time check refuses."""
+    digest, empty = hashlib.sha256(), set()
     root = Path(data_dir)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -226,4 +254,15 @@ def data_fingerprint(data_dir: str | Path) -> str:
             stat = os.stat(os.path.join(dirpath, name))
             rel = os.path.relpath(os.path.join(dirpath, name), root)
             digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+            if stat.st_size == 0:
+                empty.add(Path(rel).as_posix())
+    return DataScan(digest.hexdigest()[:16], frozenset(empty))
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """A cheap digest of every file's name, size and mtime under `data_dir`.
+
+    Snakemake sees a changed labels file, but not an image replaced in place inside `train/`;
+    passing this digest as a rule parameter makes such an edit rerun the image stages.
+    """
+    return scan_data(data_dir).fingerprint

@@ -52,7 +52,7 @@ def read_member(name: str, folder: Path, n_classes: int) -> Member:
     for file in MEMBER_FILES:
         if not (folder / file).is_file():
             cli.fail(f"{folder}: no {file}; the member's oof stage writes it")
-    rows = pd.read_csv(folder / "oof.csv", dtype={"id": str})[["id", "label", "fold"]]
+    rows = pd.read_csv(folder / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False)[["id", "label", "fold"]]
     cv = read_json(folder / "oof" / "cv_metrics.json")
     valid_passes, test_passes = np.load(folder / "oof" / "valid_passes.npy"), np.load(folder / "oof" / "test_passes.npy")
     _check_passes(valid_passes, folder / "oof" / "valid_passes.npy", len(rows), n_classes)

@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.pseudo_labels:
         parts.append(section("Pseudo-labels (test images each fold's student learnt)",
                              pseudo_labels_table([read_json(report) for report in args.pseudo_labels]), index=False))
-    parts += [section("Per class, worst log loss first", pd.read_csv(args.per_class), index=False),
-              section("Most confused (actual, predicted)", pd.read_csv(args.most_confused), index=False),
-              section("Images per class", pd.read_csv(args.class_counts), index=False)]
+    parts += [section("Per class, worst log loss first", pd.read_csv(args.per_class, keep_default_na=False), index=False),
+              section("Most confused (actual, predicted)", pd.read_csv(args.most_confused, keep_default_na=False), index=False),
+              section("Images per class", pd.read_csv(args.class_counts, keep_default_na=False), index=False)]
     write_page(parts, args.out)
     print(f"{len(parts)} tables -> {args.out}", flush=True)
 

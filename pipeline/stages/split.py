@@ -14,12 +14,14 @@ is_valid, path), `test.csv` and a class-count table.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from pipeline import cli
 from pipeline.data.dataset import (DataError, check_classes, class_counts, read_bad_paths, read_labeled, read_test,
-                           unlabelled_images)
+                                   sample_classes, unlabelled_images)
 from pipeline.io import write_csv
 
 
@@ -77,11 +79,13 @@ def make_split(labeled: pd.DataFrame, params: dict) -> pd.DataFrame:
 
 # The slice (pipeline.workflow.slices): where its keys come from in the recipe, and what the workflow adds; a K-fold run
 # adds `assign_folds`.
-RECIPE_KEYS = ("data.layout", "data.suffix", "split")
+RECIPE_KEYS = ("data.layout", "data.suffix", "data.sample_submission", "split")
 WORKFLOW_KEYS = ("assign_folds",)
-# fastai's split draws val_pct of the rows (cv_idx); a single fold of stratified_kfold is fold `fold` of n_folds.
+# fastai's split draws val_pct of the rows (cv_idx); a single fold of stratified_kfold is fold `fold` of n_folds. The
+# sample submission's classes are the only ones labels.csv may spell like a missing value (`NaN`): csv layout only.
 USED_WHEN = {"split.val_pct": ("split.method", "fastai"), "split.cv_idx": ("split.method", "fastai"),
-             "split.n_folds": ("split.method", "stratified_kfold"), "split.fold": ("split.method", "stratified_kfold")}
+             "split.n_folds": ("split.method", "stratified_kfold"), "split.fold": ("split.method", "stratified_kfold"),
+             "data.sample_submission": ("data.layout", "csv")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     args, params, started = cli.begin("split", parser, argv)
     bad_paths = read_bad_paths(args.bad_images)
     try:
-        labeled = read_labeled(args.data_dir, params["layout"], params["suffix"])
+        named = sample_classes(Path(args.data_dir) / params["sample_submission"]) if params["layout"] == "csv" else ()
+        labeled = read_labeled(args.data_dir, params["layout"], params["suffix"], named)
         split = make_split(leave_out_bad(labeled, bad_paths), params)
         counts = class_counts(split)
         check_classes(counts)
