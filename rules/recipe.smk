@@ -6,15 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (--directory, tests)
 
-import yaml
-from snakemake.utils import validate
-
-from pipeline.data.dataset import data_fingerprint
-from pipeline.data.demo_folder import BUILT_MARKER, ownership_problem
-from pipeline.recipe import checks as recipe_checks
+from pipeline.data.demo_folder import BUILT_MARKER
+from pipeline.recipe import files as recipe_files
 from pipeline.recipe import members
 from pipeline.tracking import store as tracking_store
-from pipeline.workflow.backbone_check import BackboneProblem, checked_backbone
+from pipeline.workflow import recipe_check
 from pipeline.workflow.chain import Chain
 
 
@@ -24,31 +20,22 @@ def stop_on(problems, heading="the recipe cannot run"):
         raise WorkflowError(f"{heading}:\n" + "\n".join(f"  - {problem}" for problem in problems))
 
 
-# The recipe as written, against the schema: each failing key with the constraint it breaks. Then Snakemake's
-# validate fills in the schema's defaults, the one home of every default.
-SCHEMA = f"{workflow.basedir}/config/schema.yaml"
-SAMPLE_SUBMISSION_NAMED = "sample_submission" in config.get("data", {})
-stop_on(recipe_checks.schema_problems(config, yaml.safe_load(Path(SCHEMA).read_text())))
-validate(config, SCHEMA)
-FOLDS, FOLD_PROBLEMS = recipe_checks.kfold_folds(config)
-stop_on(
-    recipe_checks.runtime_problems(config)
-    + recipe_checks.finetune_problems(config)
-    + FOLD_PROBLEMS
-    + recipe_checks.tta_problems(config)
-    + recipe_checks.out_dir_problems(config)
-    + recipe_checks.data_problems(config, SAMPLE_SUBMISSION_NAMED)
-    + tracking_store.tracking_problems(config)
-)
+# The recipe files as written (no key twice: YAML would keep the last silently), then the whole recipe, checked by
+# the same function the recipe fuzzer calls in process; config gets the schema's defaults, the one home of each.
+stop_on(recipe_files.problems(workflow.configfiles), "the recipe files cannot be read as written")
+try:
+    CHECKED = recipe_check.checked(config, [(str(path), recipe_files.load(path)) for path in workflow.configfiles])
+except recipe_check.RecipeRefused as refused:
+    raise WorkflowError(str(refused)) from None
+config.update(CHECKED.recipe)
+FOLDS = CHECKED.folds
 
 DATA = config["data_dir"]
 OUT = config["out_dir"]
 LAYOUT = config["data"]["layout"]
-# A recipe with `demo:` builds its own data set into data_dir. Pointed at a folder of someone else's files, stop here,
-# before any job is planned: no rule ever writes into a user's data (also with --forceall or -R demo_data).
+# A recipe with `demo:` builds its own data set into data_dir; pointed at a folder of someone else's files, the check
+# above stops before any job is planned: no rule ever writes into a user's data (also with --forceall or -R demo_data).
 DEMO = "demo" in config
-if DEMO and (problem := ownership_problem(DATA)):
-    raise WorkflowError(problem)
 # The demo rule's only output: Snakemake deletes a job's outputs before rerunning it, so the data files themselves
 # are never declared as outputs; the builder clears and rebuilds its own folder by itself.
 DEMO_BUILT = f"{DATA}/{BUILT_MARKER}"
@@ -71,26 +58,15 @@ def fingerprint():
     """Changes when any image under data_dir is replaced, added or removed (Snakemake alone would miss an image
     rewritten in place inside train/): a stat() per file, once per invocation. Data built by the demo rule is
     tracked by Snakemake itself."""
-    return "built by rule demo_data" if DEMO else data_fingerprint(DATA)
+    return "built by rule demo_data" if DEMO else CHECKED.data_scan.fingerprint
 
 
 DATA_FINGERPRINT = fingerprint()
 
 
-# The backbone, checked before anything is planned (an unknown arch, weights that cannot be had or do not fit stop
-# here); its preprocessing reaches every stage that shows it images, and the digest of its weights file's content
-# keys precompute and everything after it.
-def backbone_of(recipe, where=""):
-    try:
-        return checked_backbone(recipe["model"]["arch"], recipe["model"]["weights"])
-    except BackboneProblem as problem:
-        raise WorkflowError(f"{where}model: {problem}")
-
-
 KFOLD = bool(FOLDS)
 MEMBER_NAMES = members.names(config)
-STUDENT = members.student_chain(config)  # the pseudo-label round's students, as one more member; None without it
-stop_on(members.recipe_problems(config, KFOLD))
+STUDENT = CHECKED.student  # the pseudo-label round's students, as one more member; None without it
 # Where one model's chain (split, activations, head, fine-tune sizes, TTA) lives: out_dir for a single split,
 # out_dir/folds/<k> for each fold of a K-fold run, so every fold folder holds what a single-split run holds; with
 # members, each member's folds and out-of-fold predictions under out_dir/members/<name>.
@@ -111,40 +87,15 @@ BLENDS = (["blend", "blend_pseudo"] if STUDENT else ["blend"]) if MEMBER_NAMES e
 FINAL_BLEND = BLENDS[-1] if BLENDS else None
 
 
-def member_chain(name):
-    """A member's recipe, checked as a whole recipe is (each problem prefixed with the member), with its backbone."""
-    recipe = members.member_recipe(config, name)
-    stop_on(
-        [
-            f"members.{name}: {problem}"
-            for problem in recipe_checks.schema_problems(recipe, yaml.safe_load(Path(SCHEMA).read_text()))
-        ]
-    )
-    validate(recipe, SCHEMA)
-    stop_on(
-        [
-            f"members.{name}: {problem}"
-            for problem in recipe_checks.runtime_problems(recipe)
-            + recipe_checks.finetune_problems(recipe)
-            + recipe_checks.tta_problems(recipe)
-        ]
-    )
-    backbone = backbone_of(recipe, f"members.{name}: ")
-    stop_on([f"members.{name}: {problem}" for problem in recipe_checks.regularise_problems(recipe, backbone["source"])])
-    return Chain(recipe, backbone, OUT, MODEL_DIR, DEVICES)
-
-
-BACKBONE = backbone_of(config)
-stop_on(recipe_checks.regularise_problems(config, BACKBONE["source"]))
+# Each chain's recipe and backbone, checked above: the backbone's preprocessing reaches every stage that shows it
+# images, and the digest of its weights file's content keys precompute and everything after it.
 if MEMBER_NAMES:
-    CHAINS = {name: member_chain(name) for name in MEMBER_NAMES}
-    stop_on(members.uniform_problems(config, {name: CHAINS[name].recipe for name in MEMBER_NAMES}))
-    if STUDENT:
-        CHAINS[STUDENT] = CHAINS[members.student(config)]
-        stop_on(members.soft_target_problems(config, CHAINS[STUDENT].recipe))
+    CHAINS = {
+        name: Chain(recipe, backbone, OUT, MODEL_DIR, DEVICES) for name, (recipe, backbone) in CHECKED.chains.items()
+    }
     PRIMARY = CHAINS[MEMBER_NAMES[0]]  # what the stages after the blend show images with (preview, interpret)
 else:
-    CHAINS = {None: Chain(config, BACKBONE, OUT, MODEL_DIR, DEVICES)}
+    CHAINS = {None: Chain(config, CHECKED.backbone, OUT, MODEL_DIR, DEVICES)}
     PRIMARY = CHAINS[None]
 MODEL_CHAINS = [name for name in CHAINS if name is not None]  # every member, the students last; [] without members
 

@@ -7,6 +7,7 @@ import yaml
 from conftest import CONFIGS, REPO, SCHEMA, with_defaults
 from pipeline.recipe import members
 from pipeline.recipe import checks as recipe_checks
+from pipeline.workflow.unused_keys import unused_problems
 
 KFOLD = yaml.safe_load((CONFIGS / "kfold_csv.yaml").read_text())
 
@@ -57,8 +58,13 @@ def test_blend_and_pseudo_label_settings_that_cannot_work_are_refused(sections, 
 
 
 def test_a_pseudo_label_round_needs_members():
-    recipe = with_defaults({**KFOLD, "pseudo": {}})
-    assert members.recipe_problems(recipe, kfold=True) == ["pseudo: needs `members` (several models to blend)"]
+    """Refused as a section written but unused, before anything asks the recipe for its student (an IndexError)."""
+    as_written = {**KFOLD, "pseudo": {}}
+    recipe = with_defaults(as_written)
+    assert members.recipe_problems(recipe, kfold=True) == []
+    assert unused_problems(as_written, recipe) == [
+        "pseudo: written, but this run would ignore the whole section: only a recipe with `members` runs the "
+        "pseudo_labels stage that reads it; remove it"]
 
 
 def test_the_students_are_a_member_no_user_member_can_be_named_like():

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, REPO, SCHEMA, with_defaults
+from pipeline.models import classifier
 from pipeline.recipe import checks as recipe_checks
 from pipeline.data.dataset import DataError, read_labels_csv
 
@@ -111,15 +112,18 @@ def test_bn_freeze_and_train_bn_together_are_refused():
         "them: choose one"]
 
 
-def test_drop_path_on_a_torchvision_backbone_is_refused_by_key_and_a_timm_one_passes():
-    recipe = with_defaults(changed(TINY, model={"arch": "resnet18"}, head={"regularise": {"drop_path": 0.1}},
+@pytest.mark.parametrize("arch", ["resnet18", "resnet10t"])  # torchvision's; timm's ResNet built without DropPath
+def test_drop_path_is_refused_by_key_for_a_built_body_without_drop_path_layers(arch):
+    recipe = with_defaults(changed(TINY, model={"arch": arch}, head={"regularise": {"drop_path": 0.1}},
                                    finetune=[{"size": 32, "fits": [fit()], "regularise": {"drop_path": 0.2}},
                                              {"size": 40, "fits": [fit()]}]))
-    problems = recipe_checks.regularise_problems(recipe, "torchvision")
+    problems = recipe_checks.regularise_problems(recipe, classifier.describe(arch, "none"))
     assert [problem.split(":")[0] for problem in problems] == ["head.regularise.drop_path",
                                                                "finetune[0].regularise.drop_path"]
-    assert "resnet18 is torchvision's" in problems[0]
-    assert recipe_checks.regularise_problems(recipe, "timm") == []
+    assert f"{arch} (" in problems[0] and "has none" in problems[0]
+    lite0 = classifier.describe("efficientnet_lite0", "none")
+    assert lite0["drop_path_blocks"] == 16
+    assert recipe_checks.regularise_problems(changed(recipe, model={"arch": "efficientnet_lite0"}), lite0) == []
 
 
 def test_the_head_size_past_the_resize_cache_is_refused():
@@ -135,8 +139,8 @@ def user_data(folder: Path, labels: str, sample: str | None = None) -> dict:
     (folder / "train").mkdir(parents=True)
     (folder / "test").mkdir()
     (folder / "labels.csv").write_text(labels)
-    for line in labels.splitlines()[1:]:
-        (folder / "train" / f"{line.split(',')[0]}.jpg").write_bytes(b"")
+    for line in labels.splitlines()[1:]:  # stand-ins: the checks read no pixels, but refuse a zero-byte file
+        (folder / "train" / f"{line.split(',')[0]}.jpg").write_bytes(b"\xff\xd8")
     if sample is not None:
         (folder / "sample_submission.csv").write_text(sample)
     recipe = {key: value for key, value in TINY.items() if key != "demo"}
@@ -245,3 +249,75 @@ def test_a_slurm_request_larger_than_every_node_of_its_partition_is_named():
         "rule resize asks for 8000 MB of memory; the largest node of partition main has 3000 MB (pass "
         "--set-resources resize:mem_mb=3000)",
         "rule split: partition 'big' is not one of this cluster's (gpu, main)"]
+
+
+# ---- labels that read as missing values, zero-byte images (issue 33) -------------------------------------------------
+
+@pytest.mark.parametrize("label", ["NaN", "NA", "N/A", "null", "None", "nan", "#N/A"])
+def test_a_label_that_reads_as_a_missing_value_stops_planning_naming_its_line(tmp_path, label):
+    data = tmp_path / "data"
+    problems = recipe_checks.data_problems(user_data(data, f"id,breed\na,one\nb,{label}\nc,two\n"), sample_named=False)
+    assert problems == [f"{data}/labels.csv line 3: the label {label!r} of id 'b' reads as a missing value (pandas "
+                        "and most CSV readers take it for an empty cell), so it would become a class of its own; give "
+                        "the image its class, or drop the row (a class really named so must be a column of the sample "
+                        "submission)"]
+
+
+def test_a_class_named_nan_is_a_class_when_the_sample_submission_names_it(tmp_path):
+    labels = "id,breed\na,one\nb,NaN\nc,NaN\n"
+    assert recipe_checks.data_problems(user_data(tmp_path / "named", labels, "id,NaN,one\nt,0.5,0.5\n"),
+                                       sample_named=False) == []
+    problems = recipe_checks.data_problems(user_data(tmp_path / "other", labels, "id,one,two\nt,0.5,0.5\n"),
+                                           sample_named=False)
+    assert len(problems) == 1 and "labels.csv line 3: the label 'NaN' of id 'b' reads as a missing value" in problems[0]
+
+
+def empty_images_data(folder: Path, on_bad_image: str = "error") -> dict:
+    """A csv data set with one zero-byte labelled image, one zero-byte test image and a zero-byte unlabelled file."""
+    recipe = user_data(folder, LABELS)
+    for path in ("train/b.jpg", "test/t2.jpg", "train/stray.jpg"):
+        (folder / path).write_bytes(b"")
+    (folder / "test" / "t1.jpg").write_bytes(b"\xff\xd8")
+    recipe["images"]["on_bad_image"] = on_bad_image
+    return recipe
+
+
+def test_zero_byte_images_stop_planning_listing_them_and_saying_what_to_do(tmp_path):
+    data = tmp_path / "data"
+    problems = recipe_checks.data_problems(empty_images_data(data), sample_named=False)
+    # train/stray.jpg has no label: no stage reads it, so it is no problem (the split stage lists it as skipped)
+    assert problems == [f"{data}: 2 empty image files (0 bytes), which no stage can read: train/b.jpg, "
+                        "test/t2.jpg; replace or remove them, or set images.on_bad_image: skip to leave them out (an "
+                        "empty test image then keeps its row in the submission, with the training class prior)"]
+
+
+def test_with_on_bad_image_skip_zero_byte_images_are_left_to_the_image_stats_stage(tmp_path):
+    assert recipe_checks.data_problems(empty_images_data(tmp_path / "data", "skip"), sample_named=False) == []
+
+
+def test_many_zero_byte_images_are_summarised_and_the_folder_layouts_valid_images_count(tmp_path):
+    for split, n in (("train", 3), ("valid", 25)):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for index in range(n):
+                (tmp_path / split / label / f"{split}{label}{index}.jpg").write_bytes(b"" if split == "valid" else b"x")
+    recipe = with_defaults({**{key: value for key, value in TINY.items() if key != "demo"}, "data_dir": str(tmp_path),
+                            "data": {"layout": "folders"}})
+    problems = recipe_checks.data_problems(recipe, sample_named=False)
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path}: 50 empty image files (0 bytes)")
+    assert "valid/cat/validcat0.jpg" in problems[0] and ", ... (30 more); replace or remove them" in problems[0]
+
+
+def test_the_check_reads_the_data_scan_it_is_given_instead_of_scanning_again(tmp_path):
+    from pipeline.data.dataset import DataScan, data_fingerprint, scan_data
+
+    recipe = user_data(tmp_path / "data", LABELS)
+    scan = scan_data(tmp_path / "data")
+    assert scan.fingerprint == data_fingerprint(tmp_path / "data") and scan.empty_files == frozenset()
+    problems = recipe_checks.data_problems(recipe, False, DataScan(scan.fingerprint, frozenset({"train/c.jpg"})))
+    assert len(problems) == 1 and "1 empty image file (0 bytes), which no stage can read: train/c.jpg;" in problems[0]
+
+
+def test_a_demo_recipe_has_no_data_to_scan_before_its_first_job(tmp_path):
+    recipe = with_defaults({**TINY, "data_dir": str(tmp_path / "not built yet")})
+    assert recipe_checks.data_problems(recipe, sample_named=False) == []

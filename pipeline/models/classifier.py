@@ -241,17 +241,17 @@ def build_classifier(arch: str, weights: str, n_classes: int, ps=(0.25, 0.5), xt
     return Classifier(body=body, body_groups=groups, n_classes=n_classes, ps=ps, xtra_fc=xtra_fc, arch=arch)
 
 
-def _drop_path_blocks(model: Classifier) -> list[nn.Module]:
-    """The timm body's blocks that hold a `drop_path` layer (nn.Identity when built without one), in build order."""
-    if not isinstance(model.body, TimmBody):
+def drop_path_blocks(body: nn.Module) -> list[nn.Module]:
+    """A timm body's blocks that hold a `drop_path` layer (nn.Identity when built without one), in build order."""
+    if not isinstance(body, TimmBody):
         return []  # torchvision bodies never get timm imported
     drop_path_type = importlib.import_module("timm.layers").DropPath
-    return [module for module in model.body.modules()
+    return [module for module in body.modules()
             if isinstance(getattr(module, "drop_path", None), (nn.Identity, drop_path_type))]
 
 
 def supports_drop_path(model: Classifier) -> bool:
-    return bool(_drop_path_blocks(model))
+    return bool(drop_path_blocks(model.body))
 
 
 def set_drop_path(model: Classifier, rate: float) -> int:
@@ -263,7 +263,7 @@ def set_drop_path(model: Classifier, rate: float) -> int:
     checkpoints load either way. Returns the number of blocks set; a body without such blocks refuses a rate > 0."""
     if not 0 <= rate <= 1:
         raise ValueError(f"drop_path rate {rate} is not a probability in [0, 1]")
-    blocks = _drop_path_blocks(model)
+    blocks = drop_path_blocks(model.body)
     if rate and not blocks:
         raise ValueError(f"drop_path {rate} on {model.arch}: drop_path needs a timm backbone with residual blocks "
                          f"that hold a drop_path layer (timm's EfficientNets, MobileNets, ...); {model.arch} has none")
@@ -345,13 +345,15 @@ def restore_model(checkpoint: str | Path, arch: str, classes: list[str]) -> tupl
 
 def describe(arch: str, weights: str) -> dict:
     """Check `model.arch` and `model.weights` for real (resolve, fetch once if need be, load, cut the body) and say
-    what later stages need: the library, the preprocessing, and a digest of the weights file's content, which keys
-    every cache from precompute on (a file replaced at the same path changes it)."""
+    what later stages need: the library, the preprocessing, how many residual blocks take stochastic depth (asked of
+    the built body: what the plan-time check of `drop_path` reads), and a digest of the weights file's content, which
+    keys every cache from precompute on (a file replaced at the same path changes it)."""
     backbone = backbones.resolve(arch)
     body = cut_body(backbone, backbones.create(backbone, weights, quiet=True))[0]
     feature_channels(arch, body)  # an NCHW map, or an error
     path = backbones.weights_file(backbone, weights)
     return {"arch": arch, "source": backbone.source, "weights": weights,
+            "drop_path_blocks": len(drop_path_blocks(body)),
             "weights_file": str(path) if path else None,
             "weights_digest": file_digest(path) if path else "none",
             "preprocessing": backbones.preprocessing(backbone)}

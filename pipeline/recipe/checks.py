@@ -14,7 +14,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from pipeline.offline import images as offline
-from pipeline.data.dataset import DataError, read_folders, read_labels_csv
+from pipeline.data.dataset import (DataError, DataScan, image_files, read_labeled, sample_classes, scan_data,
+                                   summarise)
 from pipeline.data.demo_folder import default_classes
 
 # How each JSON-schema constraint reads as an instruction.
@@ -109,13 +110,14 @@ def finetune_problems(config: dict) -> list[str]:
     return problems
 
 
-def regularise_problems(config: dict, backbone_source: str) -> list[str]:
-    """Regularisers the backbone cannot take: stochastic depth needs a timm body's residual blocks."""
+def regularise_problems(config: dict, backbone: dict) -> list[str]:
+    """Regularisers the backbone cannot take: stochastic depth needs residual blocks with a drop-path layer, which the
+    backbone check counted on the built model (`backbone["drop_path_blocks"]`)."""
     sections = [("head.regularise", config["head"]["regularise"])]
     sections += [(f"finetune[{index}].regularise", step["regularise"]) for index, step in enumerate(config["finetune"])]
-    return [f"{key}.drop_path: {section['drop_path']} needs a timm backbone with residual blocks; "
-            f"{config['model']['arch']} is torchvision's, which has no stochastic depth: set it to 0"
-            for key, section in sections if section["drop_path"] and backbone_source == "torchvision"]
+    return [f"{key}.drop_path: {section['drop_path']} needs residual blocks with a drop-path layer (timm's "
+            f"EfficientNets, MobileNets, ResNets, ...); {config['model']['arch']} ({backbone['source']}) has none: "
+            "set it to 0" for key, section in sections if section["drop_path"] and not backbone["drop_path_blocks"]]
 
 
 def tta_problems(config: dict) -> list[str]:
@@ -166,11 +168,27 @@ def kfold_folds(config: dict) -> tuple[list[int], list[str]]:
     return folds, []
 
 
-def labelled_classes(config: dict) -> list[str]:
-    """The classes of a user's data set, read as the split stage reads it (raises DataError naming the file)."""
-    data_dir, data = config["data_dir"], config["data"]
-    labeled = (read_labels_csv(data_dir, data["suffix"]) if data["layout"] == "csv" else read_folders(data_dir))
-    return sorted(labeled["label"].unique())
+def labelled_images(config: dict, sample: Path | None) -> pd.DataFrame:
+    """A user's labelled images (id, label, path), read as the split stage reads them, with the sample submission's
+    classes (raises DataError naming the file or row)."""
+    data = config["data"]
+    named = sample_classes(sample) if sample is not None and data["layout"] == "csv" else ()
+    return read_labeled(config["data_dir"], data["layout"], data["suffix"], named)
+
+
+def empty_image_problems(config: dict, labelled: pd.DataFrame, scan: DataScan) -> list[str]:
+    """Zero-byte files among the images the first job decodes (the labelled ones and test/'s): known from the data
+    scan already, so they stop planning instead of that job. With on_bad_image: skip that job lists and skips them."""
+    if config["images"]["on_bad_image"] == "skip":
+        return []
+    read = list(labelled["path"]) + [f"test/{image.name}" for image in image_files(Path(config["data_dir"]) / "test")]
+    empty = [path for path in read if path in scan.empty_files]
+    if not empty:
+        return []
+    files = f"{len(empty)} empty image file{'s' if len(empty) > 1 else ''} (0 bytes)"
+    return [f"{config['data_dir']}: {files}, which no stage can read: {summarise(empty)}; replace or remove them, or "
+            "set images.on_bad_image: skip to leave them out (an empty test image then keeps its row in the "
+            "submission, with the training class prior)"]
 
 
 def class_problems(classes: list[str], config: dict, sample_path: Path | None) -> list[str]:
@@ -198,21 +216,23 @@ def class_problems(classes: list[str], config: dict, sample_path: Path | None) -
     return problems
 
 
-def data_problems(config: dict, sample_named: bool) -> list[str]:
-    """A user's data set, read before planning: labels (empty, header-only, missing images, one class),
-    positive_class, and sample_submission (missing when the recipe names it, or with other classes).
+def data_problems(config: dict, sample_named: bool, scan: DataScan | None = None) -> list[str]:
+    """A user's data set, read before planning: labels (empty, header-only, missing images, a label that reads as
+    a missing value, one class), positive_class, sample_submission (missing when the recipe names it, or with other
+    classes), and empty image files.
     `sample_named`: the recipe set data.sample_submission itself (else a missing default file is fine).
+    `scan`: data_dir's scan, when the caller made one for the data fingerprint already (else it is made here).
     A demo recipe's data is built by its first job: only its classes are known, from the recipe."""
     if "demo" in config:
         return class_problems(config["demo"].get("classes") or default_classes(config["data"]["layout"]), config, None)
     sample_path = Path(config["data_dir"]) / config["data"]["sample_submission"]
+    sample = sample_path if sample_path.is_file() else None
     try:
-        classes = labelled_classes(config)
+        labelled = labelled_images(config, sample)
     except DataError as error:
         return [str(error)]
-    if not sample_path.is_file():
-        if sample_named:
-            return [f"data.sample_submission: {sample_path} not found (the recipe names it; fix the name, or drop "
-                    "the key to write the submission without the check)"]
-        sample_path = None
-    return class_problems(classes, config, sample_path)
+    if sample is None and sample_named:
+        return [f"data.sample_submission: {sample_path} not found (the recipe names it; fix the name, or drop "
+                "the key to write the submission without the check)"]
+    return (class_problems(sorted(labelled["label"].unique()), config, sample)
+            + empty_image_problems(config, labelled, scan or scan_data(config["data_dir"])))

@@ -129,3 +129,18 @@ def complete_fit(fit: dict) -> dict:
 def defaults(names: tuple[str, ...]) -> dict:
     """The schema's defaults of the declared keys, by flat key (keys without a default are left out)."""
     return complete({}, names)
+
+
+@cache
+def recipe_validator():
+    schema = recipe_schema()
+    return _filling_defaults(validators.validator_for(schema))(schema)
+
+
+def filled(recipe: dict) -> dict:
+    """A copy of a whole recipe with the schema's defaults for what it omits, nested ones too (what Snakemake's
+    `validate` does to `config`). The recipe is checked against the schema first (pipeline.recipe.checks)."""
+    result = copy.deepcopy(recipe)
+    for _ in recipe_validator().iter_errors(result):  # validating is what fills: run it through
+        pass
+    return result

@@ -82,8 +82,7 @@ def recipe_problems(config: dict, kfold: bool) -> list[str]:
     """`members`, `blend` and `pseudo` together: what must hold before the members' recipes are even built."""
     members = names(config)
     if not members:
-        problems = [f"{key}: needs `members` (several models to blend)" for key in ("pseudo",) if key in config]
-        return problems
+        return []  # a `blend` or `pseudo` written without members is refused as unused (pipeline.workflow.unused_keys)
     problems = override_problems(config)
     if not kfold:
         problems.append("members: a blend is fitted on out-of-fold predictions, so it needs a K-fold split "

