@@ -7,14 +7,22 @@ their deltas; record a public leaderboard score on a run, to see whether CV trac
     python -m pipeline.compare --list              # every run of the experiment, CV next to the leaderboard
 
 The store is --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this directory: where the workflow
-logs when the recipe leaves tracking.uri unset and Snakemake runs here. `mlflow ui` shows the same runs.
+logs when the recipe leaves tracking.uri unset and Snakemake runs here. `mlflow ui` shows the same runs. A store, run
+or argument that does not work is one line on stderr and exit status 1 (2 for an argument); --debug (or
+LESSON2_DEBUG=1) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline import cli
 from pipeline.tracking import record as run_record
@@ -25,21 +33,42 @@ from pipeline.tracking.runs import HEADLINE_ROWS, LEADERBOARD
 
 
 class CompareError(LookupError):
-    """A store, experiment or run that is not there: the message says what to give instead."""
+    """A store, experiment or run that is not there or does not work: the message says what to give instead."""
 
 
-def open_store(uri: str | None):
-    """An MLflow client on the store, refusing a local database that does not exist (MLflow would create it)."""
-    uri = tracking_store.store_uri(uri)
+def open_store(given: str | None):
+    """An MLflow client on the store, refusing a local database that does not exist (MLflow would create it) or that
+    is not a store (MLflow would write its tables into it)."""
+    uri = tracking_store.store_uri(given)
+    if given:
+        where = "--tracking-uri"
+    elif os.environ.get(tracking_store.ENVIRONMENT_VARIABLE):
+        where = tracking_store.ENVIRONMENT_VARIABLE
+    else:
+        where = "the default store"
     if uri is None:
-        raise CompareError("tracking is off (MLFLOW_TRACKING_URI=none); pass --tracking-uri")
+        raise CompareError(f"tracking is off ({where} is {tracking_store.OFF!r}): pass --tracking-uri STORE")
     if (problem := tracking_store.uri_problem(uri)) is not None:
-        raise CompareError(f"--tracking-uri: {problem}")
+        raise CompareError(f"{where}: {problem}")
     store = tracking.local_store_path(uri)
     if store is not None and not store.exists():
         raise CompareError(f"no tracking store at {store} ({uri}): run the workflow first, from this directory, or "
                            "pass --tracking-uri (the recipe's tracking.uri)")
-    return tracking.MlflowClient(uri), uri
+    if urlsplit(uri).scheme.lower() == "sqlite" and (problem := tracking_store.sqlite_store_problem(store)) is not None:
+        raise CompareError(f"{where} {uri}: {store} {problem}")
+    with store_errors(uri):
+        return tracking.MlflowClient(uri), uri
+
+
+@contextlib.contextmanager
+def store_errors(uri: str):
+    """MLflow's and SQLAlchemy's errors as one line naming the store: they name neither the store nor the URI, and
+    SQLAlchemy's add the SQL that failed."""
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError) as error:
+        cause = getattr(error, "orig", None) or error  # the database's own words, without SQLAlchemy's SQL
+        raise CompareError(f"the tracking store {uri} failed: {type(cause).__name__}: {cause}") from error
 
 
 def experiment_ids(client, name: str | None) -> list[str]:
@@ -161,21 +190,34 @@ def record_leaderboard(client, run, score: float) -> str:
     return message
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def finite_score(text: str) -> float:
+    """--lb's number; nan or inf would be recorded on the run and skew every CV-against-LB fit after it."""
+    try:
+        score = float(text)
+    except ValueError:
+        score = math.nan
+    if not math.isfinite(score):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return score
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m pipeline.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN", help="two runs to compare, or the run --lb scores")
-    parser.add_argument("--lb", type=float, metavar="SCORE", help="record a public leaderboard score on RUN")
+    parser.add_argument("--lb", type=finite_score, metavar="SCORE", help="record a public leaderboard score on RUN")
     parser.add_argument("--list", action="store_true", help="list the experiment's runs, CV next to LB")
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     parser.add_argument("--tracking-uri", help="the store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--experiment", help="the experiment (default: the newest run's)")
-    args = parser.parse_args(argv)
-    allowed = (0,) if args.list else (0, 1) if args.lb is not None else (0, 2)
-    if len(args.runs) not in allowed:
-        parser.error("give two runs to compare, none for the last two, or one with --lb")
-    try:
-        client, uri = open_store(args.tracking_uri)
+    cli.add_debug_flag(parser)
+    return parser
+
+
+def run_command(args) -> None:
+    """What main does once the arguments are parsed: list, record a score, or compare."""
+    client, uri = open_store(args.tracking_uri)
+    with store_errors(uri):
         runs = tracking.workflow_runs(client, experiment_ids(client, args.experiment))
         if args.list:
             listed = tracked_runs.runs_table(runs)
@@ -191,10 +233,18 @@ def main(argv: list[str] | None = None) -> None:
             a, b = (find_run(runs, args.runs[0]), find_run(runs, args.runs[1])) if args.runs else last_two(runs)
             print(f"store: {uri}\n" + comparison(a, b, args.markdown))
             runs = tracking.workflow_runs(client, [b.info.experiment_id])
-    except CompareError as error:
-        cli.fail(str(error))
     if board := leaderboard_table(runs, args.markdown):
         print("\n" + board)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    allowed = (0,) if args.list else (0, 1) if args.lb is not None else (0, 2)
+    if len(args.runs) not in allowed:
+        parser.error("give two runs to compare, none for the last two, or one with --lb")
+    with cli.one_line_errors(args.debug, expected=(CompareError,)):
+        run_command(args)
 
 
 if __name__ == "__main__":

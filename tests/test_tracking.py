@@ -43,22 +43,34 @@ def test_the_store_is_the_recipes_then_mlflows_environment_variable_then_mlflow_
 
 @pytest.mark.parametrize("tracking, environment, message", [
     ({"uri": "htp://team:5000"}, {}, "tracking.uri: 'htp://team:5000' has the unknown scheme 'htp'"),
-    ({"uri": "sqlite://"}, {}, "tracking.uri: 'sqlite://' names no database file"),
+    ({"uri": "sqlite://"}, {}, "tracking.uri: 'sqlite://' is an in-memory database"),
+    ({"uri": "sqlite:///:memory:"}, {}, "tracking.uri: 'sqlite:///:memory:' is an in-memory database"),
+    ({"uri": "sqlite:///file::memory:?cache=shared"}, {}, "'sqlite:///file::memory:?cache=shared' is an in-memory"),
+    ({"uri": "sqlite:///file:runs?mode=memory&uri=true"}, {}, "?mode=memory&uri=true' is an in-memory database"),
     ({"uri": "http://"}, {}, "tracking.uri: 'http://' names no host"),
+    ({"uri": "file:///srv/mlruns"}, {}, "tracking.uri: 'file:///srv/mlruns' is a file store, which MLflow 3 refuses"),
+    ({"uri": "mlruns"}, {}, "tracking.uri: 'mlruns' is a file store"),
     ({}, {"MLFLOW_TRACKING_URI": "ftp://x"}, "the environment variable MLFLOW_TRACKING_URI: 'ftp://x' has the unknown"),
     ({"experiment": "  "}, {}, "tracking.experiment: must not be blank"),
-], ids=["scheme", "in-memory", "no host", "environment", "blank experiment"])
+], ids=["scheme", "in-memory", ":memory:", "shared memory", "mode=memory", "no host", "file store", "bare path",
+        "environment", "blank experiment"])
 def test_a_bad_tracking_key_is_named_with_what_to_write(tracking, environment, message):
     recipe = with_defaults({**yaml.safe_load(RECIPE.read_text()), "tracking": tracking})
     assert [problem for problem in tracking_store.tracking_problems(recipe, environment) if message in problem]
 
 
-@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "sqlite:////abs/runs.db", "http://team:5000",
-                                 "https://mlflow.example.org", "file:///srv/mlruns", "mlruns", "none",
+@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "sqlite:////abs/runs.db", "sqlite:///file:runs.db?uri=true",
+                                 "sqlite:///memory.db", "http://team:5000", "https://mlflow.example.org", "none",
                                  "postgresql://user@db/mlflow", "databricks"])
 def test_the_stores_mlflow_logs_to_pass(uri):
     recipe = with_defaults({**yaml.safe_load(RECIPE.read_text()), "tracking": {"uri": uri}})
     assert tracking_store.tracking_problems(recipe, {}) == []
+
+
+@pytest.mark.parametrize("uri", ["file:///srv/mlruns", "mlruns"])
+def test_a_file_store_passes_where_mlflow_is_told_to_allow_it(uri):
+    recipe = with_defaults({**yaml.safe_load(RECIPE.read_text()), "tracking": {"uri": uri}})
+    assert tracking_store.tracking_problems(recipe, {"MLFLOW_ALLOW_FILE_STORE": "true"}) == []
 
 
 def test_the_recipe_flattens_to_dotted_params_and_a_change_reads_old_then_new():
