@@ -1,4 +1,5 @@
-"""What every stage's command line shares: a JSON `--params` slice of the recipe, threads, and a log header."""
+"""What every stage's command line shares: a JSON `--params` slice of the recipe, threads, a log header, and one-line
+errors (the commands run by hand, compare and predict, also turn any other error into one line unless --debug)."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,16 @@ from pipeline.recipe import defaults as recipe_defaults
 
 # Set by the tests: a folder where each stage process records the keys of its slice it read.
 PARAMS_AUDIT = "LESSON2_PARAMS_AUDIT"
+# Set (to anything but 0) to see a hand-run command's traceback, as --debug does.
+DEBUG = "LESSON2_DEBUG"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line: argparse prints the whole usage first, which for a command of a
+    dozen options buries the line that says what is wrong (--help still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the arguments)\n")
 
 
 class StageParams(dict):
@@ -89,13 +100,19 @@ def stage_parser(doc: str | None, recipe_keys: tuple[str, ...] = (),
     pipeline.recipe.defaults), whose defaults fill the keys the slice leaves out; `workflow_keys` what the workflow
     derives and passes besides (pipeline.workflow.slices builds the rule's slice from both)."""
     recipe_defaults.slice_validator(tuple(recipe_keys))  # a wrong declaration fails here, whatever the arguments
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     # A string default goes through `type` too: no --params at all still gets every default.
     parser.add_argument("--params", type=partial(stage_params, tuple(recipe_keys), tuple(workflow_keys)), default="{}",
                         help="this stage's slice of the recipe, as JSON (Snakemake passes it; see `snakemake -p -n`); "
                              "keys it leaves out take the recipe schema's defaults")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch / worker processes")
     return parser
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """--debug for a command run by hand (see `one_line_errors`)."""
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show an error's traceback instead of one line (as does {DEBUG}=1 in the environment)")
 
 
 def begin(stage: str, parser: argparse.ArgumentParser, argv: list[str] | None):
@@ -123,6 +140,32 @@ def stopping_on(*errors: type[Exception]):
         yield
     except errors as error:
         fail(str(error))
+
+
+@contextlib.contextmanager
+def one_line_errors(debug: bool, expected: tuple[type[Exception], ...] = ()):
+    """A command a person runs (compare, predict): any error as one `error:` line and exit status 1, never a traceback
+    through code the user did not write. An expected error (`expected`, or an OSError, which names its file) says
+    what is wrong in its own words; anything else is called an internal error, with how to see more. `debug` (the
+    command's --debug) or LESSON2_DEBUG lets the traceback through instead."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debugging(debug):
+            raise
+        print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None  # the shell's status for a command stopped by Ctrl-C
+    except Exception as error:
+        if debugging(debug):
+            raise
+        said = " ".join(str(error).split())  # one line, even where a library's message has several
+        if not isinstance(error, (*expected, OSError)):
+            said = f"internal error: {type(error).__name__}: {said}; rerun with --debug for the traceback"
+        fail(said)
+
+
+def debugging(flag: bool) -> bool:
+    return flag or os.environ.get(DEBUG, "0").strip() not in ("", "0")
 
 
 def fail(message: str) -> None:

@@ -157,6 +157,35 @@ def test_arguments_that_would_give_nan_or_nothing_are_refused(small_checkpoint, 
     assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--batch-size", "abc"], "argument --batch-size: invalid int value: 'abc'"),
+    (["--shorter-side", "0"], "--shorter-side: 0 is less than the minimum of 8"),
+    (["--jpeg-quality", "500"], "--jpeg-quality: 500 is greater than the maximum of 100"),
+    (["--max-zoom", "0.5", "--tta", "2"], "--max-zoom: 0.5 is less than the minimum of 1"),
+    (["--device", "gpu"], "--device: 'gpu' does not match"),
+    (["--csv", "."], "--csv . is a folder; name the CSV file to write"),
+])
+def test_an_argument_the_recipe_would_refuse_is_one_line_before_the_checkpoint_loads(tmp_path, capsys, flags, said):
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--checkpoint", str(tmp_path / "not_loaded.pt"), "photo.jpg", *flags])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith(f"error: {said}") and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda path: path.mkdir(), "is a folder; pass the model.pt in it"),
+    (lambda path: path.write_bytes(b""), "cannot be read (truncated, or not a model.pt the pipeline wrote)"),
+    (lambda path: None, "not found"),
+], ids=["folder", "zero bytes", "missing"])
+def test_a_checkpoint_that_is_no_file_of_weights_is_one_line_naming_it(tmp_path, capsys, make, said):
+    make(tmp_path / "model.pt")
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--checkpoint", str(tmp_path / "model.pt"), "photo.jpg"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and err.startswith(f"error: checkpoint {tmp_path / 'model.pt'} {said}"), err
+    assert len(err.strip().splitlines()) == 1
+
+
 def spoilt(checkpoint, how):
     if how == "truncated":
         checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
@@ -168,6 +197,15 @@ def spoilt(checkpoint, how):
         saved = torch.load(checkpoint, weights_only=True)
         saved["meta"]["classes"].append("d")
         torch.save(saved, checkpoint)
+
+
+def test_one_image_that_cannot_be_read_is_one_line_naming_it(small_checkpoint, capsys):
+    checkpoint, photo = small_checkpoint
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--checkpoint", str(checkpoint), str(photo.with_name("missing.jpg"))])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and err.startswith(f"error: {photo.with_name('missing.jpg')}: cannot read as an "
+                                                      "image") and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("how, message", [

@@ -3,10 +3,15 @@ manifest and its checks, ONNX Runtime sessions, reading images in worker process
 command line.
 
     python -m pipeline.offline.predictor TEST_DIR --bundle outputs/demo/package [--out submission.csv] ...
+
+A bundle, folder or argument that does not work is one line on stderr (exit status 1, 2 for an argument), never a
+traceback; --debug (or LESSON2_DEBUG=1) shows the traceback instead. (pipeline/cli.py does the same for the
+pipeline's own commands; predict.py is one file without the pipeline, so it has its own few lines.)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +27,9 @@ from pipeline.offline.combine import (PLAIN, average, calibrated, combine, from_
                                       tta_mean)
 
 BUNDLE_VERSION = 1
+# What every manifest holds (pipeline/compete/bundle.py writes it): a manifest without one of them is not a bundle's.
+MANIFEST_KEYS = ("bundle_version", "classes", "submission", "test_images", "members", "blend", "calibration", "models")
+DEBUG = "LESSON2_DEBUG"  # set (to anything but 0) for the traceback of an error, as --debug
 
 
 class BundleError(Exception):
@@ -61,6 +69,11 @@ class Bundle:
             self.manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as error:
             raise BundleError(f"{manifest_path}: cannot read the bundle's manifest ({image_error(error)})") from None
+        missing = [key for key in MANIFEST_KEYS if key not in self.manifest] \
+            if isinstance(self.manifest, dict) else list(MANIFEST_KEYS)
+        if missing:
+            raise BundleError(f"{manifest_path}: not a bundle's manifest (no {', '.join(missing)}); use the "
+                              "manifest.json that came with the bundle")
         version = self.manifest.get("bundle_version")
         if not isinstance(version, int) or version > BUNDLE_VERSION:
             raise BundleError(f"{manifest_path}: bundle version {version!r} is newer than this predict.py reads "
@@ -97,7 +110,16 @@ def sessions(files: dict[str, Path], threads: int, provider: str = "auto") -> di
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
-    return {name: onnxruntime.InferenceSession(str(path), options, providers=providers) for name, path in files.items()}
+    return {name: session(path, options, providers) for name, path in files.items()}
+
+
+def session(path: Path, options, providers: list[str]):
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no class of their own
+        raise BundleError(f"{path}: ONNX Runtime cannot load this model ({' '.join(str(error).split())})") from None
 
 
 class Predictor:
@@ -204,7 +226,7 @@ def read_sample_ids(sample: Path) -> list[str]:
     try:
         with open(sample, newline="", encoding="utf-8-sig") as file:
             rows = list(csv.reader(file))
-    except OSError as error:
+    except (OSError, ValueError, csv.Error) as error:  # not there, not text (UnicodeDecodeError), not CSV
         raise BundleError(f"{sample}: cannot read the sample submission ({image_error(error)})") from None
     if not rows or rows[0][:1] != ["id"]:
         raise BundleError(f"{sample}: its first column must be 'id'")
@@ -250,8 +272,37 @@ def positive_int(text: str) -> int:
     return value
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, not the usage first (--help still shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the arguments)\n")
+
+
+@contextlib.contextmanager
+def one_line_errors(debug: bool):
+    """Any error as one `error:` line and exit status 1: a BundleError or OSError (a file named) in its own words,
+    anything else as an internal error; with --debug or LESSON2_DEBUG the traceback instead."""
+    debug = debug or os.environ.get(DEBUG, "0").strip() not in ("", "0")
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except Exception as error:
+        if debug:
+            raise
+        said = " ".join(str(error).split())
+        if not isinstance(error, (BundleError, OSError)):
+            said = f"internal error: {type(error).__name__}: {said}; rerun with --debug for the traceback"
+        print(f"error: {said}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("test_dir", metavar="TEST_DIR", type=Path, help="the folder of test images")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"))
     parser.add_argument("--sample", type=Path, help="sample_submission.csv: rows in its order, its ids checked")
@@ -265,31 +316,50 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: ONNX Runtime's CUDA provider when onnxruntime-gpu and a GPU are there")
     parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent, help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show an error's traceback instead of one line (as does {DEBUG}=1 in the environment)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = argument_parser().parse_args(argv)
-    started = time.perf_counter()
-    try:
-        bundle = Bundle(args.bundle, args.models)
-        files = image_files(args.test_dir)
-        if not files:
-            raise BundleError(f"{args.test_dir}: no test images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        from tqdm import tqdm
+    with one_line_errors(args.debug):
+        predict(args)
 
-        with worker_pool(args.workers) as pool:
-            predictor = Predictor(bundle.manifest, sessions(bundle.files, args.threads, args.provider))
-            print(f"{len(files)} images, {len(predictor.sessions)} {args.models} models on {predictor.provider}, "
-                  f"{args.threads} threads, {args.workers} workers", flush=True)
-            with tqdm(total=len(files), unit="img", mininterval=2.0, file=sys.stdout) as progress:
-                probs = predict_folder(predictor=predictor, files=files, batch_size=args.batch_size, pool=pool,
-                                       progress=progress, on_unreadable=lambda line: progress.write(f"warning: {line}"))
-        header, rows = submission_rows([path.stem for path in files], probs, bundle.manifest, args.sample)
-        write_submission(args.out, header, rows)
-    except BundleError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+
+def check_paths(args) -> None:
+    """The test folder, --out and --sample, before a single image is read: a mistake there would otherwise cost the
+    whole prediction."""
+    if not args.test_dir.is_dir():
+        raise BundleError(f"{args.test_dir}: {'not a folder' if args.test_dir.exists() else 'no such folder'} "
+                          "(TEST_DIR is the folder of test images)")
+    if args.out.is_dir():
+        raise BundleError(f"--out {args.out} is a folder; name the submission file to write")
+    if not args.out.parent.is_dir():
+        raise BundleError(f"--out {args.out}: no folder {args.out.parent} to write it in")
+    if args.sample is not None:
+        read_sample_ids(args.sample)
+
+
+def predict(args) -> None:
+    """Check, predict, write the submission: main once the arguments are parsed."""
+    started = time.perf_counter()
+    check_paths(args)
+    bundle = Bundle(args.bundle, args.models)
+    files = image_files(args.test_dir)
+    if not files:
+        raise BundleError(f"{args.test_dir}: no test images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    from tqdm import tqdm
+
+    with worker_pool(args.workers) as pool:
+        predictor = Predictor(bundle.manifest, sessions(bundle.files, args.threads, args.provider))
+        print(f"{len(files)} images, {len(predictor.sessions)} {args.models} models on {predictor.provider}, "
+              f"{args.threads} threads, {args.workers} workers", flush=True)
+        with tqdm(total=len(files), unit="img", mininterval=2.0, file=sys.stdout) as progress:
+            probs = predict_folder(predictor=predictor, files=files, batch_size=args.batch_size, pool=pool,
+                                   progress=progress, on_unreadable=lambda line: progress.write(f"warning: {line}"))
+    header, rows = submission_rows([path.stem for path in files], probs, bundle.manifest, args.sample)
+    write_submission(args.out, header, rows)
     seconds = time.perf_counter() - started
     rate = len(files) / seconds
     print(f"{args.out}: {len(rows)} rows in {seconds:.1f} s, {rate:.1f} images/s; 10,000 images would take about "

@@ -9,7 +9,8 @@ training augmentations, averaged as the TTA stage averages them. How the run res
 read from the checkpoint (the options below override it, and are needed only for checkpoints that predate it), and so
 are the backbone's preprocessing (mean, std, interpolation) and whether it ran under bf16 autocast (`--amp` overrides).
 A folder is searched for image files (by suffix), recursively. A file that cannot be read as an image is reported
-and skipped; the others are still predicted, and the exit status is 1.
+and skipped; the others are still predicted, and the exit status is 1. A checkpoint or argument that does not work is
+one line on stderr (exit status 1, 2 for an argument); --debug (or LESSON2_DEBUG=1) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ from pipeline.data.resizing import resize_one
 
 # How the images of a checkpoint made before it recorded them were encoded and augmented: the recipe's defaults.
 IMAGE_DEFAULTS = ("images.jpeg_quality", "images.jpeg_draft", "transforms")
+# The options that stand for a recipe key, checked against the recipe's schema (--shorter-side 0 would fail on every
+# image, --jpeg-quality 500 would be clamped without a word).
+RECIPE_OPTIONS = ("device", "loader.batch_size", "images.shorter_side", "images.jpeg_quality", "transforms.max_zoom")
 
 
 def image_files(arguments: list[str]) -> list[Path]:
@@ -96,19 +100,43 @@ def argument_parser():
     parser.add_argument("--jpeg-quality", type=int, help="override the checkpoint's resize cache JPEG quality")
     parser.add_argument("--augmentation", choices=["side_on", "top_down", "basic", "none"], help="override, for --tta")
     parser.add_argument("--max-zoom", type=float, help="override, for --tta")
+    cli.add_debug_flag(parser)
     return parser
 
 
-def load_model(checkpoint: str):
-    """The model a pipeline checkpoint holds, and its meta; one line naming the file when it is not one."""
+def argument_problem(args) -> str | None:
+    """What is wrong with the arguments, before the checkpoint is loaded; None when they can work."""
+    if args.top_k < 1 or args.tta < 0 or args.batch_size < 1:
+        return "--top-k and --batch-size must be >= 1, --tta >= 0 (augmented passes besides the plain one)"
+    given = {key: value for key in recipe_defaults.declared_keys(RECIPE_OPTIONS)
+             if (value := getattr(args, key)) is not None}
     try:
-        _, meta = load_checkpoint(checkpoint, {})
-        if not isinstance(meta.get("arch"), str) or not meta.get("classes"):
-            raise WeightsError(f"checkpoint {checkpoint} does not name its arch and classes: not a model.pt the "
-                               "pipeline wrote")
-        return restore_model(checkpoint, meta["arch"], meta["classes"])
-    except (OSError, WeightsError) as error:
-        cli.fail(str(error))
+        recipe_defaults.complete(given, RECIPE_OPTIONS)
+    except recipe_defaults.InvalidParams as error:  # "shorter_side: 0 is less than the minimum of 8"
+        key, _, problem = str(error).partition(": ")
+        return f"--{key.replace('_', '-')}: {problem}"
+    if args.csv and Path(args.csv).is_dir():
+        return f"--csv {args.csv} is a folder; name the CSV file to write"
+    return None
+
+
+def load_model(checkpoint: str):
+    """The model a pipeline checkpoint holds, and its meta; a WeightsError naming the file when it is not one."""
+    if Path(checkpoint).is_dir():
+        raise WeightsError(f"checkpoint {checkpoint} is a folder; pass the model.pt in it")
+    _, meta = load_checkpoint(checkpoint, {})
+    if not isinstance(meta.get("arch"), str) or not meta.get("classes"):
+        raise WeightsError(f"checkpoint {checkpoint} does not name its arch and classes: not a model.pt the pipeline "
+                           "wrote")
+    return restore_model(checkpoint, meta["arch"], meta["classes"])
+
+
+def start_device(settings: dict, threads: int):
+    """(device, amp), or one line naming --device when torch cannot use it (no such GPU, no driver)."""
+    try:
+        return runtime.start(settings, threads)
+    except RuntimeError as error:
+        cli.fail(f"--device {settings['device']}: {' '.join(str(error).split())}")
 
 
 def predict_files(model, meta: dict, files: list[Path], images: dict, params: dict, device, amp: bool):
@@ -127,14 +155,20 @@ def predict_files(model, meta: dict, files: list[Path], images: dict, params: di
 def main(argv: list[str] | None = None) -> None:
     parser = argument_parser()
     args = parser.parse_args(argv)
-    if args.top_k < 1 or args.tta < 0 or args.batch_size < 1:
-        parser.error("--top-k and --batch-size must be >= 1, --tta >= 0 (augmented passes besides the plain one)")
+    if problem := argument_problem(args):
+        parser.error(problem)
+    with cli.one_line_errors(args.debug, expected=(WeightsError,)):
+        predict(args)
+
+
+def predict(args) -> None:
+    """Load, predict, print (and write --csv): main once the arguments are checked."""
     model, meta = load_model(args.checkpoint)
     images = image_settings(meta, args)
     checkpoint_amp = "on" if meta.get("amp") else "off" if "amp" in meta else "auto"
     settings = {**recipe_defaults.defaults(runtime.RECIPE_KEYS), "device": args.device,
                 "amp": args.amp or checkpoint_amp}
-    device, amp = runtime.start(settings, args.threads)
+    device, amp = start_device(settings, args.threads)
     model = runtime.on_device(model, device).eval()
     classes = meta["classes"]
     files = image_files(args.images)
@@ -156,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(readable)} rows -> {args.csv}", flush=True)
     for path, error in errors.items():
         print(f"error: {path}: cannot read as an image: {error}", file=sys.stderr, flush=True)
-    if errors:
+    if errors and len(files) > 1:
         cli.fail(f"{len(errors)} of {len(files)} files could not be read; the other {len(readable)} were predicted")
+    if errors:
+        raise SystemExit(1)  # the one file's line above says it all
 
 
 if __name__ == "__main__":
