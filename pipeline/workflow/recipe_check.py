@@ -94,7 +94,7 @@ def checked(as_written: dict, sources: list[tuple[str, dict]] = (), environ=os.e
         raise RecipeRefused([problem], "the demo recipe cannot build its data")
     backbone = backbone_of(recipe, sources)
     stop_on(checks.regularise_problems(recipe, backbone), sources)
-    result = CheckedRecipe(recipe, folds, backbone, data_scan=scan)
+    result = CheckedRecipe(recipe=recipe, folds=folds, backbone=backbone, data_scan=scan)
     if members.names(recipe):
         result.chains = {name: member_chain(recipe, name, sources) for name in members.names(recipe)}
         stop_on(members.uniform_problems(recipe, {name: chain[0] for name, chain in result.chains.items()}), sources)

@@ -10,11 +10,14 @@ no reason to stop, a `blend:` the user wrote is.
 """
 from __future__ import annotations
 
+from functools import cache
+
 from pipeline.recipe.defaults import recipe_schema, section_keys
 from pipeline.workflow.slices import STAGES_DIR, declaration
 
 # Read by the workflow itself (the Snakefile, the plan-time checks), not through a stage's slice.
-WORKFLOW_READS = ("data_dir", "out_dir", "devices", "demo", "data.sample_submission", "split.folds", "members")
+WORKFLOW_READS = ("data_dir", "out_dir", "devices", "demo", "data.sample_submission", "split.folds", "members",
+                  "finetune.lr_find", "pseudo.student")
 
 # Stages in a run's plan only under a condition on the (filled) recipe, with the condition as a user reads it.
 CONDITIONAL_STAGES = {
@@ -26,6 +29,7 @@ CONDITIONAL_STAGES = {
 REPLACED_UNDER = {"split.fold": ("split.folds", "a K-fold run (split.folds) trains every fold it lists instead")}
 
 
+@cache
 def stages() -> list[str]:
     """The stages that read recipe keys (demo_data takes the `demo:` section's values as flags of its own)."""
     return sorted(path.stem for path in STAGES_DIR.glob("*.py") if "\nRECIPE_KEYS = " in path.read_text())
