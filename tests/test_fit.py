@@ -160,6 +160,18 @@ def test_every_batch_loss_is_kept_and_a_resumed_run_keeps_the_same(tmp_path):
     assert resumed.batch_losses == clean.batch_losses
 
 
+def test_a_killed_runs_state_is_resumed_by_the_same_parameters_and_removed_by_others(tmp_path):
+    fits = [{"lr": 0.05, "n_cycle": 2}]
+    model, train, valid = tiny_problem()
+    killed = EpochLog(None)
+    with pytest.raises(Interrupted):
+        run_fits(Phase(name="t", model=model, train_batches=InterruptedInEpoch(train, 1), valid_batches=valid,
+                       device=CPU, log=killed, resume=ResumePoint(tmp_path / "resume.pt", "k", model, killed)), fits)
+    assert ResumePoint(tmp_path / "resume.pt", "k", model, EpochLog(None)).saved is not None
+    assert ResumePoint(tmp_path / "resume.pt", "other", model, EpochLog(None)).saved is None
+    assert not (tmp_path / "resume.pt").exists()
+
+
 def test_lr_find_stops_at_the_first_smoothed_loss_over_four_times_the_best(monkeypatch):
     # A scripted loss: flat, then rising 8 % a step, so the smoothed loss passes 2x, 3x, 4x, 5x the best at
     # different steps and only the 4x rule stops exactly where asserted.

@@ -321,3 +321,52 @@ def test_the_check_reads_the_data_scan_it_is_given_instead_of_scanning_again(tmp
 def test_a_demo_recipe_has_no_data_to_scan_before_its_first_job(tmp_path):
     recipe = with_defaults({**TINY, "data_dir": str(tmp_path / "not built yet")})
     assert recipe_checks.data_problems(recipe, sample_named=False) == []
+
+
+def test_a_key_written_twice_is_refused_naming_the_file_the_key_and_both_lines(tmp_path):
+    from pipeline.recipe import files
+    recipe = tmp_path / "blend.yaml"
+    recipe.write_text("members:\n  lite0: {}\n  lite0_s7: {seed: 7}\n  lite0: {seed: 3}\n")
+    assert files.problems([recipe]) == [
+        f"{recipe} line 4: key 'lite0' is written twice in one mapping (first on line 2); YAML would silently keep "
+        "only the last one: remove or rename one of them"]
+    recipe.write_text("base: &fit {lr: 1.0e-3, n_cycle: 1}\nhead:\n  augmented:\n    - <<: *fit\n      lr: 2.0e-3\n")
+    assert files.problems([recipe]) == []  # a merge key's override is meant
+    recipe.write_text("head: [1\n")
+    assert files.problems([recipe])[0].startswith(f"{recipe} line 2: not valid YAML")
+
+
+@pytest.mark.parametrize("section, base, problem", [
+    ({"blend": {"method": "weights"}}, "tiny_csv", "blend: written, but this run would ignore the whole section: "
+     "only a recipe with `members` runs the blend stage"),
+    ({"ensemble": {"average": "geometric"}}, "tiny_csv", "ensemble: written, but this run would ignore the whole "
+     "section: only a K-fold run (split.folds) runs the oof stage"),
+    ({"split": {"method": "fastai", "n_folds": 3}}, "tiny_csv", "split.n_folds: written, but this run would ignore "
+     "it: it is read only when split.method is 'stratified_kfold' (this recipe: 'fastai')"),
+    ({"split": {"method": "stratified_kfold", "n_folds": 3, "folds": "all", "fold": 1}}, "tiny_csv",
+     "split.fold: written, but this run would ignore it: a K-fold run (split.folds) trains every fold it lists"),
+    ({"split": {"method": "stratified_kfold", "val_pct": 0.3}}, "tiny_csv", "split.val_pct: written, but this run "
+     "would ignore it: it is read only when split.method is 'fastai'"),
+])
+def test_a_key_the_run_would_not_read_is_refused_and_a_default_never_is(section, base, problem):
+    from pipeline.workflow.unused_keys import unused_problems
+    as_written = changed(yaml.safe_load((CONFIGS / f"{base}.yaml").read_text()), **section)
+    problems = unused_problems(as_written, with_defaults(as_written))
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+    assert unused_problems(TINY, with_defaults(TINY)) == []  # the schema fills blend: {} and ensemble: {} itself
+
+
+def test_the_whole_check_stops_in_order_naming_the_file_behind_each_key(tmp_path, monkeypatch):
+    """pseudo without members used to reach the student's lookup (an IndexError) before its check."""
+    from pipeline.workflow import recipe_check
+    monkeypatch.chdir(tmp_path)
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    fragment = {"pseudo": {}, "tta": {"n_aug": 0}}
+    with pytest.raises(recipe_check.RecipeRefused) as refused:
+        recipe_check.checked({**demo, **fragment}, [("config/demo.yaml", demo), ("mine.yaml", fragment)])
+    assert refused.value.problems == [
+        "mine.yaml: pseudo: written, but this run would ignore the whole section: only a recipe with `members` runs "
+        "the pseudo_labels stage that reads it; remove it"]
+    checked = recipe_check.checked(demo, [("config/demo.yaml", demo)])
+    assert checked.recipe["blend"] == {"method": "weights", "space": "probs", "stacker_c": 1.0}  # the defaults
+    assert checked.folds == [] and checked.backbone["drop_path_blocks"] == 16 and checked.chains == {}

@@ -253,8 +253,9 @@ class ResumePoint:
                 log.rows = list(state["log_rows"])
                 log.batch_losses = [tuple(row) for row in state.get("batch_losses", [])]
                 print(f"resuming after epoch {state['epoch']} of fit {state['fit']} from {self.path}", flush=True)
-            else:
-                print(f"ignoring {self.path}: it was saved by a run with other parameters or inputs", flush=True)
+            else:  # a failed job's state no later run can use: nothing of it may linger beside the outputs
+                self.path.unlink()
+                print(f"removed {self.path}: it was saved by a run with other parameters or inputs", flush=True)
 
     def next_fit(self) -> int:
         self.fits_started += 1
