@@ -32,4 +32,5 @@ onstart:
         raise WorkflowError(str(in_use))
     # On a cluster, a job no node can run would wait in the queue for ever: stop before submitting anything.
     if getattr(workflow.executor_plugin, "name", None) == "slurm" and (cluster := slurm_check.cluster_partitions()):
-        stop_on(slurm_check.request_problems(slurm_requests(), *cluster), "jobs no node of the cluster can run")
+        if problems := slurm_check.request_problems(slurm_requests(), *cluster):
+            raise WorkflowError("jobs no node of the cluster can run:\n" + "\n".join(f"  - {p}" for p in problems))

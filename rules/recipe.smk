@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the Snakefile may be run from anywhere (--directory, tests)
 
+from pipeline.cli import debugging
 from pipeline.data.demo_folder import BUILT_MARKER
 from pipeline.recipe import files as recipe_files
 from pipeline.recipe import members
@@ -17,7 +18,16 @@ from pipeline.workflow.chain import Chain
 def stop_on(problems, heading="the recipe cannot run"):
     """Stop, listing every problem found (each names its key, file, row or rule)."""
     if problems:
-        raise WorkflowError(f"{heading}:\n" + "\n".join(f"  - {problem}" for problem in problems))
+        stop(f"{heading}:\n" + "\n".join(f"  - {problem}" for problem in problems))
+
+
+def stop(message):
+    """Planning ends with the message alone and exit status 1: what is wrong is the recipe, not this file, so no
+    location in it; LESSON2_DEBUG=1 raises Snakemake's WorkflowError instead, with where it was raised."""
+    if debugging(False):
+        raise WorkflowError(message)
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 # The recipe files as written (no key twice: YAML would keep the last silently), then the whole recipe, checked by
@@ -26,7 +36,7 @@ stop_on(recipe_files.problems(workflow.configfiles), "the recipe files cannot be
 try:
     CHECKED = recipe_check.checked(config, [(str(path), recipe_files.load(path)) for path in workflow.configfiles])
 except recipe_check.RecipeRefused as refused:
-    raise WorkflowError(str(refused)) from None
+    stop(str(refused))
 config.update(CHECKED.recipe)
 FOLDS = CHECKED.folds
 
