@@ -1,6 +1,7 @@
-"""The docs stay true to the repository: the recipe reference matches config/schema.yaml, and every relative link in
-README.md, docs/*.md and the other folders' README.md points at a file that exists (and, for `#anchor`s into Markdown, at a
-heading it has). Plain file reading: no torch, no workflow; runs in well under a second."""
+"""The docs stay true to the repository: the recipe reference matches config/schema.yaml, every relative link in
+README.md, docs/*.md and the other folders' README.md points at a file that exists (and, for `#anchor`s into Markdown,
+at a heading it has), and every row of docs/bad-input.md names tests that exist. Plain file reading: no torch, no
+workflow; runs in well under a second."""
 from __future__ import annotations
 
 import importlib.util
@@ -105,62 +106,135 @@ def test_the_link_check_finds_what_is_broken(tmp_path, monkeypatch):
 
 # Each row of docs/bad-input.md's table (by the start of its first cell) and the tests that exercise it.
 BAD_INPUT_TESTS = {
-    "a zero-byte image that a stage reads": ["test_recipe_checks.py::test_zero_byte_images_stop_planning_listing_them_and_saying_what_to_do",
-                                             "test_recipe_fuzz.py::test_every_fragment_is_used_or_refused_naming_its_key"],
-    "truncated JPEG": ["test_bad_input.py::test_by_default_the_stats_stage_fails_listing_every_bad_file",
-                       "test_bad_input.py::test_with_skip_bad_images_are_listed_left_out_of_the_split_and_kept_in_test"],
-    "an undecodable **test** image": ["test_bad_input.py::test_an_unreadable_test_image_gets_the_training_class_prior"],
-    "PNG saved as `.jpg`": ["test_bad_input.py::test_png_saved_as_jpg_just_works", "test_bad_input.py::test_cmyk_jpeg_is_converted_to_rgb",
-                            "test_bad_input.py::test_exif_rotated_jpeg_is_upright_in_every_stage"],
-    "a label row whose image is missing": ["test_bad_input.py::test_bad_labels_are_errors_naming_the_row",
-                                           "test_split.py::test_ids_that_could_escape_the_data_folder_are_refused_with_their_row"],
-    "a label that reads as a missing value": ["test_recipe_checks.py::test_a_label_that_reads_as_a_missing_value_stops_planning_naming_its_line",
-                                              "test_split.py::test_a_label_reading_nan_is_a_class_only_among_the_sample_submissions"],
-    "an image in `train/` with no label": ["test_bad_input.py::test_an_image_without_a_label_is_a_logged_skip"],
-    "a class with too few images": ["test_bad_input.py::test_a_class_left_without_training_images_is_an_error",
-                                    "test_split.py::test_stratified_kfold_names_classes_too_small_for_the_folds"],
-    "an empty (0-byte) or header-only `labels.csv`": ["test_recipe_checks.py::test_labels_a_classifier_cannot_learn_from_are_refused"],
-    "a recipe key that breaks the schema": ["test_recipe_checks.py::test_a_schema_error_names_the_key_and_the_constraint_it_breaks",
-                                            "test_recipe_fuzz.py::test_every_fragment_is_used_or_refused_naming_its_key"],
-    "a key written twice": ["test_recipe_checks.py::test_a_key_written_twice_is_refused_naming_the_file_the_key_and_both_lines"],
-    "a key or section the run would not read": ["test_recipe_checks.py::test_a_key_the_run_would_not_read_is_refused_and_a_default_never_is",
-                                                "test_recipe_checks.py::test_the_whole_check_stops_in_order_naming_the_file_behind_each_key"],
-    "`drop_path` on a backbone": ["test_recipe_checks.py::test_drop_path_is_refused_by_key_for_a_built_body_without_drop_path_layers"],
-    "`split.folds` with fastai's split": ["test_recipe_checks.py::test_a_kfold_recipe_that_cannot_run_is_refused"],
-    "fine-tune sizes out of order": ["test_recipe_checks.py::test_a_size_plan_that_cannot_be_what_was_meant_is_refused",
-                                     "test_recipe_checks.py::test_the_head_size_past_the_resize_cache_is_refused"],
-    "`snapshots: k`": ["test_recipe_checks.py::test_a_size_plan_that_cannot_be_what_was_meant_is_refused"],
-    "`data.sample_submission` naming a file": ["test_workflow.py::test_a_header_only_labels_file_and_a_misnamed_sample_stop_before_anything_runs"],
-    "`sample_submission.csv` whose classes disagree": ["test_recipe_checks.py::test_the_sample_submission_and_positive_class_must_fit_the_labels",
-                                                       "test_recipe_checks.py::test_a_demo_recipes_positive_class_is_checked_against_the_classes_it_builds"],
-    "an `out_dir` that is a file": ["test_recipe_checks.py::test_an_out_dir_that_is_a_file_is_refused"],
-    "a `tracking.uri`": ["test_tracking.py::test_a_bad_tracking_key_is_named_with_what_to_write",
-                         "test_tracking.py::test_bad_tracking_keys_stop_the_workflow_before_any_job"],
-    "a tracking store that cannot be reached": ["test_tracking.py::test_an_unreachable_server_or_a_locked_store_costs_one_warning_line_and_the_next_run_logs"],
-    "`pipeline.compare` on a store": ["test_tracking.py::test_compare_prints_the_changed_key_and_both_runs_headline_figures_with_deltas",
-                                      "test_commands.py::test_compare_on_a_file_that_is_not_a_store_says_so_in_one_line_and_leaves_it_as_it_was",
-                                      "test_commands.py::test_compare_refuses_an_in_memory_store_named_by_the_environment"],
-    "`pipeline.stages.predict --tta -1`": ["test_predict.py::test_arguments_that_would_give_nan_or_nothing_are_refused",
-                                           "test_predict.py::test_an_argument_the_recipe_would_refuse_is_one_line_before_the_checkpoint_loads"],
-    "`pipeline.stages.predict` with a missing": ["test_predict.py::test_a_bad_checkpoint_is_one_line_naming_the_file",
-                                                 "test_predict.py::test_a_checkpoint_that_is_no_file_of_weights_is_one_line_naming_it"],
-    "`pipeline.stages.predict` on an image path": ["test_predict.py::test_one_image_that_cannot_be_read_is_one_line_naming_it",
-                                                   "test_predict.py::test_an_unreadable_file_is_reported_and_the_others_are_still_predicted"],
-    "`labels.csv` with a UTF-8 BOM": ["test_bad_input.py::test_bom_crlf_and_extra_columns_read_cleanly"],
-    "an empty `test/`": ["test_bad_input.py::test_an_empty_test_folder_is_an_error"],
-    "`sample_submission.csv` whose ids disagree": ["test_tta_submission.py::test_a_sample_that_disagrees_fails_loudly"],
-    "a recipe with `demo:`": ["test_user_data.py::test_a_demo_recipe_pointed_at_a_users_data_stops_before_any_job_and_changes_nothing"],
-    "a checkpoint whose classes or architecture disagree": ["test_model.py::test_checkpoint_round_trip_and_metadata_checks"],
-    "`tta.n_aug` above the distinct views": ["test_bundle.py::test_deterministic_tta_refuses_more_passes_than_it_has_views"],
-    "`snakemake package` on a run": ["test_bundle.py::test_package_refuses_random_tta_before_any_job_runs",
-                                     "test_bundle.py::test_package_names_a_backbone_that_does_not_export_before_any_job_runs"],
-    "the bundle's predict.py on an unreadable": ["test_bundle.py::test_an_unreadable_or_empty_test_image_gets_the_class_prior_and_one_line_naming_it"],
-    "the bundle's predict.py with a missing model file": ["test_bundle.py::test_a_missing_damaged_or_newer_bundle_stops_with_one_line_naming_the_file",
-                                                          "test_commands.py::test_the_bundles_predict_py_on_a_damaged_bundle_is_one_line_naming_the_file"],
-    "a training job that fails": ["test_fit.py::test_a_killed_runs_state_is_resumed_by_the_same_parameters_and_removed_by_others",
-                                  "test_interrupt_determinism.py::test_jobs_killed_mid_way_finish_on_rerun_with_the_uninterrupted_results"],
-    "any other error of `pipeline.compare`": ["test_commands.py::test_an_error_is_one_line_an_unexpected_one_called_internal",
-                                              "test_commands.py::test_compare_shows_the_traceback_when_asked"],
+    "a zero-byte image that a stage reads": [
+        "test_recipe_checks.py::test_zero_byte_images_stop_planning_listing_them_and_saying_what_to_do",
+        "test_recipe_fuzz.py::test_every_fragment_is_used_or_refused_naming_its_key",
+    ],
+    "truncated JPEG": [
+        "test_bad_input.py::test_by_default_the_stats_stage_fails_listing_every_bad_file",
+        "test_bad_input.py::test_with_skip_bad_images_are_listed_left_out_of_the_split_and_kept_in_test",
+    ],
+    "an undecodable **test** image": [
+        "test_bad_input.py::test_an_unreadable_test_image_gets_the_training_class_prior",
+    ],
+    "PNG saved as `.jpg`": [
+        "test_bad_input.py::test_png_saved_as_jpg_just_works",
+        "test_bad_input.py::test_cmyk_jpeg_is_converted_to_rgb",
+        "test_bad_input.py::test_exif_rotated_jpeg_is_upright_in_every_stage",
+    ],
+    "a label row whose image is missing": [
+        "test_bad_input.py::test_bad_labels_are_errors_naming_the_row",
+        "test_split.py::test_ids_that_could_escape_the_data_folder_are_refused_with_their_row",
+    ],
+    "a label that reads as a missing value": [
+        "test_recipe_checks.py::test_a_label_that_reads_as_a_missing_value_stops_planning_naming_its_line",
+        "test_split.py::test_a_label_reading_nan_is_a_class_only_among_the_sample_submissions",
+    ],
+    "an image in `train/` with no label": [
+        "test_bad_input.py::test_an_image_without_a_label_is_a_logged_skip",
+    ],
+    "a class with too few images": [
+        "test_bad_input.py::test_a_class_left_without_training_images_is_an_error",
+        "test_split.py::test_stratified_kfold_names_classes_too_small_for_the_folds",
+    ],
+    "an empty (0-byte) or header-only `labels.csv`": [
+        "test_recipe_checks.py::test_labels_a_classifier_cannot_learn_from_are_refused",
+    ],
+    "a recipe key that breaks the schema": [
+        "test_recipe_checks.py::test_a_schema_error_names_the_key_and_the_constraint_it_breaks",
+        "test_recipe_fuzz.py::test_every_fragment_is_used_or_refused_naming_its_key",
+    ],
+    "a key written twice": [
+        "test_recipe_checks.py::test_a_key_written_twice_is_refused_naming_the_file_the_key_and_both_lines",
+    ],
+    "a key or section the run would not read": [
+        "test_recipe_checks.py::test_a_key_the_run_would_not_read_is_refused_and_a_default_never_is",
+        "test_recipe_checks.py::test_the_whole_check_stops_in_order_naming_the_file_behind_each_key",
+    ],
+    "`drop_path` on a backbone": [
+        "test_recipe_checks.py::test_drop_path_is_refused_by_key_for_a_built_body_without_drop_path_layers",
+    ],
+    "`split.folds` with fastai's split": [
+        "test_recipe_checks.py::test_a_kfold_recipe_that_cannot_run_is_refused",
+    ],
+    "fine-tune sizes out of order": [
+        "test_recipe_checks.py::test_a_size_plan_that_cannot_be_what_was_meant_is_refused",
+        "test_recipe_checks.py::test_the_head_size_past_the_resize_cache_is_refused",
+    ],
+    "`snapshots: k`": [
+        "test_recipe_checks.py::test_a_size_plan_that_cannot_be_what_was_meant_is_refused",
+    ],
+    "`data.sample_submission` naming a file": [
+        "test_workflow.py::test_a_header_only_labels_file_and_a_misnamed_sample_stop_before_anything_runs",
+    ],
+    "`sample_submission.csv` whose classes disagree": [
+        "test_recipe_checks.py::test_the_sample_submission_and_positive_class_must_fit_the_labels",
+        "test_recipe_checks.py::test_a_demo_recipes_positive_class_is_checked_against_the_classes_it_builds",
+    ],
+    "an `out_dir` that is a file": [
+        "test_recipe_checks.py::test_an_out_dir_that_is_a_file_is_refused",
+    ],
+    "a `tracking.uri`": [
+        "test_tracking.py::test_a_bad_tracking_key_is_named_with_what_to_write",
+        "test_tracking.py::test_bad_tracking_keys_stop_the_workflow_before_any_job",
+    ],
+    "a tracking store that cannot be reached": [
+        "test_tracking.py::test_an_unreachable_server_or_a_locked_store_costs_one_warning_line_and_the_next_run_logs",
+    ],
+    "`pipeline.compare` on a store": [
+        "test_tracking.py::test_compare_prints_the_changed_key_and_both_runs_headline_figures_with_deltas",
+        "test_commands.py::test_compare_on_a_file_that_is_not_a_store_says_so_in_one_line_and_leaves_it_as_it_was",
+        "test_commands.py::test_compare_refuses_an_in_memory_store_named_by_the_environment",
+    ],
+    "`pipeline.stages.predict --tta -1`": [
+        "test_predict.py::test_arguments_that_would_give_nan_or_nothing_are_refused",
+        "test_predict.py::test_an_argument_the_recipe_would_refuse_is_one_line_before_the_checkpoint_loads",
+    ],
+    "`pipeline.stages.predict` with a missing": [
+        "test_predict.py::test_a_bad_checkpoint_is_one_line_naming_the_file",
+        "test_predict.py::test_a_checkpoint_that_is_no_file_of_weights_is_one_line_naming_it",
+    ],
+    "`pipeline.stages.predict` on an image path": [
+        "test_predict.py::test_one_image_that_cannot_be_read_is_one_line_naming_it",
+        "test_predict.py::test_an_unreadable_file_is_reported_and_the_others_are_still_predicted",
+    ],
+    "`labels.csv` with a UTF-8 BOM": [
+        "test_bad_input.py::test_bom_crlf_and_extra_columns_read_cleanly",
+    ],
+    "an empty `test/`": [
+        "test_bad_input.py::test_an_empty_test_folder_is_an_error",
+    ],
+    "`sample_submission.csv` whose ids disagree": [
+        "test_tta_submission.py::test_a_sample_that_disagrees_fails_loudly",
+    ],
+    "a recipe with `demo:`": [
+        "test_user_data.py::test_a_demo_recipe_pointed_at_a_users_data_stops_before_any_job_and_changes_nothing",
+    ],
+    "a checkpoint whose classes or architecture disagree": [
+        "test_model.py::test_checkpoint_round_trip_and_metadata_checks",
+    ],
+    "`tta.n_aug` above the distinct views": [
+        "test_bundle.py::test_deterministic_tta_refuses_more_passes_than_it_has_views",
+    ],
+    "`snakemake package` on a run": [
+        "test_bundle.py::test_package_refuses_random_tta_before_any_job_runs",
+        "test_bundle.py::test_package_names_a_backbone_that_does_not_export_before_any_job_runs",
+    ],
+    "the bundle's predict.py on an unreadable": [
+        "test_bundle.py::test_an_unreadable_or_empty_test_image_gets_the_class_prior_and_one_line_naming_it",
+    ],
+    "the bundle's predict.py with a missing model file": [
+        "test_bundle.py::test_a_missing_damaged_or_newer_bundle_stops_with_one_line_naming_the_file",
+        "test_commands.py::test_the_bundles_predict_py_on_a_damaged_bundle_is_one_line_naming_the_file",
+    ],
+    "a training job that fails": [
+        "test_fit.py::test_a_killed_runs_state_is_resumed_by_the_same_parameters_and_removed_by_others",
+        "test_interrupt_determinism.py::test_jobs_killed_mid_way_finish_on_rerun_with_the_uninterrupted_results",
+    ],
+    "any other error of `pipeline.compare`": [
+        "test_commands.py::test_an_error_is_one_line_an_unexpected_one_called_internal",
+        "test_commands.py::test_compare_shows_the_traceback_when_asked",
+    ],
 }
 
 

@@ -342,7 +342,7 @@ def test_a_key_written_twice_is_refused_naming_the_file_the_key_and_both_lines(t
     ({"ensemble": {"average": "geometric"}}, "tiny_csv", "ensemble: written, but this run would ignore the whole "
      "section: only a K-fold run (split.folds) runs the oof stage"),
     ({"split": {"method": "fastai", "n_folds": 3}}, "tiny_csv", "split.n_folds: written, but this run would ignore "
-     "it: it is read only when split.method is 'stratified_kfold' (this recipe: 'fastai')"),
+     "it: it is read only when split.method is 'stratified_kfold' (here 'fastai')"),
     ({"split": {"method": "stratified_kfold", "n_folds": 3, "folds": "all", "fold": 1}}, "tiny_csv",
      "split.fold: written, but this run would ignore it: a K-fold run (split.folds) trains every fold it lists"),
     ({"split": {"method": "stratified_kfold", "val_pct": 0.3}}, "tiny_csv", "split.val_pct: written, but this run "

@@ -34,7 +34,8 @@ DATABASE = DirectoryBasedExampleDatabase(str(REPO / "tests" / "fuzz-examples"))
 
 def resolved(schema: dict) -> dict:
     while "$ref" in schema:
-        schema = {**SCHEMA["$defs"][schema["$ref"].rpartition("/")[2]], **{k: v for k, v in schema.items() if k != "$ref"}}
+        named = SCHEMA["$defs"][schema["$ref"].rpartition("/")[2]]
+        schema = {**named, **{key: value for key, value in schema.items() if key != "$ref"}}
     return schema
 
 

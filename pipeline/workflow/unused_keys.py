@@ -68,7 +68,7 @@ def readers(recipe: dict) -> dict[str, list[str]]:
                 condition, wanted = declared.used_when[name]
                 section, _, key = condition.partition(".")
                 actual = recipe[section][key] if key else recipe[section]
-                why = "" if actual == wanted else f"it is read only when {condition} is {wanted!r} (this recipe: {actual!r})"
+                why = "" if actual == wanted else f"it is read only when {condition} is {wanted!r} (here {actual!r})"
             else:
                 why = ""
             found.setdefault(name, []).append(why)
