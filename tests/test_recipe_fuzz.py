@@ -21,7 +21,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from conftest import REPO, copy_workflow
 from pipeline.recipe import files, members
-from pipeline.recipe.defaults import recipe_schema, section_keys
+from pipeline.recipe.defaults import filled, recipe_schema, section_keys
 from pipeline.workflow import recipe_check
 from pipeline.workflow.unused_keys import WORKFLOW_READS, readers
 
@@ -220,3 +220,14 @@ def test_snakemake_n_agrees_with_the_check_in_process(tmp_path_factory, case):
     assert (planned.returncode == 0) == (recipe is not None), (fragment, problems, planned.stderr[-2000:])
     for line in problems:
         assert line.split(": ", 1)[-1] in planned.stderr + planned.stdout
+
+
+def test_every_key_of_the_schema_is_read_by_a_stage_or_the_workflow():
+    """Else a recipe could write it and the run ignore it without a word."""
+    recipe = filled(merged_base("blend"))
+    names = {".".join(str(part) for part in path if not isinstance(part, int)) for path, _ in LEAVES}
+    read = readers(recipe)
+    unread = sorted(name for name in names
+                    if not any(".".join(name.split(".")[:depth]) in read or
+                               ".".join(name.split(".")[:depth]) in WORKFLOW_READS for depth in (1, 2, 3)))
+    assert not unread, f"no stage declares {unread} (RECIPE_KEYS) and the workflow does not read it (WORKFLOW_READS)"
