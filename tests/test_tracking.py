@@ -378,7 +378,7 @@ def test_bad_tracking_keys_stop_the_workflow_before_any_job(tmp_path):
     assert "Traceback" not in output and not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
     from_environment = snakemake(REPO, tmp_path, configfiles=[RECIPE], env={"MLFLOW_TRACKING_URI": "sqlite://"})
     assert from_environment.returncode != 0 and \
-        "the environment variable MLFLOW_TRACKING_URI: 'sqlite://' names no database file" in from_environment.stderr
+        "the environment variable MLFLOW_TRACKING_URI: 'sqlite://' is an in-memory database" in from_environment.stderr
 
 
 @pytest.mark.workflow

@@ -2,9 +2,9 @@
 the recipe fuzzer (tests/test_recipe_fuzz.py) calls it in process, so what one accepts the other accepts.
 
 The checks run in an order where each may assume what the ones before it established, so none crashes on what a
-later one would have refused: the schema on the recipe as written; then, with the schema's defaults, keys written but
-never read and what `members`, `blend` and `pseudo` need of each other; the values stage by stage and the data; then
-the backbones, built for real (cached), and what they can take. Every problem is one line naming its key, prefixed
+later one would have refused: the schema on the recipe as written; then, with the schema's defaults, all at once, keys
+written but never read, what `members`, `blend` and `pseudo` need of each other, the values stage by stage and the
+data; then the backbones, built for real (cached), and what they can take; then each member's recipe. Every problem is one line naming its key, prefixed
 with the recipe file that wrote the key.
 """
 from __future__ import annotations
@@ -83,11 +83,11 @@ def checked(as_written: dict, sources: list[tuple[str, dict]] = (), environ=os.e
     stop_on(checks.schema_problems(as_written, recipe_schema()), sources)
     recipe = filled(as_written)
     folds, fold_problems = checks.kfold_folds(recipe)
-    stop_on(fold_problems + unused_problems(as_written, recipe) + members.recipe_problems(recipe, bool(folds)),
-            sources)
     sample_named = "sample_submission" in as_written.get("data", {})
     scan = None if "demo" in recipe else scan_data(recipe["data_dir"])
-    stop_on(checks.runtime_problems(recipe) + checks.finetune_problems(recipe) + checks.tta_problems(recipe)
+    # Each of these reads a schema-valid recipe and nothing another one establishes: all their problems at once.
+    stop_on(fold_problems + unused_problems(as_written, recipe) + members.recipe_problems(recipe, bool(folds))
+            + checks.runtime_problems(recipe) + checks.finetune_problems(recipe) + checks.tta_problems(recipe)
             + checks.out_dir_problems(recipe) + checks.data_problems(recipe, sample_named, scan)
             + tracking_problems(recipe, environ), sources)
     if "demo" in recipe and (problem := ownership_problem(recipe["data_dir"])):
