@@ -190,7 +190,7 @@ def test_a_rerun_asking_for_more_snapshots_starts_over(stage_inputs, clean_run, 
             run_stage(stage_inputs, out_dir, snapshot_paths(out_dir, 1))
     capsys.readouterr()
     run_stage(stage_inputs, out_dir, snapshot_paths(out_dir))
-    assert "ignoring" in capsys.readouterr().out
+    assert "removed" in capsys.readouterr().out
     classes = stage_inputs["classes"]
     for name in ["snapshots/cycle_1.pt", "snapshots/cycle_2.pt", "model.pt"]:
         assert same_state(load(out_dir / name, classes)[0], load(clean_run / name, classes)[0]), name
