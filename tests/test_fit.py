@@ -1,5 +1,6 @@
 import copy
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -232,3 +233,16 @@ def test_the_training_stages_fit_with_the_recipes_optimizer(micro_run):
         fits = [line for line in (micro_run.out / "logs" / log).read_text().splitlines() if " epochs of " in line]
         assert fits and all("(adamw, weight decay 0.01" in line for line in fits), (log, fits)
         assert [line.endswith(regularised) for line in fits] == [not line.startswith("precomputed") for line in fits]
+
+
+def test_the_heads_activations_and_read_only_targets_load_as_copies_without_torchs_warning(tmp_path):
+    """torch warns (once per process) on a tensor over read-only memory; every demo run printed it."""
+    from pipeline.stages.train_head import load_activations
+    np.save(tmp_path / "train.npy", np.ones((4, 3), np.float32))
+    targets = np.arange(4)
+    targets.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        activations, labels = load_activations(tmp_path, "train", targets)
+    assert labels.tolist() == [0, 1, 2, 3] and labels.data_ptr() != targets.ctypes.data
+    assert activations.shape == (4, 3)

@@ -42,8 +42,9 @@ def check_activations(manifest: dict, params: dict, classes: list[str], split_cs
 
 
 def load_activations(folder: Path, name: str, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    # The head trains on the whole split in RAM (N x features floats); np.load gives a read-only array.
-    return torch.from_numpy(np.load(folder / f"{name}.npy").copy()), torch.as_tensor(targets)
+    # The head trains on the whole split in RAM (N x features floats); np.load gives a read-only array, and the
+    # targets may be a read-only view of the split's table: both copied (torch warns on a tensor over read-only memory).
+    return torch.from_numpy(np.load(folder / f"{name}.npy").copy()), torch.tensor(targets)
 
 
 def rebuilt_classifier(params, n_classes: int, manifest: dict):
