@@ -32,9 +32,10 @@ def stop(message):
 
 # The recipe files as written (no key twice: YAML would keep the last silently), then the whole recipe, checked by
 # the same function the recipe fuzzer calls in process; config gets the schema's defaults, the one home of each.
-stop_on(recipe_files.problems(workflow.configfiles), "the recipe files cannot be read as written")
+RECIPE_SOURCES, RECIPE_FILE_PROBLEMS = recipe_files.read_all(workflow.configfiles)
+stop_on(RECIPE_FILE_PROBLEMS, "the recipe files cannot be read as written")
 try:
-    CHECKED = recipe_check.checked(config, [(str(path), recipe_files.load(path)) for path in workflow.configfiles])
+    CHECKED = recipe_check.checked(config, RECIPE_SOURCES)
 except recipe_check.RecipeRefused as refused:
     stop(str(refused))
 config.update(CHECKED.recipe)

@@ -61,12 +61,17 @@ def load(path: str | Path) -> dict:
     return parse(text, str(path))
 
 
-def problems(paths) -> list[str]:
-    """What stops the recipe files `paths` being read as written: one line per file."""
-    found = []
+def read_all(paths) -> tuple[list[tuple[str, dict]], list[str]]:
+    """Each file of `paths` as written, (name, recipe) in order, and one line per file that cannot be read."""
+    sources, problems = [], []
     for path in paths:
         try:
-            load(path)
+            sources.append((str(path), load(path)))
         except RecipeFileError as error:
-            found.append(str(error))
-    return found
+            problems.append(str(error))
+    return sources, problems
+
+
+def problems(paths) -> list[str]:
+    """What stops the recipe files `paths` being read as written: one line per file."""
+    return read_all(paths)[1]

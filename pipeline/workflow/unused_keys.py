@@ -78,10 +78,11 @@ def readers(recipe: dict) -> dict[str, list[str]]:
 def unused_problems(as_written: dict, recipe: dict) -> list[str]:
     """One line per key `as_written` sets that no stage of this run reads (one for a whole section when none of its
     keys is read, as `blend:` without members); `recipe` is the recipe with the schema's defaults."""
-    unread = {name: whys[0] for name, whys in readers(recipe).items() if all(whys)}
+    declared = readers(recipe)
+    unread = {name: whys[0] for name, whys in declared.items() if all(whys)}
     problems, refused_sections = [], set()
     for section in as_written:
-        read_here = [name for name in readers(recipe) if name.partition(".")[0] == section]
+        read_here = [name for name in declared if name.partition(".")[0] == section]
         if read_here and all(name in unread for name in read_here):
             problems.append(f"{section}: written, but this run would ignore the whole section: "
                             f"{unread[read_here[0]]}; remove it")
