@@ -308,8 +308,8 @@ def schedule_rank(item) -> int:
     return 4 if run == "csv_run" else 5
 
 
-# The suite's workflow runs, bundles and copies peak at about 8 GB in the temporary folder (measured 2026-12-07 with
-# `df` sampled through `make test`); with less free, tests fail one by one with "No space left on device".
+# The suite's workflow runs, bundles and copies peak at about 6 GB in the temporary folder (2026-12-07: `df` sampled
+# every 5 s through .ci/run); with less free, tests fail one by one with "No space left on device".
 NEEDED_FREE_GB = 10
 
 
@@ -317,7 +317,7 @@ def pytest_sessionstart(session):
     folder = tempfile.gettempdir()
     free_gb = shutil.disk_usage(folder).free / 1e9
     if free_gb < NEEDED_FREE_GB and not hasattr(session.config, "workerinput"):
-        pytest.exit(f"only {free_gb:.1f} GB free in {folder}; the suite writes up to about 8 GB there, so free "
+        pytest.exit(f"only {free_gb:.1f} GB free in {folder}; the suite writes up to about 6 GB there, so free "
                     f"{NEEDED_FREE_GB} GB (old /tmp/pytest-of-*/ folders, stale clones) and run again", returncode=1)
 
 
