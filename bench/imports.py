@@ -1,11 +1,14 @@
-"""What a stage process pays before it does any work: the wall time of importing each stage's module.
+"""What a stage process pays before it does any work: the wall time of importing each stage's module, against a bare
+`import torch`.
 
     python bench/imports.py [--repeat 3] [--tree PATH]
 
 Each stage module is imported in a fresh interpreter, `--repeat` times, alternating the modules so that a busy
-machine slows them all alike; the median is printed, with what `-X importtime` says the three costliest top-level
-imports were. `--tree` points at another checkout (e.g. a `git worktree` of an older commit) to compare, in one run
-on one machine, with this one's.
+machine slows them all alike; the median is printed, its ratio to a bare `import torch` timed in the same loop
+(the target: a torch stage within 1.5x), and what `-X importtime` says the three costliest top-level imports were.
+A bare `import torch, torchvision` is timed beside it: the floor of every stage that reads images, whose transforms
+and models come from torchvision. `--tree` points at another checkout (e.g. a `git worktree` of an older commit) to
+compare, in one run on one machine, with this one's.
 """
 from __future__ import annotations
 
@@ -17,7 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = sorted(path.stem for path in (Path(__file__).resolve().parents[1] / "pipeline/stages").glob("[!_]*.py"))
+HERE = Path(__file__).resolve().parents[1]
+STAGES = sorted(path.stem for path in (HERE / "pipeline/stages").glob("[!_]*.py"))
+# Rows timed in the same loop as the stages, in the same environment whatever the tree: what the ratios divide by.
+BARE = {"torch (bare)": "import torch", "torch+torchvision (bare)": "import torch, torchvision"}
+BASELINE = "torch (bare)"
 
 
 def dotted(tree: Path, stage: str) -> str | None:
@@ -28,17 +35,20 @@ def dotted(tree: Path, stage: str) -> str | None:
     return None
 
 
-def import_seconds(tree: Path, module: str) -> float:
+def code_of(tree: Path, row: str) -> str:
+    return BARE[row] if row in BARE else f"import {dotted(tree, row)}"
+
+
+def import_seconds(tree: Path, code: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import {dotted(tree, module)}"], check=True, cwd=tree,
-                   env={**os.environ, "PYTHONPATH": str(tree)})
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
     return time.perf_counter() - started
 
 
-def costliest(tree: Path, module: str, n: int = 3) -> str:
+def costliest(tree: Path, code: str, n: int = 3) -> str:
     """The n outside packages with the largest cumulative import time (-X importtime: each package's outermost
     import includes everything it imported)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {dotted(tree, module)}"], cwd=tree,
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=tree,
                             env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True)
     totals: dict[str, int] = {}
     for line in result.stderr.splitlines():
@@ -51,24 +61,36 @@ def costliest(tree: Path, module: str, n: int = 3) -> str:
     return ", ".join(f"{name} {micros / 1e6:.1f}s" for name, micros in top)
 
 
+def timed_rows(trees: dict[str, Path], stages: list[str], repeat: int) -> dict[tuple[str, str], list[float]]:
+    """{(tree, row): seconds of each round}; each round imports every row once, the bare rows once for all trees."""
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeat):
+        for row in BARE:
+            seconds.setdefault(("", row), []).append(import_seconds(HERE, BARE[row]))
+        for stage in stages:
+            for name, tree in trees.items():
+                seconds.setdefault((name, stage), []).append(import_seconds(tree, code_of(tree, stage)))
+    return seconds
+
+
+def print_table(trees: dict[str, Path], stages: list[str], seconds: dict[tuple[str, str], list[float]]) -> None:
+    torch_alone = statistics.median(seconds["", BASELINE])
+    print(f"{'stage':<25}" + "".join(f"{name + ' (s)':>12}{'x torch':>9}" for name in trees)
+          + "   costliest imports (this tree)")
+    for row in [*BARE, *stages]:
+        medians = [statistics.median(seconds["" if row in BARE else name, row]) for name in trees]
+        figures = "".join(f"{median:>12.2f}{median / torch_alone:>9.2f}" for median in medians)
+        print(f"{row:<25}{figures}   {costliest(HERE, code_of(HERE, row))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tree", type=Path, help="another checkout to time in the same run")
     args = parser.parse_args()
-    here = Path(__file__).resolve().parents[1]
-    trees = {"this": here, **({"other": args.tree.resolve()} if args.tree else {})}
-    modules = [m for m in STAGES if all(dotted(tree, m) for tree in trees.values())]
-    seconds = {(name, m): [] for name in trees for m in modules}
-    for _ in range(args.repeat):
-        for module in modules:
-            for name, tree in trees.items():
-                seconds[name, module].append(import_seconds(tree, module))
-    header = f"{'stage':<21}" + "".join(f"{name + ' (s)':>12}" for name in trees) + "   costliest imports (this tree)"
-    print(header)
-    for module in modules:
-        medians = "".join(f"{statistics.median(seconds[name, module]):>12.2f}" for name in trees)
-        print(f"{module:<21}{medians}   {costliest(here, module)}")
+    trees = {"this": HERE, **({"other": args.tree.resolve()} if args.tree else {})}
+    stages = [stage for stage in STAGES if all(dotted(tree, stage) for tree in trees.values())]
+    print_table(trees, stages, timed_rows(trees, stages, args.repeat))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@ stage), in the same keys, so calibrate, the report and the benchmarks read eithe
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, log_loss
 
 
 def scores(y: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
     """Log loss (over every class, present or not) and accuracy."""
+    from sklearn.metrics import accuracy_score, log_loss  # kept out of the start-up of the stages importing this
+
     return float(log_loss(y, probs, labels=range(probs.shape[1]))), float(accuracy_score(y, probs.argmax(1)))
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.compete.blending import combine
 from pipeline.data.dataset import DataError, class_indices, soft_columns
+from pipeline.offline.combine import combine  # not through compete.blending: its scipy and scikit-learn
 
 BLEND = "blend"  # the teacher that is the members' blend; any other teacher is one member's name
 PSEUDO_FOLD = -1  # in no fold: no fold's validation set can ever take a pseudo row

@@ -1,19 +1,26 @@
 """Every figure the pipeline draws (matplotlib, Agg backend), each written atomically as a PNG."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from pipeline.io import save_figure
 
-from pipeline.io import save_figure  # noqa: E402
+
+def _subplots(*args, **kwargs):
+    """pyplot's `subplots` on the Agg backend. matplotlib is imported here, at the first figure, and kept out of the
+    start-up of every stage that imports this module (0.2-0.5 s); most draw only at their end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
 
 
 def size_histograms(sizes: pd.DataFrame, path, max_side: int | None = None) -> None:
     """The lesson's `plt.hist(row_sz)` / `plt.hist(col_sz)`, optionally only for sides under `max_side`."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = _subplots(1, 2, figsize=(10, 3.5))
     for axis, column in zip(axes, ("width", "height")):
         values = sizes[column] if max_side is None else sizes.loc[sizes[column] < max_side, column]
         axis.hist(values, bins=40, color="tab:blue")
@@ -26,7 +33,7 @@ def size_histograms(sizes: pd.DataFrame, path, max_side: int | None = None) -> N
 
 def lr_finder(result: dict, path) -> None:
     """fastai's `sched.plot()`: smoothed loss against learning rate, log x-axis, suggested lr marked."""
-    fig, axis = plt.subplots(figsize=(6, 4))
+    fig, axis = _subplots(figsize=(6, 4))
     axis.plot(result["lr"], result["smoothed_loss"], label="smoothed loss")
     axis.plot(result["lr"], result["loss"], alpha=0.3, label="batch loss")
     axis.axvline(result["suggested_lr"], color="tab:red", linestyle="--",
@@ -45,7 +52,7 @@ def lr_finder(result: dict, path) -> None:
 
 def lr_schedules(fits: list[tuple[str, list[list[float]]]], path) -> None:
     """fastai's `sched.plot_lr()` for each fit: learning rate per iteration, one line per trainable layer group."""
-    fig, axes = plt.subplots(1, len(fits), figsize=(4.5 * len(fits), 3.5), squeeze=False)
+    fig, axes = _subplots(1, len(fits), figsize=(4.5 * len(fits), 3.5), squeeze=False)
     for axis, (title, lr_history) in zip(axes.flat, fits):
         history = np.asarray(lr_history)
         for group in range(history.shape[1]):
@@ -62,7 +69,7 @@ def lr_schedules(fits: list[tuple[str, list[list[float]]]], path) -> None:
 def image_grid(images: list[np.ndarray], path, title: str, columns: int = 3) -> None:
     """The lesson's `plots(ims)`: HxWx3 images in [0, 1] on a grid."""
     rows = int(np.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    fig, axes = _subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image in zip(axes.flat, images):
@@ -74,7 +81,7 @@ def image_grid(images: list[np.ndarray], path, title: str, columns: int = 3) -> 
 def titled_images(images: list[np.ndarray], titles: list[str], path, title: str, columns: int = 3) -> None:
     """HxWx3 images in [0, 1], each with its own title (fastai's `plot_top_losses`)."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    fig, axes = _subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image, image_title in zip(axes.flat, images, titles):
@@ -89,8 +96,8 @@ def class_extremes(grid: dict[str, dict[str, list[tuple[np.ndarray, str]]]], row
     """Fastai 0.7 lesson 1's most correct / most incorrect / most uncertain images, one row per class:
     {class: {group: [(image, caption), ...]}}, `per_group` columns for each group; an empty slot says so."""
     groups = list(next(iter(grid.values())).keys()) if grid else []
-    fig, axes = plt.subplots(max(1, len(grid)), max(1, len(groups) * per_group),
-                             figsize=(1.7 * len(groups) * per_group + 1, 2.0 * len(grid) + 0.8), squeeze=False)
+    fig, axes = _subplots(max(1, len(grid)), max(1, len(groups) * per_group),
+                          figsize=(1.7 * len(groups) * per_group + 1, 2.0 * len(grid) + 0.8), squeeze=False)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -117,7 +124,7 @@ def class_extremes(grid: dict[str, dict[str, list[tuple[np.ndarray, str]]]], row
 
 def training_curves(log: pd.DataFrame, path) -> None:
     """Train and valid loss, and accuracy, per epoch across every fit of a stage."""
-    fig, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (loss_axis, acc_axis) = _subplots(1, 2, figsize=(10, 3.5))
     x = np.arange(1, len(log) + 1)
     loss_axis.plot(x, log["train_loss"], marker="o", label="train (EMA)")
     loss_axis.plot(x, log["valid_loss"], marker="o", label="valid")
@@ -134,7 +141,7 @@ def batch_losses(losses: list[tuple[str, int, float]], path, beta: float = 0.98)
     """fastai 0.7's `sched.plot_loss()`: every training batch's loss and its bias-corrected EMA, over the iterations of
     every fit of a stage, each fit shaded apart."""
     table = pd.DataFrame(losses, columns=["phase", "fit", "loss"])
-    fig, axis = plt.subplots(figsize=(10, 3.5))
+    fig, axis = _subplots(figsize=(10, 3.5))
     axis.plot(table.index, table["loss"], alpha=0.3, linewidth=0.8, label="batch loss")
     smoothed = table["loss"].ewm(alpha=1 - beta, adjust=True).mean()  # adjust=True: 0.7's bias correction
     axis.plot(table.index, smoothed, color="tab:blue", label=f"smoothed (EMA {beta})")
@@ -152,7 +159,7 @@ def batch_losses(losses: list[tuple[str, int, float]], path, beta: float = 0.98)
 
 def confusion_matrix(matrix: np.ndarray, classes: list[str], path, title: str) -> None:
     size = max(4, 0.35 * len(classes) + 2)
-    fig, axis = plt.subplots(figsize=(size, size))
+    fig, axis = _subplots(figsize=(size, size))
     axis.imshow(matrix, cmap="Blues")
     if len(classes) <= 30:
         axis.set_xticks(range(len(classes)), classes, rotation=90)
@@ -171,7 +178,7 @@ def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: s
     {legend label: (top class correct, top-class confidence)}. On the diagonal, a confidence means what it says."""
     from sklearn.calibration import calibration_curve
 
-    fig, axis = plt.subplots(figsize=(5, 5))
+    fig, axis = _subplots(figsize=(5, 5))
     axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
     for label, (correct, confidence) in curves.items():
         accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=n_bins)
@@ -188,7 +195,7 @@ def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: s
 def fold_scores(cv: dict, path) -> None:
     """Each fold's validation log loss and accuracy (with and without TTA), their mean, and the out-of-fold figure."""
     folds = pd.DataFrame(cv["folds"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = _subplots(1, 2, figsize=(10, 3.5))
     panels = ((axes[0], "valid_logloss", "oof_logloss"), (axes[1], "valid_accuracy", "oof_accuracy"))
     for axis, metric, oof_key in panels:
         positions = np.arange(len(folds))
@@ -207,7 +214,7 @@ def fold_scores(cv: dict, path) -> None:
 def member_correlation(matrix: np.ndarray, names: list[str], path, title: str) -> None:
     """A blend's members against each other: an annotated heatmap of a correlation matrix, -1 blue to +1 red."""
     size = max(3.5, 0.6 * len(names) + 2)
-    fig, axis = plt.subplots(figsize=(size + 1, size))
+    fig, axis = _subplots(figsize=(size + 1, size))
     image = axis.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
     axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axis.set_yticks(range(len(names)), names)
