@@ -28,7 +28,7 @@ import torch
 
 from common import best_of, make_images, report
 from pipeline.recipe import defaults as recipe_defaults
-from pipeline.compute import runtime
+from pipeline.compute import precision, runtime
 from pipeline.data.dataset import read_labels_csv
 from pipeline.train.fit import DEFAULT_OPTIMIZER, EpochLog, FitSpec, Phase, TensorBatches, fit, train_step
 from pipeline.train.loaders import ImageDataset, image_loaders, inference_loader
@@ -49,10 +49,11 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def stage_epoch(model, train_batches, valid_batches, lr: float, device: torch.device, amp: bool) -> None:
+def stage_epoch(model, train_batches, valid_batches, lr: float, device: torch.device,
+                chosen: precision.Precision) -> None:
     """One epoch as a training stage runs it: `fit` with one constant-lr cycle, validation included."""
     phase = Phase(name="bench", model=model, train_batches=train_batches, valid_batches=valid_batches, device=device,
-                  log=EpochLog(None), amp=amp)
+                  log=EpochLog(None), precision=chosen)
     fit(phase, FitSpec(lr, 1), 0)
     synchronise(device)
 
@@ -78,7 +79,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_models")
     args = parser.parse_args()
     device = runtime.setup(args.threads, 0, args.device)
-    amp = runtime.use_amp(args.amp, device)
+    # As a stage chooses (pipeline.compute.precision): each raw figure in the precision its stage ran in.
+    chosen = precision.choose(amp=args.amp, device=device, arch=args.arch, size=args.size, batch_size=args.batch_size,
+                              threads=torch.get_num_threads())
+    print(chosen, flush=True)
     shorter_side = max(340, args.size)
     data = make_images(args.work / f"data_{args.n}", args.n, demo_data.ImageSizes(short=(375, 376), aspect=(4 / 3, 4 / 3)),
                        0.0)
@@ -92,7 +96,8 @@ def main() -> None:
     batch = runtime.batch_on_device(torch.randn(bs, 3, args.size, args.size), device)
     labels = torch.randint(0, frame["y"].nunique(), (bs,), device=device)
     common = {"arch": args.arch, "size": args.size, "batch_size": bs, "images": n, "workers": args.workers,
-              "threads": torch.get_num_threads(), "device": str(device), "amp": amp}
+              "threads": torch.get_num_threads(), "device": str(device), "amp_train": chosen.train,
+              "amp_infer": chosen.infer}
 
     # 1. precompute vs raw forward
     model.eval()
@@ -102,12 +107,12 @@ def main() -> None:
     @torch.inference_mode()
     def raw_forward():
         for _ in range(n // bs):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=chosen.infer):
                 model.features(batch)
         synchronise(device)
 
     def stage_forward(batches=loader):
-        precompute_activations(model, batches, args.work / "activations.npy", device, amp, "precompute")
+        precompute_activations(model, batches, args.work / "activations.npy", device, chosen.infer, "precompute")
         synchronise(device)
 
     raw_forward()  # warm-up: kernels, allocator
@@ -133,13 +138,13 @@ def main() -> None:
     def raw_train():
         model.train()
         for _ in range(n // bs):
-            train_step(model, optimizer, batch, labels, device, amp)
+            train_step(model, optimizer, batch, labels, device, chosen.train)
         synchronise(device)
 
     def raw_train_contiguous():
         """The same steps in the NCHW layout the stages trained in before: what channels_last buys."""
         model.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=chosen.train):
             for _ in range(n // bs):
                 optimizer.zero_grad(set_to_none=True)
                 torch.nn.functional.nll_loss(model(batch.contiguous()).float(), labels).backward()
@@ -147,7 +152,7 @@ def main() -> None:
         synchronise(device)
 
     def stage_train(batches=train_loader):
-        stage_epoch(model, batches, valid_loader, 1e-3, device, amp)
+        stage_epoch(model, batches, valid_loader, 1e-3, device, chosen)
 
     raw_train()
     raw_s = best_of(2, raw_train) * n / (n // bs * bs)
@@ -172,10 +177,10 @@ def main() -> None:
     head_valid = TensorBatches(activations[:bs], targets[:bs], bs)
 
     def head_epoch():
-        stage_epoch(model.head, head_batches, head_valid, 1e-2, device, amp)
+        stage_epoch(model.head, head_batches, head_valid, 1e-2, device, chosen)
 
     def frozen_epoch():
-        stage_epoch(model, train_loader, valid_loader, 1e-2, device, amp)
+        stage_epoch(model, train_loader, valid_loader, 1e-2, device, chosen)
 
     head_s, frozen_s = best_of(3, head_epoch), best_of(1, frozen_epoch)
     report("head", {**common, "head_epoch_s": round(head_s, 4), "frozen_body_epoch_s": round(frozen_s, 2),

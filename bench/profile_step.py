@@ -16,7 +16,7 @@ import torch
 from torch.profiler import profile
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from pipeline.compute import runtime
+from pipeline.compute import precision, runtime
 from pipeline.train.fit import DEFAULT_OPTIMIZER, train_step
 from pipeline.models.classifier import build_classifier
 
@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = runtime.setup(args.threads, 0, args.device)
-    amp = runtime.use_amp("auto", device)
+    amp = precision.choose(amp="auto", device=device, arch=args.arch, size=args.size, batch_size=args.batch_size,
+                           threads=torch.get_num_threads()).train
     model = runtime.on_device(build_classifier(args.arch, "none", 10), device)
     model.unfreeze()
     optimizer = DEFAULT_OPTIMIZER.make(model, 1e-3)

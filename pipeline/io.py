@@ -26,6 +26,10 @@ def _current_umask() -> int:
 # mkstemp creates files readable by their owner only; outputs get the permissions a plain open() would give.
 FILE_MODE = 0o666 & ~_current_umask()
 
+# The user's cache folder, as torch hub and Hugging Face keep theirs: answers worth keeping across runs and working
+# directories, each under a key of what decides it (the backbone check's, the precision probe's).
+USER_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lesson2-pipeline"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from conftest import TEST_CORES
+from pipeline.compute import precision
 from pipeline.models import backbones
 from pipeline.recipe import defaults as recipe_defaults
 from pipeline.io import params_digest
@@ -101,15 +102,18 @@ def test_a_checkpoint_that_does_not_say_how_it_resized_needs_the_shorter_side(mi
     (True, False, None, False),    # as trained, though this CPU could run bf16
     (True, True, None, True),
     (False, True, "off", False),   # the flag wins
-    (True, False, "auto", True),   # auto decides by the CPU, as the recipe's amp: auto does
+    (True, False, "auto", True),   # auto decides as the recipe's amp: auto does (here: measured bf16 faster)
     (False, False, "auto", False),
 ])
-def test_predict_runs_in_the_precision_the_checkpoint_was_trained_in_unless_told(
+def test_predict_runs_in_the_precision_the_checkpoints_validation_ran_in_unless_told(
         micro_run, tmp_path, monkeypatch, native_bf16, checkpoint_amp, flag, expected):
     checkpoint = torch.load(micro_run.out / "finetune" / "1_32" / "model.pt", weights_only=True)
     checkpoint["meta"]["amp"] = checkpoint_amp
     torch.save(checkpoint, tmp_path / "model.pt")
-    monkeypatch.setattr(predict.runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(precision, "CACHE_DIR", tmp_path / "cache")  # not this machine's measured answer
+    rates = {"train": {"fp32": 100.0, "bf16": 50.0}, "infer": {"fp32": 100.0, "bf16": 150.0}}
+    monkeypatch.setattr(precision, "measure", lambda **probe: {"img_per_s": rates})  # bf16 predicts faster
     seen = []
 
     def recording(model, frame, cache_dir, params, device, amp, name):

@@ -1,1 +1,2 @@
-"""Where a stage runs: device, seeds, amp, one GPU per process, DDP, process pools."""
+"""Where a stage runs: device, seeds, precision (bf16 or float32, per model and phase), one GPU per process, DDP,
+process pools."""

@@ -112,6 +112,15 @@ def sum_over_ranks(*values: float) -> list[float]:
     return total.tolist()
 
 
+def from_main(value):
+    """Rank 0's `value` (anything picklable) on every rank; `value` itself outside torchrun."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def sync_buffers(model: nn.Module) -> None:
     """Rank 0's BatchNorm running statistics on every rank (each rank updated its own in its last forward)."""
     if active():

@@ -1,4 +1,4 @@
-"""Device, threads and seeds for the torch stages: one place so every stage runs the same way."""
+"""Device, threads, seeds and precision for the torch stages: one place so every stage runs the same way."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +10,8 @@ import torch
 from pipeline import cli
 from pipeline.compute import distributed
 from pipeline.compute import gpus
+from pipeline.compute import precision
+from pipeline.compute.precision import Precision
 
 
 def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
@@ -42,27 +44,31 @@ def setup(threads: int, seed: int, device: str = "auto") -> torch.device:
 RECIPE_KEYS = ("seed", "device", "amp")
 
 
-def start(params: dict, threads: int) -> tuple[torch.device, bool]:
-    """(device, use bf16 autocast) for a torch stage, from its (complete) params slice."""
+def start(params: dict, threads: int) -> tuple[torch.device, Precision]:
+    """(device, bf16 autocast or not for training and for inference) for a torch stage, from its (complete) params
+    slice: seed, device, amp, and the arch, size and batch size the precision is chosen for."""
     device = setup(threads, params["seed"], params["device"])
-    return device, use_amp(params["amp"], device)
+    return device, chosen_precision(params, device)
+
+
+def chosen_precision(params: dict, device: torch.device) -> Precision:
+    """`pipeline.compute.precision.choose` for the slice's amp, arch, size and (per process) batch size, at this
+    process's threads; logged with its reason. Under torchrun rank 0 chooses for every rank: ranks measuring side by
+    side could disagree, and the checkpoint, written by rank 0, says what validation ran in."""
+    chosen = None
+    if distributed.is_main():
+        chosen = precision.choose(amp=params["amp"], device=device, arch=params["arch"], size=params["size"],
+                                  batch_size=distributed.per_rank_batch_size(params["batch_size"]),
+                                  threads=torch.get_num_threads())
+    chosen = distributed.from_main(chosen)
+    print(chosen, flush=True)
+    return chosen
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def use_amp(amp: str, device: torch.device) -> bool:
-    """bf16 autocast: 'auto' turns it on on GPU and on CPUs with native bf16; 'on' / 'off' force it."""
-    return amp == "on" or (amp == "auto" and (device.type == "cuda" or cpu_has_native_bf16()))
-
-
-def cpu_has_native_bf16() -> bool:
-    """avx512_bf16 or AMX: bf16 matmuls and convolutions run in hardware. Elsewhere oneDNN emulates bf16: its speed
-    varies from CPU to CPU while the lost precision is certain, so 'auto' leaves it off there."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

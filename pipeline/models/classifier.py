@@ -286,8 +286,8 @@ def checkpoint_meta(params: dict, classes: list[str], stage: str, model: Classif
                     params_hash: str) -> dict:
     """Plain data only (loads with weights_only=True); params_hash ties the weights to the recipe slice that made
     them (the stage hashes the slice as passed). `images` says how the images reached the model (resize rule,
-    augmentations, the backbone's preprocessing) and `amp` whether it ran under bf16 autocast, for
-    `pipeline.stages.predict`.
+    augmentations, the backbone's preprocessing) and `amp` whether its inference (each epoch's validation) ran under
+    bf16 autocast, for `pipeline.stages.predict`.
     `params`: a complete slice of arch, size and the transforms section; ps and xtra_fc are the model's own (a
     fine-tune size's slice has none: its head is the one it restored)."""
     images = {**params.get("images", {}), "augmentation": params["augmentation"], "max_zoom": params["max_zoom"],

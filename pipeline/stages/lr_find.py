@@ -40,14 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="model.pt the fine-tune size starts from")
     parser.add_argument("--out-dir", required=True)
     args, params, started = cli.begin("lr_find", parser, argv)
-    device, amp = runtime.start(params, args.threads)
+    device, precision = runtime.start(params, args.threads)
     train, valid, classes = read_split(args.split_csv)
     with cli.stopping_on(WeightsError):
         model, _ = restore_model(args.checkpoint, params["arch"], classes)
     model = runtime.on_device(model, device)
     model.train_as_size(params)
     train_loader, _ = image_loaders(train=train, valid=valid, cache_dir=args.cache_dir, params=params, device=device)
-    found = lr_find(model=model, train_batches=train_loader, device=device, amp=amp, lr=params["lr"],
+    found = lr_find(model=model, train_batches=train_loader, device=device, amp=precision.train, lr=params["lr"],
                     optimizer_spec=OptimizerSpec.from_params(params))
     out_dir = Path(args.out_dir)
     write_csv(pd.DataFrame({key: found[key] for key in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", required=True, help="the resize cache")
     parser.add_argument("--out-dir", required=True)
     args, params, started = cli.begin("precompute", parser, argv)
-    device, amp = runtime.start(params, args.threads)
+    device, precision = runtime.start(params, args.threads)
     train, valid, classes = read_split(args.split_csv)
     test = read_test_table(args.test_csv).query("usable").reset_index(drop=True)
     with cli.stopping_on(WeightsError):
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, frame in zip(SPLITS, (train, valid, test)):
         dataset = ImageDataset(args.cache_dir, frame["path"], frame.get("y"), transform)
         loader = inference_loader(dataset, params, device)
-        precompute_activations(model=model, loader=loader, out_path=out_dir / f"{name}.npy", device=device, amp=amp,
-                               desc=f"precompute {name}")
+        precompute_activations(model=model, loader=loader, out_path=out_dir / f"{name}.npy", device=device,
+                               amp=precision.infer, desc=f"precompute {name}")
         print(f"{name}: {len(frame)} x {model.n_features} activations -> {out_dir / f'{name}.npy'}", flush=True)
     write_json({"arch": params["arch"], "weights": params["weights"],
                 "weights_digest": params.get("weights_digest"), "preprocessing": preprocessing, "size": params["size"],

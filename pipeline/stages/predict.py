@@ -7,7 +7,8 @@ Each image goes the way the test images went in the pipeline: the resize rule (s
 private cache, then the validation transform at the checkpoint's size; with `--tta N`, also N passes with the
 training augmentations, averaged as the TTA stage averages them. How the run resized and augmented its images is
 read from the checkpoint (the options below override it, and are needed only for checkpoints that predate it), and so
-are the backbone's preprocessing (mean, std, interpolation) and whether it ran under bf16 autocast (`--amp` overrides).
+are the backbone's preprocessing (mean, std, interpolation) and whether its validation ran under bf16 autocast
+(`--amp` overrides; `auto` chooses for the checkpoint's arch and size as the recipe's `amp: auto` does).
 A folder is searched for image files (by suffix), recursively. A file that cannot be read as an image is reported
 and skipped; the others are still predicted, and the exit status is 1. A checkpoint or argument that does not work is
 one line on stderr (exit status 1, 2 for an argument); --debug (or LESSON2_DEBUG=1) shows the traceback instead.
@@ -95,7 +96,7 @@ def argument_parser():
     parser.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"])
     parser.add_argument("--amp", choices=["auto", "on", "off"],
-                        help="bf16 autocast (default: as the checkpoint was trained and evaluated; see the recipe's amp)")
+                        help="bf16 autocast (default: as the checkpoint's validation ran; see the recipe's amp)")
     parser.add_argument("--shorter-side", type=int, help="override the checkpoint's resize rule")
     parser.add_argument("--jpeg-quality", type=int, help="override the checkpoint's resize cache JPEG quality")
     parser.add_argument("--augmentation", choices=["side_on", "top_down", "basic", "none"], help="override, for --tta")
@@ -131,8 +132,18 @@ def load_model(checkpoint: str):
     return restore_model(checkpoint, meta["arch"], meta["classes"])
 
 
+def run_settings(meta: dict, args) -> dict:
+    """Seed, device and amp for runtime.start, with the checkpoint's arch and size and --batch-size, for which
+    `--amp auto` chooses as a stage would. Without --amp, the precision the checkpoint's validation ran in."""
+    checkpoint_amp = "on" if meta.get("amp") else "off" if "amp" in meta else "auto"
+    if args.amp is None and "amp" in meta:
+        print(f"amp {checkpoint_amp}: the precision the checkpoint's validation ran in (--amp overrides)", flush=True)
+    return {**recipe_defaults.defaults(runtime.RECIPE_KEYS), "device": args.device, "amp": args.amp or checkpoint_amp,
+            "arch": meta["arch"], "size": meta["size"], "batch_size": args.batch_size}
+
+
 def start_device(settings: dict, threads: int):
-    """(device, amp), or one line naming --device when torch cannot use it (no such GPU, no driver)."""
+    """(device, precision), or one line naming --device when torch cannot use it (no such GPU, no driver)."""
     try:
         return runtime.start(settings, threads)
     except RuntimeError as error:
@@ -165,10 +176,8 @@ def predict(args) -> None:
     """Load, predict, print (and write --csv): main once the arguments are checked."""
     model, meta = load_model(args.checkpoint)
     images = image_settings(meta, args)
-    checkpoint_amp = "on" if meta.get("amp") else "off" if "amp" in meta else "auto"
-    settings = {**recipe_defaults.defaults(runtime.RECIPE_KEYS), "device": args.device,
-                "amp": args.amp or checkpoint_amp}
-    device, amp = start_device(settings, args.threads)
+    settings = run_settings(meta, args)
+    device, precision = start_device(settings, args.threads)
     model = runtime.on_device(model, device).eval()
     classes = meta["classes"]
     files = image_files(args.images)
@@ -176,11 +185,11 @@ def predict(args) -> None:
         cli.fail(f"no image files in {' '.join(args.images)}")
 
     # --tta N: the recipe's default TTA mode (the checkpoint does not say which mode its run's TTA took)
-    params = {**settings, **recipe_defaults.defaults(("tta.mode",)), "size": meta["size"], "n_aug": args.tta,
-              "batch_size": args.batch_size, "num_workers": 0, "preprocessing": images.get("preprocessing"),
-              "max_zoom": images["max_zoom"], "augmentation": images["augmentation"]}
+    params = {**settings, **recipe_defaults.defaults(("tta.mode",)), "n_aug": args.tta, "num_workers": 0,
+              "preprocessing": images.get("preprocessing"), "max_zoom": images["max_zoom"],
+              "augmentation": images["augmentation"]}
     readable, probs, errors = predict_files(model=model, meta=meta, files=files, images=images, params=params,
-                                            device=device, amp=amp)
+                                            device=device, amp=precision.infer)
 
     for path, row in zip(readable, probs):
         print_top(path, row, classes, args.top_k)

@@ -61,7 +61,7 @@ def head_lr_find(run: TrainingRun, model, train_acts: TensorBatches) -> None:
     seed = run.params["seed"]
     runtime.seed_everything(seed)
     train_acts.generator.manual_seed(seed)
-    found = lr_find(model=model.head, train_batches=train_acts, device=run.device, amp=run.amp,
+    found = lr_find(model=model.head, train_batches=train_acts, device=run.device, amp=run.precision.train,
                     optimizer_spec=run.optimizer)
     if run.main_rank:
         write_csv(pd.DataFrame({k: found[k] for k in ("lr", "loss", "smoothed_loss")}), run.out_dir / "lr_find.csv")

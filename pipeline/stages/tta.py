@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 
 from pipeline import cli
 from pipeline.predict import passes
@@ -37,6 +36,8 @@ def with_prior_for_unusable(probs: np.ndarray, usable: np.ndarray, prior: np.nda
 
 
 def valid_metrics(valid_passes: np.ndarray, y: np.ndarray, n_aug: int, n_classes: int) -> dict:
+    from sklearn.metrics import accuracy_score, log_loss  # kept out of the stage's start-up: 0.7-1.7 s
+
     labels = list(range(n_classes))
     plain, averaged = passes.plain(valid_passes), passes.tta_mean(valid_passes, n_aug)
     return {"valid_accuracy": float(accuracy_score(y, averaged.argmax(1))),
@@ -51,29 +52,47 @@ RECIPE_KEYS = ("seed", "device", "amp", "model.arch", "tta", "transforms", "load
 WORKFLOW_KEYS = ("preprocessing",)
 
 
+def passes_amp(params, device) -> bool:
+    """bf16 autocast for the passes: the inference precision chosen for the arch at the checkpoint's size (logged with
+    its reason by runtime.chosen_precision), except in deterministic mode. Deterministic TTA computes what the offline
+    bundle's float32 ONNX models compute, so it runs in float32: under bf16 autocast the demo's bundle landed up to
+    0.14 away from its submission (3 of 397 top classes), and the calibration would be fitted on passes no bundle
+    computes."""
+    if params["mode"] == "deterministic":
+        print(f"precision: inference fp32 (amp {params['amp']}, but deterministic TTA computes what the offline "
+              "bundle's float32 ONNX models compute)", flush=True)
+        return False
+    return runtime.chosen_precision(params, device).infer
+
+
 def ensemble_passes(checkpoints: list[str], params, classes: list[str], valid: pd.DataFrame, test: pd.DataFrame,
-                    cache_dir: str, device, amp: bool) -> tuple[np.ndarray, np.ndarray, list[dict], int]:
+                    cache_dir: str, device) -> tuple[np.ndarray, np.ndarray, list[dict], dict, bool]:
     """Each checkpoint's TTA passes on valid and test, averaged over the checkpoints (a snapshot ensemble when several);
-    also each checkpoint's own validation scores and the size the last one was trained at."""
-    valid_by_model, test_by_model, per_checkpoint = [], [], []
+    also each checkpoint's own validation scores, the last one's meta (its size, its training's precision) and
+    whether the passes ran under bf16 autocast."""
+    valid_by_model, test_by_model, per_checkpoint, amp = [], [], [], None
     for checkpoint in checkpoints:
         with cli.stopping_on(WeightsError):
             model, meta = restore_model(checkpoint, params["arch"], classes)
         model = runtime.on_device(model, device)
         sized = params.updated(size=meta["size"], preprocessing=meta.get("images", {}).get(
             "preprocessing", params.get("preprocessing")))
+        if amp is None:  # a snapshot ensemble's checkpoints share their arch and size: one choice, logged once
+            amp = passes_amp(sized, device)
         for images, name, found in ((valid, "valid", valid_by_model), (test, "test", test_by_model)):
             found.append(passes.from_log_probs(tta_log_probs(model=model, frame=images, cache_dir=cache_dir,
                                                              params=sized, device=device, amp=amp, name=name)))
         per_checkpoint.append({"checkpoint": Path(checkpoint).name,
                                **valid_metrics(valid_by_model[-1], valid["y"].to_numpy(), params["n_aug"],
                                                len(classes))})
-    return passes.average(valid_by_model), passes.average(test_by_model), per_checkpoint, meta["size"]
+    return passes.average(valid_by_model), passes.average(test_by_model), per_checkpoint, meta, amp
 
 
 def report(metrics: dict, valid_passes: np.ndarray, y: np.ndarray, classes: list[str], n_aug: int,
            confusion_png: Path) -> None:
     """The confusion matrix under TTA, and the scores (each snapshot's too) in the log."""
+    from sklearn.metrics import confusion_matrix  # as in valid_metrics: only once the passes are done
+
     if "snapshots" in metrics:
         print("snapshot ensemble: " + "; ".join(f"{row['checkpoint']} log loss {row['valid_logloss']:.4f}"
                                                 for row in metrics["snapshots"])
@@ -95,11 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--metrics", required=True)
     args, params, started = cli.begin("tta", parser, argv)
-    device, amp = runtime.start(params, args.threads)
-    # Deterministic TTA computes what the offline bundle's float32 ONNX models compute, so it runs in float32: under
-    # bf16 autocast the demo's bundle landed up to 0.14 away from its submission (3 of 397 top classes), and the
-    # calibration would be fitted on passes no bundle computes.
-    amp = amp and params["mode"] != "deterministic"
+    # The precision is chosen once the checkpoint says its size (ensemble_passes).
+    device = runtime.setup(args.threads, params["seed"], params["device"])
     train, valid, classes = read_split(args.split_csv)
     test = read_test_table(args.test_csv)
     usable = test["usable"].to_numpy()
@@ -107,16 +123,18 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     remove_stale_temporaries(out_dir)
 
-    valid_passes, test_usable, per_checkpoint, size = ensemble_passes(checkpoints=args.checkpoint, params=params,
-                                                                      classes=classes, valid=valid, test=test[usable],
-                                                                      cache_dir=args.cache_dir, device=device, amp=amp)
+    valid_passes, test_usable, per_checkpoint, meta, amp = ensemble_passes(
+        checkpoints=args.checkpoint, params=params, classes=classes, valid=valid, test=test[usable],
+        cache_dir=args.cache_dir, device=device)
     # Metrics from the float32 passes the stage saves, so that calibrate, reading them, scores the very same numbers.
     valid_passes = valid_passes.astype(np.float32)
     prior, unusable = class_prior(train, len(classes)), test.loc[~usable, "path"].tolist()
     test_passes = np.stack([with_prior_for_unusable(test_usable[index], usable, prior, unusable if index == 0 else [])
                             for index in range(2)])
-    # amp: whether the passes ran under bf16 autocast, which bounds how close the bundle's fp32 models come to them
-    metrics = {**valid_metrics(valid_passes, y, n_aug, len(classes)), "size": size, "classes": classes, "amp": amp,
+    # amp: whether the passes ran under bf16 autocast, which bounds how close the bundle's fp32 models come to them;
+    # amp_training: whether the model's training steps did (None for a checkpoint that predates the record)
+    metrics = {**valid_metrics(valid_passes, y, n_aug, len(classes)), "size": meta["size"], "classes": classes,
+               "amp": amp, "amp_training": meta.get("amp_training"),
                **({"snapshots": per_checkpoint} if len(per_checkpoint) > 1 else {})}
 
     save_npy(valid_passes, out_dir / "valid_passes.npy")

@@ -45,6 +45,7 @@ from pipeline.train import regularise
 from pipeline.io import atomic_path
 from pipeline.train.regularise import OFF, BatchMixer, Regularisation
 from pipeline.compute.runtime import batch_on_device
+from pipeline.compute.precision import FP32, Precision
 
 EMA_BETA = 0.98
 # The schema's defaults (their one home, config/schema.yaml) for fits called without a recipe: tests, benchmarks.
@@ -85,6 +86,11 @@ class FitSpec:
         return f"fit({self.lr}, {self.n_cycle}{extra})"
 
 
+def lone_last_batch(n_samples: int, batch_size: int) -> bool:
+    """Whether batching leaves a last batch of one sample, on which BatchNorm cannot train."""
+    return n_samples > 1 and n_samples % batch_size == 1
+
+
 class TensorBatches:
     """Mini-batches of in-memory tensors (the precomputed activations): one indexing op per batch, no Dataset."""
 
@@ -93,11 +99,15 @@ class TensorBatches:
         self.x, self.y, self.batch_size, self.shuffle, self.generator = x, y, batch_size, shuffle, generator
 
     def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+        return math.ceil(self._n_used() / self.batch_size)
+
+    def _n_used(self) -> int:
+        """Shuffled (training) batches leave out a last batch of one: the head's BatchNorm cannot train on it."""
+        return len(self.x) - (self.shuffle and lone_last_batch(len(self.x), self.batch_size))
 
     def __iter__(self):
         order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else torch.arange(len(self.x))
-        for start in range(0, len(order), self.batch_size):
+        for start in range(0, self._n_used(), self.batch_size):
             index = order[start: start + self.batch_size]
             yield self.x[index], self.y[index]
 
@@ -295,7 +305,8 @@ class Phase:
 
     `model` may be wrapped in DistributedDataParallel (pipeline.compute.distributed): it trains through the wrapper.
     `averaged`, the EMA of the weights, is made by the stage so that it lasts across the stage's fits; it follows
-    every step, and is what each epoch validates."""
+    every step, and is what each epoch validates. The training steps run under bf16 autocast where `precision.train`
+    says so, each epoch's validation (inference) where `precision.infer` does."""
 
     name: str
     model: nn.Module
@@ -304,7 +315,7 @@ class Phase:
     device: torch.device
     log: EpochLog
     warmup: bool = DEFAULTS["warmup"]
-    amp: bool = False
+    precision: Precision = FP32  # bf16 autocast or not, for the training steps and for validation apart
     seed: int = DEFAULTS["seed"]
     resume: ResumePoint | None = None
     optimizer_spec: OptimizerSpec = DEFAULT_OPTIMIZER
@@ -375,7 +386,8 @@ class FitLoop:
                          disable=None if distributed.is_main() else True):
             self.warm_up()
             loss = train_step(model=phase.model, optimizer=self.optimizer, x=x, y=y, device=phase.device,
-                              amp=phase.amp, mixer=self.mixer, label_smoothing=phase.regularisation.label_smoothing)
+                              amp=phase.precision.train, mixer=self.mixer,
+                              label_smoothing=phase.regularisation.label_smoothing)
             self.average_weights()
             self.record(loss)
             if self.scheduler:
@@ -403,7 +415,7 @@ class FitLoop:
         """Validate (the weight average, when there is one) and log the epoch's row."""
         phase = self.phase
         validated = phase.averaged.module if phase.averaged is not None else phase.model
-        valid_loss, accuracy = evaluate(validated, phase.valid_batches, phase.device, phase.amp)
+        valid_loss, accuracy = evaluate(validated, phase.valid_batches, phase.device, phase.precision.infer)
         phase.log.add(phase=phase.name, fit=self.fit_index, epoch=epoch,
                       train_loss=self.ema / (1 - EMA_BETA ** self.iteration), valid_loss=valid_loss,
                       accuracy=accuracy, lr=self.lr_history[-1][-1], seconds=time.perf_counter() - started)

