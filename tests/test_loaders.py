@@ -13,13 +13,14 @@ import psutil
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import TensorDataset
 
 from conftest import REPO, Interrupted, InterruptedInEpoch, same_state, train_resumably
 from pipeline.train import fit
 from pipeline.recipe import defaults as recipe_defaults
 from pipeline.compute import runtime
 from pipeline.train.fit import EpochLog, FitSpec
-from pipeline.train.loaders import ImageDataset, Prefetched, image_loaders, inference_loader
+from pipeline.train.loaders import ImageDataset, Prefetched, image_loaders, inference_loader, make_loader
 from pipeline.models.classifier import build_classifier
 from pipeline.data.transforms import train_transform
 
@@ -119,14 +120,6 @@ def test_training_runs_in_channels_last(image_split):
     assert all(nhwc for _, nhwc in seen)
 
 
-def test_bf16_autocast_is_on_by_default_only_where_the_hardware_has_it(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert not runtime.use_amp("auto", cpu) and runtime.use_amp("auto", cuda) and runtime.use_amp("on", cpu)
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert runtime.use_amp("auto", cpu) and not runtime.use_amp("off", cpu) and not runtime.use_amp("off", cuda)
-
-
 WORKER_SCRIPT = r'''
 import sys, time, torch
 from pipeline.train import loaders
@@ -169,3 +162,20 @@ def test_loader_workers_die_with_a_killed_stage_so_snakemake_never_waits_on_its_
         worker.kill()
     assert len(alive["unprotected"]) == 2  # the control: without the request, both outlive the stage
     assert alive["protected"] == []
+
+
+def test_a_training_set_one_image_over_a_multiple_of_the_batch_size_trains():
+    """BatchNorm cannot train on a batch of one (torch raises); a blend's pseudo-labelled training set of 65 images
+    with batch 32 ended a train_head job that way. Validation keeps every image."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
+    x, y = torch.randn(65, 3), torch.zeros(65)
+    training = [make_loader(TensorDataset(x, y), batch_size=32, shuffle=True, num_workers=0, seed=0,
+                            device=torch.device("cpu")),
+                fit.TensorBatches(x, y, batch_size=32, shuffle=True, generator=torch.Generator())]
+    for batches in training:
+        assert len(batches) == 2
+        for inputs, _ in batches:
+            model(inputs)
+    validation = make_loader(TensorDataset(x, y), batch_size=32, shuffle=False, num_workers=0, seed=0,
+                             device=torch.device("cpu"))
+    assert sum(len(inputs) for inputs, _ in validation) == 65

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.compute import distributed
 from pipeline.data.dataset import load_rgb, training_targets
+from pipeline.train.fit import lone_last_batch
 from pipeline.train.regularise import OFF, Regularisation
 from pipeline.data.transforms import train_transform, valid_transform
 
@@ -60,11 +61,15 @@ def _seed_worker(worker_id: int) -> None:
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
                 device: torch.device, sampler=None) -> DataLoader:
+    """A shuffled (training) loader drops a last batch of one image: BatchNorm cannot train on a single sample
+    (torch raises "Expected more than 1 value per channel"), and 1 more image than a multiple of the batch size is
+    a training set a user can have. Every other last batch is kept, as fastai 0.7 kept it."""
     generator = torch.Generator().manual_seed(seed)
+    drop_last = (shuffle or sampler is not None) and lone_last_batch(len(sampler or dataset), batch_size)
     # Workers are not persistent: each epoch's workers are seeded afresh from the generator, which the training
     # loop reseeds per epoch, so an epoch's augmentations do not depend on the epochs before it (exact resume).
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, generator=generator, worker_init_fn=_seed_worker,
+                      num_workers=num_workers, generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last,
                       pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
 
 
