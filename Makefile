@@ -20,8 +20,9 @@ demo: setup
 	$(BIN)/snakemake --cores all
 
 # Two workers: half of a test's time is one core importing torch while the other idles (see tests/conftest.py).
+# The 15 slowest tests close every run's log: where CI's time goes, without a second run to find out.
 test: setup
-	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 # The rule files as snakefmt formats them, and Snakemake's own linter on the workflow: both take seconds.
 lint: setup

@@ -12,6 +12,7 @@ see it, so turning it on or off never reruns them.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -47,14 +48,19 @@ def main(argv: list[str] | None = None) -> None:
     model = runtime.on_device(model, device)
     model.train_as_size(params)
     train_loader, _ = image_loaders(train=train, valid=valid, cache_dir=args.cache_dir, params=params, device=device)
+    searching = time.perf_counter()
     found = lr_find(model=model, train_batches=train_loader, device=device, amp=precision.train, lr=params["lr"],
                     optimizer_spec=OptimizerSpec.from_params(params))
+    seconds = time.perf_counter() - searching
     out_dir = Path(args.out_dir)
     write_csv(pd.DataFrame({key: found[key] for key in ("lr", "loss", "smoothed_loss")}), out_dir / "lr_find.csv")
     plots.lr_finder(found, out_dir / "lr_find.png")
     ratios = ", ".join(f"{ratio:.3g}" for ratio in found["group_ratios"])
-    print(f"lr_find at {params['size']}px: {len(found['lr'])} steps, suggested lr {found['suggested_lr']:.3g} "
-          f"for the last layer group (groups move together, in the ratios {ratios})", flush=True)
+    steps = len(found["lr"])
+    # Per step, loading included, to set beside the fine-tune's epochs (its log's time / batches): the same work.
+    print(f"lr_find at {params['size']}px: {steps} steps in {seconds:.1f}s ({seconds / steps:.2f}s a step, at most "
+          f"one epoch's {len(train_loader)}), suggested lr {found['suggested_lr']:.3g} for the last layer group "
+          f"(groups move together, in the ratios {ratios})", flush=True)
     cli.finish("lr_find", started)
 
 
