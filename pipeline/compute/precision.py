@@ -7,9 +7,9 @@ precompute, and each epoch's validation).
                                   the lost precision is certain;
   on a CPU with native bf16       measured: bf16 for a phase only where it is at least 10 % faster (bf16 costs
   (avx512_bf16 or AMX)            precision, so a tie goes to float32). Native bf16 is not faster everywhere: on one
-                                  such CPU (issue 34, batch 32, 2 threads) Lite0 trained at 176 img/s in float32 and
-                                  114 in bf16 at 72 px, while its inference ran 635 against 960 and resnet34's
-                                  training 45 against 73 at 96 px.
+                                  such CPU (bench/README.md, issue 34: batch 32, 2 threads) Lite0 trained at 146 img/s
+                                  in float32 and 113 in bf16 at 72 px, while its inference ran 821 against 1111,
+                                  and resnet34's training 46 against 76 at 96 px.
 The measurement builds the arch with random weights and times a training step (forward, loss, backward, optimiser
 step) and an inference forward on a random batch at the stage's size, batch size and threads, in both precisions,
 alternated, after a warm-up of each (4 s for Lite0 at 72 px on 2 threads, longer for larger models and sizes), once
