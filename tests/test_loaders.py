@@ -120,11 +120,8 @@ def test_training_runs_in_channels_last(image_split):
     assert all(nhwc for _, nhwc in seen)
 
 
-WORKER_SCRIPT = r'''
-import sys, time, torch
-from pipeline.train import loaders
-if sys.argv[1] == "unprotected":
-    loaders._die_with_parent = lambda: None
+SLOW_DATASET = """
+import time, torch
 class SlowAfterTheFirst(torch.utils.data.Dataset):
     # Every item after the first takes a minute, as a huge image would: the workers are busy inside __getitem__,
     # where torch's own check that the parent lives (between items) never runs.
@@ -133,25 +130,39 @@ class SlowAfterTheFirst(torch.utils.data.Dataset):
         if i:
             time.sleep(60)
         return torch.zeros(1)
-batches = iter(loaders.make_loader(SlowAfterTheFirst(), 1, False, 2, 0, torch.device("cpu")))
+"""
+
+WORKER_SCRIPT = r'''
+import sys, time, torch
+sys.path.insert(0, sys.argv[2])  # the dataset's module: the workers, forked from the fork server, import it there
+from slow_dataset import SlowAfterTheFirst
+from pipeline.train import loaders
+if sys.argv[1] == "unprotected":  # the control: the stage's loader without the worker's request to die with it
+    loader = torch.utils.data.DataLoader(SlowAfterTheFirst(), num_workers=2,
+                                         multiprocessing_context=loaders.worker_context())
+else:
+    loader = loaders.make_loader(SlowAfterTheFirst(), 1, False, 2, 0, torch.device("cpu"))
+batches = iter(loader)
 next(batches)
 print("ready", flush=True)
 time.sleep(120)
 '''
 
 
-def stage_with_workers(mode: str) -> tuple[subprocess.Popen, list]:
-    stage = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, mode], stdout=subprocess.PIPE, text=True,
-                             cwd=REPO)
+def stage_with_workers(mode: str, module_dir) -> tuple[subprocess.Popen, list]:
+    stage = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, mode, str(module_dir)], stdout=subprocess.PIPE,
+                             text=True, cwd=REPO)
     stage.stdout.readline()
-    workers = psutil.Process(stage.pid).children()
+    # The workers are the fork server's children (loaders.worker_context), beside multiprocessing's resource tracker.
+    workers = [worker for child in psutil.Process(stage.pid).children() for worker in child.children()]
     assert len(workers) == 2
     return stage, workers
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
-def test_loader_workers_die_with_a_killed_stage_so_snakemake_never_waits_on_its_log_pipe():
-    stages = {mode: stage_with_workers(mode) for mode in ("unprotected", "protected")}  # side by side
+def test_loader_workers_die_with_a_killed_stage_so_snakemake_never_waits_on_its_log_pipe(tmp_path):
+    (tmp_path / "slow_dataset.py").write_text(SLOW_DATASET)
+    stages = {mode: stage_with_workers(mode, tmp_path) for mode in ("unprotected", "protected")}  # side by side
     for stage, _ in stages.values():
         os.kill(stage.pid, signal.SIGKILL)  # as the OOM killer would: the stage process alone
         stage.wait()

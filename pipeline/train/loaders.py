@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import ctypes
+import functools
+import multiprocessing
 import os
 import queue
 import signal
@@ -42,10 +44,11 @@ class ImageDataset(Dataset):
         return (self.transform(image) if self.transform else image), target
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the stage process dies. A worker orphaned by a killed stage (OOM killer,
-    SIGKILL) can block for ever flushing its result queue, holding the job's log pipe open, so Snakemake would wait
-    for the killed job for ever; the resize pool's forked workers exit by themselves (pipeline/compute/parallel.py)."""
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies: a loader worker when the fork server does, the server when
+    the stage does (worker_context). A worker orphaned by a killed stage (OOM killer, SIGKILL) can block for ever
+    flushing its result queue, holding the job's log pipe open, so Snakemake would wait for the killed job for ever;
+    the resize pool's forked workers exit by themselves (pipeline/compute/parallel.py)."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -53,8 +56,26 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
+@functools.cache
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Where loader workers come from: a fork server, started once per stage with torch and the loaders imported.
+
+    Not a plain fork of the stage: on Python before 3.12 a child forked while another thread of the parent creates or
+    deletes its interpreter state inherits CPython's runtime lock held and hangs for ever before running a line
+    (python/cpython#112275). Torch's native threads do that; it hung a validation loader's worker of a torchrun
+    train_head job in the suite for 15 minutes, 2026-12-07. The server is forked from nothing but a fresh
+    interpreter, so nothing is mid-way there. It costs its start, about 3 s once per stage (a loader's workers start
+    afresh each epoch, forked from it in milliseconds). Each worker runs the stage's module again, as multiprocessing
+    does for `python -m`: preloaded in the server, that costs nothing."""
+    context = multiprocessing.get_context("forkserver")
+    main = getattr(sys.modules["__main__"], "__spec__", None)
+    stage = [main.name] if main is not None and main.name.startswith("pipeline.") else []
+    context.set_forkserver_preload(["pipeline.train.worker_server", *stage])
+    return context
+
+
 def _seed_worker(worker_id: int) -> None:
-    _die_with_parent()
+    die_with_parent()
     # torch seeds each worker's torch RNG from the loader's generator; NumPy needs the same.
     np.random.seed(torch.initial_seed() % 2**32)
 
@@ -70,7 +91,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     # loop reseeds per epoch, so an epoch's augmentations do not depend on the epochs before it (exact resume).
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=num_workers, generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None,
+                      multiprocessing_context=worker_context() if num_workers > 0 else None)
 
 
 class Prefetched:
