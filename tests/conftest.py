@@ -206,7 +206,7 @@ def kfold_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def blend_run(tmp_path_factory) -> Path:
     """A real two-member blend over 2 folds with a pseudo-label round (its working directory): the blend tests read
-    it, and the Slurm test compares its own two-member blend with it."""
+    it, and the Slurm test compares its own run of member a's folds with it."""
     work = tmp_path_factory.mktemp("blend_run")
     recipes = [CONFIGS / name for name in ("kfold_csv.yaml", "blend_csv.yaml", "pseudo_csv.yaml")]
     result = snakemake(REPO, work, configfiles=recipes, env=params_audit(work))
