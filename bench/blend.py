@@ -27,7 +27,7 @@ from common import machine  # puts the repository on sys.path
 from demo_scores import hidden_test  # noqa: E402
 from pipeline.predict import passes  # noqa: E402
 from pipeline.data.dataset import class_indices, read_test_table  # noqa: E402
-from pipeline.stages.calibrate import calibrate, calibrated_probs, cross_fit_groups  # noqa: E402
+from pipeline.compete.calibration import calibrate, calibrated_probs, cross_fit_groups  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = [ROOT / "config" / name for name in ("demo.yaml", "demo_kfold.yaml", "demo_blend.yaml")]

@@ -6,7 +6,8 @@ import pytest
 from sklearn.metrics import log_loss
 
 from conftest import write_test_table
-from pipeline.stages.calibrate import cross_fitted, main
+from pipeline.compete.calibration import cross_fitted
+from pipeline.stages.calibrate import main
 
 CLASSES = ["akita", "beagle", "corgi", "pug"]  # sorted: the order of the passes' columns
 
