@@ -67,6 +67,10 @@ def model_out(path):
     return f"{MODEL_DIR}/{path}"
 
 
+# The split a model trains and is scored on: its fold's, or the single split's (every member's alike).
+MODEL_SPLIT = model_out("split.csv") if KFOLD else out("split.csv")
+
+
 def member_out(path):
     return f"{MEMBER_DIR}/{path}"
 
@@ -88,12 +92,11 @@ def for_every_fold(path, wildcards=None):
     return [concrete(path, wildcards, fold=fold) for fold in FOLDS] if wildcards else expand(path, fold=FOLDS)
 
 
-def for_every_model(path, chain=None):
-    """A per-model path for every fold of every member, or of the member `chain`; without members (one chain, whose
-    name is None), for_every_fold's."""
-    if not MEMBER_NAMES:
-        return for_every_fold(path)
-    return expand(path, member=[chain] if chain else MODEL_CHAINS, fold=FOLDS)
+def model_files(relative, chain=None):
+    """A model's file (`relative` to its folder) for every fold of every member, or of the member `chain`: where a
+    member shares a stage's work, the sharing member's file. Without members, for_every_fold's."""
+    names = [chain] if chain else MODEL_CHAINS or [None]
+    return [CHAINS[name].path(relative).format(fold=fold) for name in names for fold in FOLDS or [None]]
 
 
 def resize_cache(wildcards):
@@ -110,9 +113,9 @@ def final_checkpoint(wildcards):
     return concrete(model_chain(wildcards).final_checkpoint(), wildcards)
 
 
-def every_fold(path):
-    """An input function: a per-model file of every fold of the job's member."""
-    return lambda wildcards: for_every_fold(model_out(path), wildcards)
+def every_fold(relative):
+    """An input function: a file of every fold of the job's member, in the folder holding its TTA (oof's inputs)."""
+    return lambda wildcards: for_every_fold(f"{model_chain(wildcards).stage_dir('tta')}/{relative}", wildcards)
 
 
 def folder_of(output_name):
@@ -121,18 +124,15 @@ def folder_of(output_name):
 
 
 def precompute_params(wildcards):
-    c = model_chain(wildcards)
-    return c.slice("precompute", **c.weights)
+    return model_chain(wildcards).precompute_slice()
 
 
 def train_head_params(wildcards):
-    c = model_chain(wildcards)
-    return c.training_slice("train_head", **c.weights)
+    return model_chain(wildcards).head_slice()
 
 
 def tta_params(wildcards):
-    c = model_chain(wildcards)
-    return c.slice("tta", preprocessing=c.preprocessing)
+    return model_chain(wildcards).tta_slice()
 
 
 def oof_params(wildcards):
@@ -165,16 +165,11 @@ def tta_checkpoints(wildcards):
 
 
 def finetune_params(wildcards):
-    """A size's slice, less `lr_find`: that is the lr_find rule's job, and must not rerun the fits."""
-    c = model_chain(wildcards)
-    step = {key: value for key, value in c.finetune_step(wildcards.name).items() if key != "lr_find"}
-    return c.training_slice("finetune", sections={"finetune": step}, preprocessing=c.preprocessing)
+    return model_chain(wildcards).finetune_slice(wildcards.name)
 
 
 def lr_find_params(wildcards):
-    c = model_chain(wildcards)
-    step = c.finetune_step(wildcards.name)
-    return c.slice("lr_find", sections={"finetune": step}, lr=step["fits"][0]["lr"], preprocessing=c.preprocessing)
+    return model_chain(wildcards).lr_find_slice(wildcards.name)
 
 
 def caption(name):
@@ -184,7 +179,7 @@ def caption(name):
 
 def training_report(path, name, stage):
     """A training figure in the report: category Training, one subcategory per stage (and fold)."""
-    subcategory = f"{MODEL_LABEL}, {stage}" if KFOLD else stage
+    subcategory = f"{MODEL_LABEL}, {stage}" if MODEL_LABEL else stage
     return report(path, caption=caption(name), category="2. Training", subcategory=subcategory)
 
 
@@ -195,18 +190,18 @@ def final_outputs():
         plot
         for name, c in CHAINS.items()
         for step in c.lr_find_names()
-        for plot in for_every_model(model_out(f"finetune/{step}/lr_find.png"), name)
+        for plot in model_files(f"finetune/{step}/lr_find.png", name)
     ]
-    member_results = [member_out(name) for name in ("oof.csv", "oof/cv_metrics.json")] if MEMBER_NAMES else []
+    member_results = [member_out(name) for name in ("oof.csv", "oof/cv_metrics.json")] if BLENDS else []
     blend_results = [out(f"{blend}/{name}") for blend in BLENDS for name in ("weights.json", "correlation.png")]
     return [
         out("submission.csv"),
-        out("metrics.json"),
+        recipe_metrics(),
         out("stats/summary.json"),
         out("plots/augmentations.png"),
-        *for_every_model(model_out("tta/confusion_matrix.png")),
+        *model_files("tta/confusion_matrix.png"),
         *([out("oof.csv"), out("cv_metrics.json")] if KFOLD and not MEMBER_NAMES else []),
-        *([out("cv_metrics.json")] if MEMBER_NAMES else []),
+        *([out("cv_metrics.json")] if BLENDS else []),
         *for_every_model_level(member_results),
         *blend_results,
         *rules.interpret.output,
@@ -231,8 +226,8 @@ def blend_inputs(name):
 
 def calibration_inputs():
     """Out-of-sample predictions to calibrate on, and the test predictions to apply it to: a K-fold run's
-    out-of-fold ones (the final blend's with members), or a single split's validation set."""
-    if MEMBER_NAMES:
+    out-of-fold ones (the final blend's with members), or a single split's validation set (its first member's)."""
+    if BLENDS:
         return {
             "rows": out(f"{FINAL_BLEND}/oof.csv"),
             "valid_passes": out(f"{FINAL_BLEND}/valid_passes.npy"),
@@ -248,9 +243,20 @@ def calibration_inputs():
         }
     return {
         "rows": out("split.csv"),
-        "valid_passes": rules.tta.output.valid_passes,
-        "test_passes": rules.tta.output.test_passes,
+        "valid_passes": primary_file("tta/valid_passes.npy"),
+        "test_passes": primary_file("tta/test_passes.npy"),
     }
+
+
+def recipe_metrics():
+    """The recipe's headline metrics: a K-fold run's out-of-fold ones (calibrate's), else its model's TTA metrics
+    (with members on a single split, the first member's)."""
+    return out("metrics.json") if KFOLD else primary_file("metrics.json")
+
+
+def primary_file(relative):
+    """A file of the recipe's own model on a single split: without members, out_dir's; with, the first member's."""
+    return PRIMARY.path(relative).format(member=PRIMARY_NAME)
 
 
 def interpretation(name):
@@ -280,7 +286,7 @@ def training_files():
         for name, folders in stages.items()
         for folder in folders
         for file in ("log.csv", "curves.png", "lr_schedule.png", "batch_loss.png")
-        for path in for_every_model(model_out(f"{folder}/{file}"), name)
+        for path in model_files(f"{folder}/{file}", name)
     ]
 
 
@@ -289,21 +295,18 @@ def result_plots():
     out-of-fold ones of each member (or of the K-fold run) and each blend's folds."""
     plots = [rules.image_stats.output.plot_all, rules.image_stats.output.plot_small, rules.calibrate.output.plot]
     oof_plots = [member_out("plots/cv_folds.png"), member_out("plots/oof_confusion_matrix.png")] if KFOLD else []
-    plots += for_every_model_level(oof_plots) if MEMBER_NAMES else oof_plots
+    plots += for_every_model_level(oof_plots) if BLENDS else oof_plots
     return plots + [out(f"{blend}/cv_folds.png") for blend in BLENDS]
 
 
 def tracked_models():
     """Each model's member, fold and folder, for the tracking rule's nested runs."""
-    if not KFOLD:
-        return [{"member": None, "fold": None, "dir": OUT}]
-    members = MODEL_CHAINS or [None]
     return [
         {"member": member, "fold": fold, "dir": MODEL_DIR.format(member=member, fold=fold)}
-        for member in members
-        for fold in FOLDS
+        for member in MODEL_CHAINS or [None]
+        for fold in FOLDS or [None]
     ]
 
 
 def final_checkpoints():
-    return [path for name, chain in CHAINS.items() for path in for_every_model(chain.final_checkpoint(), name)]
+    return [path for name, chain in CHAINS.items() for path in model_files(chain.final_checkpoint_file(), name)]

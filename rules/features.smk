@@ -4,7 +4,7 @@
 rule precompute:
     """Pooled backbone activations of un-augmented train / valid / test at the first training size."""
     input:
-        split=model_out("split.csv"),
+        split=MODEL_SPLIT,
         test=out("test.csv"),
         cache=resize_cache,
         code=code("precompute"),
@@ -39,7 +39,7 @@ rule precompute:
 rule train_head:
     """lr_find and fits on the activations, then fits with augmentation through the frozen body."""
     input:
-        split=model_out("split.csv"),
+        split=MODEL_SPLIT,
         activations=lambda wildcards: [
             concrete(f"{model_chain(wildcards).activations}/{name}", wildcards)
             for name in ("train.npy", "valid.npy", "manifest.json")

@@ -5,7 +5,7 @@ rule finetune:
     """SGDR fits at one size, optionally unfrozen with differential learning rates; with `snapshots: k`, the
     weights at the ends of the last k SGDR cycles (the snapshot ensemble TTA averages)."""
     input:
-        split=model_out("split.csv"),
+        split=MODEL_SPLIT,
         cache=resize_cache,
         checkpoint=previous_checkpoint,
         code=code("finetune"),
@@ -49,7 +49,7 @@ if LR_FIND_NAMES:
         """The lesson's "unfreeze, lr_find again": lr_find on the weights a fine-tune size starts from, frozen or
         unfrozen as it trains, its layer groups' lrs moving together; a job apart from the size's fits."""
         input:
-            split=model_out("split.csv"),
+            split=MODEL_SPLIT,
             cache=resize_cache,
             checkpoint=previous_checkpoint,
             code=code("lr_find"),

@@ -21,7 +21,7 @@ def packaged_member(name):
     split and checkpoints (the last size's snapshots, then its final weights)."""
     chain = CHAINS[name]
     folds = [
-        {"fold": fold, "split": concrete(model_out("split.csv"), wildcards), "checkpoints": tta_checkpoints(wildcards)}
+        {"fold": fold, "split": concrete(MODEL_SPLIT, wildcards), "checkpoints": tta_checkpoints(wildcards)}
         for fold in (FOLDS or [None])
         for wildcards in [model_wildcards(name, fold)]
     ]
@@ -39,7 +39,8 @@ def packaged_member(name):
 def package_plan():
     """What the package stage reads: every model the submission uses and how the run combined them."""
     return {
-        "members": [packaged_member(name) for name in MODEL_CHAINS or [None]],
+        # on a single split, the first member alone makes the submission (members are not blended there)
+        "members": [packaged_member(name) for name in (MODEL_CHAINS if BLENDS else [PRIMARY_NAME])],
         "fold_average": config["ensemble"]["average"],
         "blend": out(f"{FINAL_BLEND}/weights.json") if FINAL_BLEND else None,
         "calibration": rules.calibrate.output.report,

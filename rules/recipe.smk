@@ -12,7 +12,7 @@ from pipeline.recipe import files as recipe_files
 from pipeline.recipe import members
 from pipeline.tracking import store as tracking_store
 from pipeline.workflow import recipe_check
-from pipeline.workflow.chain import Chain
+from pipeline.workflow.chain import Chain, share_work
 
 
 def stop_on(problems, heading="the recipe cannot run"):
@@ -80,9 +80,10 @@ MEMBER_NAMES = members.names(config)
 STUDENT = CHECKED.student  # the pseudo-label round's students, as one more member; None without it
 # Where one model's chain (split, activations, head, fine-tune sizes, TTA) lives: out_dir for a single split,
 # out_dir/folds/<k> for each fold of a K-fold run, so every fold folder holds what a single-split run holds; with
-# members, each member's folds and out-of-fold predictions under out_dir/members/<name>.
+# members, each member's folds and out-of-fold predictions (or its one model, on a single split) under
+# out_dir/members/<name>.
 MEMBER_DIR = f"{OUT}/members/{{member}}" if MEMBER_NAMES else OUT
-MODEL_DIR = f"{MEMBER_DIR}/folds/{{fold}}" if KFOLD else OUT
+MODEL_DIR = f"{MEMBER_DIR}/folds/{{fold}}" if KFOLD else MEMBER_DIR
 
 
 wildcard_constraints:
@@ -90,30 +91,37 @@ wildcard_constraints:
     member=r"[A-Za-z][A-Za-z0-9_]*(-pseudo)?",
 
 
-# How the report names one model's figures: its fold, and its member when there are several.
-MODEL_LABEL = "{member}, fold {fold}" if MEMBER_NAMES else "fold {fold}"
-# The blends of a recipe with members: the members' (the pseudo-label round's teacher), then with the pseudo-label
-# round the members' and the students'. The last one is what calibrate, interpret and the submission use.
-BLENDS = (["blend", "blend_pseudo"] if STUDENT else ["blend"]) if MEMBER_NAMES else []
+# How the report names one model's figures: its fold, and its member when there are several (None: the one model
+# of a single split).
+MODEL_LABEL = ", ".join(["{member}"] * bool(MEMBER_NAMES) + ["fold {fold}"] * KFOLD) or None
+# The blends of a K-fold recipe with members: the members' (the pseudo-label round's teacher), then with the
+# pseudo-label round the members' and the students'. The last one is what calibrate, interpret and the submission
+# use. On a single split members are trained and scored side by side (a sweep's trials) and not blended: the first
+# member's predictions are the recipe's.
+BLENDS = (["blend", "blend_pseudo"] if STUDENT else ["blend"]) if MEMBER_NAMES and KFOLD else []
 FINAL_BLEND = BLENDS[-1] if BLENDS else None
 
 
 # Each chain's recipe and backbone, checked above: the backbone's preprocessing reaches every stage that shows it
 # images, and the digest of its weights file's content keys precompute and everything after it.
+# Members whose chains agree up to a stage share its outputs (pipeline.workflow.chain.share_work).
 if MEMBER_NAMES:
     CHAINS = {
-        name: Chain(recipe, backbone, OUT, MODEL_DIR, DEVICES) for name, (recipe, backbone) in CHECKED.chains.items()
+        name: Chain(recipe, backbone, OUT, MODEL_DIR, DEVICES, name)
+        for name, (recipe, backbone) in CHECKED.chains.items()
     }
-    PRIMARY = CHAINS[MEMBER_NAMES[0]]  # what the stages after the blend show images with (preview, interpret)
+    share_work(CHAINS, apart=(STUDENT,))
+    PRIMARY_NAME = MEMBER_NAMES[0]  # what the stages after the blend show images with (preview, interpret)
 else:
     CHAINS = {None: Chain(config, CHECKED.backbone, OUT, MODEL_DIR, DEVICES)}
-    PRIMARY = CHAINS[None]
+    PRIMARY_NAME = None
+PRIMARY = CHAINS[PRIMARY_NAME]
 MODEL_CHAINS = [name for name in CHAINS if name is not None]  # every member, the students last; [] without members
 
 # The fine-tune sizes that run lr_find in any chain: the lr_find rule's names.
 LR_FIND_NAMES = sorted({name for c in CHAINS.values() for name in c.lr_find_names()})
 # The TTA passes calibrate weighs: a blend's passes are one blended prediction twice (no augmented passes to weigh).
-CALIBRATION_N_AUG = 0 if MEMBER_NAMES else config["tta"]["n_aug"]
+CALIBRATION_N_AUG = 0 if BLENDS else PRIMARY.tta["n_aug"]
 
 # After the results: the run logged to MLflow (tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in
 # the directory Snakemake runs in; `none` turns it off).

@@ -6,7 +6,7 @@ rule tta:
     """A plain pass plus n_aug augmented passes on valid (metrics) and test (probabilities), averaged over the
     last size's snapshots when it keeps any."""
     input:
-        split=model_out("split.csv"),
+        split=MODEL_SPLIT,
         test=out("test.csv"),
         cache=resize_cache,
         checkpoint=final_checkpoint,
@@ -21,13 +21,13 @@ rule tta:
             model_out("tta/confusion_matrix.png"),
             caption=caption("confusion_matrix"),
             category="3. Results",
-            subcategory=MODEL_LABEL if KFOLD else "validation",
+            subcategory=MODEL_LABEL or "validation",
         ),
         metrics=report(
             model_out("metrics.json"),
             caption=caption("metrics"),
             category="3. Results",
-            subcategory=MODEL_LABEL if KFOLD else "validation",
+            subcategory=MODEL_LABEL or "validation",
         ),
     log:
         model_out("logs/tta.log"),
@@ -91,7 +91,9 @@ if KFOLD:
         params:
             run=STAGE_RUNNER,
             p=oof_params,
-            fold_dirs=lambda wildcards: flags(fold_dirs=for_every_fold(MODEL_DIR, wildcards)),
+            fold_dirs=lambda wildcards: flags(
+                fold_dirs=for_every_fold(model_chain(wildcards).stage_dir("tta"), wildcards)
+            ),
             out_dir=folder_of("valid_passes"),
             plots_dir=folder_of("folds_plot"),
         shell:
@@ -102,7 +104,7 @@ if KFOLD:
             )
 
 
-if MEMBER_NAMES:
+if BLENDS:
 
     localrules:
         blend,
@@ -170,7 +172,7 @@ if STUDENT:
         input:
             fold_split=out(f"members/{STUDENT_OF}/folds/{{fold}}/split.csv"),
             test=out("test.csv"),
-            teacher_probs=[out(f"members/{name}/folds/{{fold}}/tta/test_probs.npy") for name in TEACHERS],
+            teacher_probs=[CHAINS[name].path("tta/test_probs.npy") for name in TEACHERS],
             blend_weights=out("blend/weights.json") if config["pseudo"]["teacher"] == "blend" else [],
             code=code("pseudo_labels"),
         output:
@@ -290,7 +292,7 @@ rule interpret:
 rule report_tables:
     """The scores and the interpret tables as one HTML page, for `snakemake --report` (which shows HTML inline)."""
     input:
-        metrics=out("metrics.json"),
+        metrics=recipe_metrics(),
         calibration=rules.calibrate.output.report,
         per_class=rules.interpret.output.per_class,
         most_confused=rules.interpret.output.most_confused,

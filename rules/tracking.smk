@@ -17,7 +17,7 @@ if TRACKING_URI:
             results=final_outputs(),
             training=training_files(),
             plots=result_plots(),
-            model_metrics=for_every_model(model_out("metrics.json")),
+            model_metrics=model_files("metrics.json"),
             calibration=rules.calibrate.output.report,
             pseudo_labels=expand(model_out("pseudo_labels.json"), member=STUDENT, fold=FOLDS) if STUDENT else [],
             checkpoints=final_checkpoints() if config["tracking"]["log_models"] else [],

@@ -46,7 +46,6 @@ def test_a_member_may_have_its_own_resize_cache_size():
 
 
 @pytest.mark.parametrize("sections, kfold, problem", [
-    ({}, False, "members: a blend is fitted on out-of-fold predictions, so it needs a K-fold split"),
     ({"split": {**KFOLD["split"], "folds": [0]}}, True, "members: the blend's cross-fitted score needs at least two"),
     ({"pseudo": {"teacher": "c"}}, True, "pseudo.teacher: 'c' is neither `blend` nor a member"),
     ({"pseudo": {"student": "c"}}, True, "pseudo.student: 'c' is not a member"),
@@ -57,13 +56,24 @@ def test_blend_and_pseudo_label_settings_that_cannot_work_are_refused(sections, 
     assert len(problems) == 1 and problems[0].startswith(problem), problems
 
 
+def test_members_on_a_single_split_are_scored_side_by_side_and_a_blend_there_is_refused_as_unused():
+    """A sweep on fastai's split runs its trials as members: accepted, but nothing blends them, so a `blend:` written
+    for such a recipe is refused before anything runs."""
+    single = {key: value for key, value in KFOLD.items() if key != "split"} | {"split": {"method": "fastai"}}
+    as_written = {**single, "members": {"a": {}, "b": {"seed": 7}}}
+    assert members.recipe_problems(with_defaults(as_written), kfold=False) == []
+    assert unused_problems(as_written, with_defaults(as_written)) == []
+    blended = {**as_written, "blend": {"method": "stacker"}}
+    assert [problem.split(":")[0] for problem in unused_problems(blended, with_defaults(blended))] == ["blend"]
+
+
 def test_a_pseudo_label_round_needs_members():
     """Refused as a section written but unused, before anything asks the recipe for its student (an IndexError)."""
     as_written = {**KFOLD, "pseudo": {}}
     recipe = with_defaults(as_written)
     assert members.recipe_problems(recipe, kfold=True) == []
     assert unused_problems(as_written, recipe) == [
-        "pseudo: written, but this run would ignore the whole section: only a recipe with `members` runs the "
+        "pseudo: written, but this run would ignore the whole section: only a K-fold recipe (split.folds) with `members` runs the "
         "pseudo_labels stage that reads it; remove it"]
 
 

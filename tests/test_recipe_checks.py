@@ -338,7 +338,7 @@ def test_a_key_written_twice_is_refused_naming_the_file_the_key_and_both_lines(t
 
 @pytest.mark.parametrize("section, base, problem", [
     ({"blend": {"method": "weights"}}, "tiny_csv", "blend: written, but this run would ignore the whole section: "
-     "only a recipe with `members` runs the blend stage"),
+     "only a K-fold recipe (split.folds) with `members` runs the blend stage"),
     ({"ensemble": {"average": "geometric"}}, "tiny_csv", "ensemble: written, but this run would ignore the whole "
      "section: only a K-fold run (split.folds) runs the oof stage"),
     ({"split": {"method": "fastai", "n_folds": 3}}, "tiny_csv", "split.n_folds: written, but this run would ignore "
@@ -365,7 +365,7 @@ def test_the_whole_check_stops_in_order_naming_the_file_behind_each_key(tmp_path
     with pytest.raises(recipe_check.RecipeRefused) as refused:
         recipe_check.checked({**demo, **fragment}, [("config/demo.yaml", demo), ("mine.yaml", fragment)])
     assert refused.value.problems == [
-        "mine.yaml: pseudo: written, but this run would ignore the whole section: only a recipe with `members` runs "
+        "mine.yaml: pseudo: written, but this run would ignore the whole section: only a K-fold recipe (split.folds) with `members` runs "
         "the pseudo_labels stage that reads it; remove it"]
     checked = recipe_check.checked(demo, [("config/demo.yaml", demo)])
     assert checked.recipe["blend"] == {"method": "weights", "space": "probs", "stacker_c": 1.0}  # the defaults

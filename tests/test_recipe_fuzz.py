@@ -125,8 +125,8 @@ def cases(draw):
         text = f"{parent[0]}:\n" if parent and isinstance(parent[0], str) and len(parent) == 1 else ""
         return base_name, (text or "") + f"{indent if text else ''}{key}: 1\n{indent if text else ''}{key}: 2\n", \
             [key], [], True
-    section = draw(st.sampled_from(["blend", "pseudo", "members"]))
-    needs = {"blend": {"blend": {}}, "pseudo": {"pseudo": {}}, "members": {"members": {"solo": {}}}}[section]
+    section = draw(st.sampled_from(["blend", "pseudo"]))  # on the demo's single split, members only: no blend
+    needs = {"blend": {"blend": {}}, "pseudo": {"pseudo": {}, "members": {"solo": {}}}}[section]
     return "demo", yaml.safe_dump(needs), [section], [], True
 
 

@@ -12,7 +12,7 @@ from snakemake.utils import validate
 from conftest import CONFIGS, REPO
 from pipeline.recipe import defaults as recipe_defaults
 from pipeline.workflow import slices
-from pipeline.workflow.chain import Chain, snapshot_cycles
+from pipeline.workflow.chain import Chain, share_work, snapshot_cycles
 from pipeline.workflow.flags import ShellText, flags
 
 SLICED_STAGES = sorted(path.stem for path in (REPO / "pipeline" / "stages").glob("[!_]*.py")
@@ -123,3 +123,23 @@ def test_a_key_the_stage_reads_only_under_another_keys_value_is_left_out_otherwi
     weights = json.loads(slices.stage_slice("blend", {**recipe, "blend": {**recipe["blend"], "method": "weights"}}))
     stacker = json.loads(slices.stage_slice("blend", {**recipe, "blend": {**recipe["blend"], "method": "stacker"}}))
     assert not {"seed", "stacker_c"} & weights.keys() and {"seed", "stacker_c"} <= stacker.keys()
+
+
+def test_members_share_each_stage_up_to_where_their_chains_first_differ(recipe):
+    """share_work: a later member reads a stage's files from the first member with the same chain up to it; the
+    pseudo-label students (apart) train on splits of their own and share nothing."""
+    later_lr = copy.deepcopy(recipe["finetune"])
+    later_lr[-1]["fits"][0]["lr"] = 1.0e-4
+    recipes = {"a": recipe, "b": {**recipe, "finetune": later_lr}, "d": {**recipe, "seed": 7}, "a-pseudo": recipe,
+               "c": {**recipe, "tta": {**recipe["tta"], "n_aug": 1}}}
+    chains = {name: Chain(r, BACKBONE, "out", "out/members/{member}/folds/{fold}", 1, name)
+              for name, r in recipes.items()}
+    share_work(chains, apart=("a-pseudo",))
+    first, last = chains["b"].finetune_names()[0], chains["b"].finetune_names()[-1]
+    assert chains["b"].previous_checkpoint(last) == f"out/members/a/folds/{{fold}}/finetune/{first}/model.pt"
+    assert chains["b"].final_checkpoint() == f"out/members/b/folds/{{fold}}/finetune/{last}/model.pt"
+    assert chains["c"].final_checkpoint() == chains["a"].final_checkpoint()
+    assert chains["c"].path("tta/valid_passes.npy") == "out/members/c/folds/{fold}/tta/valid_passes.npy"
+    assert chains["d"].activations == "out/members/d/folds/{fold}/activations/" + str(recipe["head"]["size"])
+    assert chains["a-pseudo"].activations.startswith("out/members/a-pseudo/")
+    assert chains["a-pseudo"].final_checkpoint().startswith("out/members/a-pseudo/")

@@ -1,6 +1,10 @@
 """Several members in one recipe (`members`, `blend`, `pseudo`): each member's own recipe, and the checks a recipe
 with members passes before any job is planned.
 
+On a K-fold split the members are blended on their out-of-fold predictions. On a single split they are trained and
+scored side by side on the same validation set (a sweep's trials) and not blended; the first member's predictions
+make the recipe's submission.
+
 A member is a set of overrides of the rest of the recipe, merged as Snakemake merges a --configfile: mappings key by
 key, anything else (a list, a number) replaced whole. Every member trains its own K-fold chain on the same folds,
 so only what shapes a model's chain may differ; the data, the split and everything after the blend are the
@@ -85,8 +89,7 @@ def recipe_problems(config: dict, kfold: bool) -> list[str]:
         return []  # a `blend` or `pseudo` written without members is refused as unused (pipeline.workflow.unused_keys)
     problems = override_problems(config)
     if not kfold:
-        problems.append("members: a blend is fitted on out-of-fold predictions, so it needs a K-fold split "
-                        "(split.method: stratified_kfold with split.folds)")
+        return problems  # trained and scored side by side on the one split, not blended: nothing more to agree on
     if len(config["split"].get("folds") or []) == 1 or config["split"].get("n_folds", 2) < 2:
         problems.append("members: the blend's cross-fitted score needs at least two folds in split.folds")
     if "pseudo" in config:

@@ -22,8 +22,11 @@ WORKFLOW_READS = ("data_dir", "out_dir", "devices", "demo", "data.sample_submiss
 # Stages in a run's plan only under a condition on the (filled) recipe, with the condition as a user reads it.
 CONDITIONAL_STAGES = {
     "oof": (lambda recipe: "folds" in recipe["split"], "a K-fold run (split.folds)"),
-    "blend": (lambda recipe: bool(recipe.get("members")), "a recipe with `members`"),
-    "pseudo_labels": (lambda recipe: bool(recipe.get("members")) and "pseudo" in recipe, "a recipe with `members`"),
+    "blend": (lambda recipe: bool(recipe.get("members")) and "folds" in recipe["split"],
+              "a K-fold recipe (split.folds) with `members`"),
+    "pseudo_labels": (lambda recipe: bool(recipe.get("members")) and "folds" in recipe["split"] and "pseudo" in recipe,
+                      "a K-fold recipe (split.folds) with `members`"),
+    "member_score": (lambda recipe: bool(recipe.get("members")), "a sweep's trials (`members`)"),
 }
 # Keys the workflow replaces under another key (a K-fold run passes the split stage every fold at once).
 REPLACED_UNDER = {"split.fold": ("split.folds", "a K-fold run (split.folds) trains every fold it lists instead")}
