@@ -27,6 +27,7 @@ ALLOWED = {
     "augmentation_preview": IMAGES,  # the training transforms it draws
     "blend": {"sklearn", "scipy"},  # compete.blending fits the weights (scipy) or a stacker (scikit-learn): its work
     "calibrate": {"torch"},  # the temperature's LBFGS fit
+    "member_score": {"torch"},  # a trial's score is calibrated as calibrate does it
     "finetune": IMAGES,
     "interpret": IMAGES,  # the validation images through valid_transform
     "lr_find": IMAGES,

@@ -1,0 +1,63 @@
+# A sweep's scores of each member (`python -m pipeline.sweep` asks for them by name; `all` never does): the
+# validation loss after its first fine-tune size, which the pruner compares, and its calibrated out-of-fold (or
+# validation) log loss, which the study minimises.
+
+
+def early_stage(chain):
+    """The first fine-tune size's folder (the head's without fine-tuning): where a trial may be pruned."""
+    names = chain.finetune_names()
+    return f"finetune/{names[0]}" if names else "head"
+
+
+def member_score_inputs(wildcards):
+    """A member's out-of-fold rows and passes (K-fold), or the single split's validation rows and its TTA passes."""
+    if KFOLD:
+        return {"rows": member_out("oof.csv"), "valid_passes": member_out("oof/valid_passes.npy")}
+    chain = CHAINS[wildcards.member]
+    return {"rows": out("split.csv"), "valid_passes": chain.path("tta/valid_passes.npy")}
+
+
+if MEMBER_NAMES:
+
+    localrules:
+        early_score,
+        member_score,
+
+    rule early_score:
+        """A trial's validation loss after its first fine-tune size: each fold's last epoch, and their mean."""
+        input:
+            logs=lambda wildcards: model_files(f"{early_stage(CHAINS[wildcards.member])}/log.csv", wildcards.member),
+            code=code("early_score"),
+        output:
+            member_out("sweep/early_score.json"),
+        log:
+            member_out("logs/early_score.log"),
+        wildcard_constraints:
+            member=r"[A-Za-z][A-Za-z0-9_]*",  # the members', not the pseudo-label students'
+        params:
+            run=STAGE_RUNNER,
+            stage=lambda wildcards: early_stage(CHAINS[wildcards.member]),
+        shell:
+            stage_shell("early_score", "--logs {input.logs:q} --stage {params.stage} --out {output:q}")
+
+    rule member_score:
+        """A trial's score as its submission would be scored: out-of-fold (or validation) log loss, calibrated."""
+        input:
+            unpack(member_score_inputs),
+            split=out("split.csv"),
+            code=code("member_score"),
+        output:
+            member_out("sweep/score.json"),
+        log:
+            member_out("logs/member_score.log"),
+        wildcard_constraints:
+            member=r"[A-Za-z][A-Za-z0-9_]*",
+        params:
+            run=STAGE_RUNNER,
+            p=lambda wildcards: CHAINS[wildcards.member].slice("member_score"),
+        shell:
+            stage_shell(
+                "member_score",
+                "--split-csv {input.split:q} --valid-rows {input.rows:q} --valid-passes {input.valid_passes:q} "
+                "--out {output:q} --params {params.p:q}",
+            )
