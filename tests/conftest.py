@@ -284,7 +284,7 @@ def convnext_hf_home(tmp_path_factory) -> Path:
 
 # The expensive shared runs. Under pytest-xdist (`make test` runs 2 workers) every worker would make its own copy of
 # a fixture it needs, so the tests of each run form one xdist group and run on one worker.
-SHARED_RUNS = ("kfold_run", "blend_run", "micro_run", "csv_run")
+SHARED_RUNS = ("kfold_run", "blend_run", "micro_run", "csv_run", "sweep_run")
 
 
 def shared_run(item) -> str | None:
@@ -301,8 +301,8 @@ def schedule_rank(item) -> int:
     run = shared_run(item)
     if item.get_closest_marker("slurm"):
         return 0
-    if run in ("kfold_run", "blend_run", "micro_run"):
-        return {"blend_run": 1, "kfold_run": 1, "micro_run": 2}[run]
+    if run in ("kfold_run", "blend_run", "micro_run", "sweep_run"):
+        return {"blend_run": 1, "kfold_run": 1, "micro_run": 2, "sweep_run": 2}[run]
     if item.get_closest_marker("workflow") and run is None:
         return 3
     return 4 if run == "csv_run" else 5

@@ -14,12 +14,13 @@ STAGES = sorted(path.stem for path in STAGES_DIR.glob("[!_]*.py"))
 MODULES = sorted(".".join(path.relative_to(REPO).with_suffix("").parts)
                  for path in (REPO / "pipeline").rglob("[!_]*.py"))
 CORE = [module for module in MODULES if not module.startswith("pipeline.stages.")]
-# The core's commands a person runs beside the workflow, never a rule (`python -m pipeline.compare`), and the
-# bundle's predict.py (pipeline.offline.predictor, written into every bundle after the rest of pipeline.offline.images).
-COMMANDS = ["pipeline.compare", "pipeline.offline.predictor"]
+# The core's commands a person runs beside the workflow, never a rule (`python -m pipeline.compare`, `python -m
+# pipeline.sweep`), and the bundle's predict.py (pipeline.offline.predictor, written into every bundle after the rest
+# of pipeline.offline.images).
+COMMANDS = ["pipeline.compare", "pipeline.offline.predictor", "pipeline.sweep.command"]
 # docs/development.md's map: a module imports from its own folder and from the layers below its folder's, never up.
 LAYERS = [{"io", "offline"}, {"data", "report"}, {"recipe"}, {"cli"}, {"compute"}, {"models"}, {"train"},
-          {"predict", "compete", "tracking"}, {"workflow"}, {"stages", "compare"}]
+          {"predict", "compete", "tracking"}, {"workflow"}, {"stages", "compare", "sweep"}]
 
 
 def folder(module: str) -> str:

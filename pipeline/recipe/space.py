@@ -6,6 +6,11 @@ against the recipe before any trial, and a trial's sampled values turned into a 
     head.regularise.label_smoothing: {uniform: [0.0, 0.2]}
     model.arch: {choice: [tf_efficientnet_lite0, resnet34]}
 
+An optional `sweep:` section holds the study's own settings (`Settings`): the pruner and how many trials it and the
+sampler wait for.
+
+    sweep: {pruner: median, prune_after: 3, random_trials: 4}
+
 A trial is a member of the workflow (pipeline.recipe.members), so a key must be one a member may set: never the
 split, which every trial shares. A key must name something the recipe has, written or a schema default, so that a
 typo is refused rather than swept to no effect.
@@ -24,6 +29,8 @@ from pipeline.recipe import members
 from pipeline.recipe.defaults import filled
 
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
+SETTINGS_KEY = "sweep"
+PRUNERS = ("median", "successive_halving", "none")
 
 
 class SpaceError(ValueError):
@@ -48,15 +55,57 @@ class Dimension:
         return self.kind == "log_uniform"
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The study's own settings (the space file's `sweep:` section)."""
+    pruner: str = "median"      # median: Optuna's MedianPruner; successive_halving; none
+    prune_after: int = 3        # trials that must have finished their first fine-tune size before any is pruned
+    random_trials: int = 4      # trials sampled at random before TPE models the ones before
+
+
 def read(space_file: str | Path, recipe: dict) -> list[Dimension]:
     """The space in `space_file` for `recipe` (as written, before the schema's defaults); SpaceError names every
     problem at once."""
+    return load(space_file, recipe)[0]
+
+
+def load(space_file: str | Path, recipe: dict) -> tuple[list[Dimension], Settings]:
+    """The space in `space_file` and its `sweep:` settings."""
     source = str(space_file)
     try:
         space = yaml.safe_load(Path(space_file).read_text())
     except (OSError, yaml.YAMLError) as error:
         raise SpaceError(source, [f"cannot be read as YAML: {error}"]) from None
-    return parsed(space, recipe, source)
+    if isinstance(space, dict) and SETTINGS_KEY in space:
+        space = dict(space)
+        settings_problems, settings = settings_of(space.pop(SETTINGS_KEY))
+        try:
+            dimensions = parsed(space, recipe, source)
+        except SpaceError as error:
+            raise SpaceError(source, [line.removeprefix(f"{source}: ") for line in error.problems]
+                             + settings_problems) from None
+        if settings_problems:
+            raise SpaceError(source, settings_problems)
+        return dimensions, settings
+    return parsed(space, recipe, source), Settings()
+
+
+def settings_of(section: Any) -> tuple[list[str], Settings]:
+    """The `sweep:` section's problems (one line each) and its settings."""
+    if not isinstance(section, dict):
+        return [f"{SETTINGS_KEY}: must be a mapping of pruner, prune_after, random_trials"], Settings()
+    known = Settings.__dataclass_fields__
+    problems = [f"{SETTINGS_KEY}.{key}: unknown; the settings are {', '.join(known)}" for key in section
+                if key not in known]
+    if "pruner" in section and section["pruner"] not in PRUNERS:
+        problems.append(f"{SETTINGS_KEY}.pruner: {section['pruner']!r} is not one of {', '.join(PRUNERS)}")
+    for key in ("prune_after", "random_trials"):
+        value = section.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"{SETTINGS_KEY}.{key}: needs a whole number >= 0; got {value!r}")
+    if problems:
+        return problems, Settings()
+    return [], Settings(**section)
 
 
 def parsed(space: Any, recipe: dict, source: str = "space") -> list[Dimension]:
@@ -144,7 +193,9 @@ def overrides(recipe: dict, values: dict[str, Any], dimensions: list[Dimension])
     """A trial's member overrides: `values` (dotted key -> sampled value) set in `recipe` (as written). Mappings
     merge key by key, so a mapping carries only what changed; a list is replaced whole (Snakemake's config merge), so
     a list carries every other element as it stands (a list the recipe leaves to the schema, as the default)."""
-    paths, base = {dim.key: dim.path for dim in dimensions}, filled(recipe)
+    # the lists as written where written (the schema fills their items the same either way), so that the
+    # overrides read as the recipe does
+    paths, base = {dim.key: dim.path for dim in dimensions}, members.merged(filled(recipe), recipe)
     result: dict = {}
     for key, value in values.items():
         current = members.merged(base, result)

@@ -1,0 +1,3 @@
+from pipeline.sweep.command import main
+
+main()
