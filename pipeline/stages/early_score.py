@@ -1,6 +1,6 @@
 """Sweeps - a member's validation loss after its first fine-tune size (its head's, with no fine-tuning): what a
 sweep's pruner compares with the other trials' before it lets a trial train on. The last epoch's `valid_loss` of each
-fold's log.csv, and their mean.
+fold's log.csv, and their mean; and which logs they are (an earlier member's, where the chain shares that stage).
 
     python -m pipeline.stages.early_score --logs out/members/t1/folds/0/finetune/1_224/log.csv ... \
         --stage finetune/1_224 --out out/members/t1/sweep/early_score.json
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = cli.announce("early_score", {"stage": args.stage})
     losses = [last_valid_loss(path) for path in args.logs]
-    score = {"stage": args.stage, "valid_loss": sum(losses) / len(losses), "folds": losses}
+    score = {"stage": args.stage, "valid_loss": sum(losses) / len(losses), "folds": losses, "logs": args.logs}
     write_json(score, args.out)
     print(f"{args.stage}: valid loss {score['valid_loss']:.4f} (mean of {len(losses)})", flush=True)
     cli.finish("early_score", started)

@@ -81,7 +81,7 @@ class Driver:
                 self.fail(trial, log)
                 continue
             trial.report(value=loss, step=0)
-            if trial.should_prune():
+            if self.trained_its_early_stage(trial) and trial.should_prune():
                 trial.set_user_attr("jobs_run", dict(ran.get(names[trial.number], {})))
                 self.tell(trial, optuna.trial.TrialState.PRUNED, f"pruned after {self.early_stage()}: valid loss "
                           f"{loss:.4f}, cut by the {self.sweep.settings.pruner} pruner against the trials before")
@@ -106,8 +106,18 @@ class Driver:
         return refused
 
     def early_stage(self) -> str:
-        names = [f"{index}_{step['size']}" for index, step in enumerate(self.filled()["finetune"], start=1)]
-        return f"fine-tune size {names[0]}" if names else "the head"
+        """Where trials may be pruned: the first fine-tune size's folder (the head's without fine-tuning)."""
+        steps = self.filled()["finetune"]
+        return f"finetune/1_{steps[0]['size']}" if steps else "head"
+
+    def trained_its_early_stage(self, trial) -> bool:
+        """Whether the trial trained its first fine-tune size itself (or its interrupted first attempt did). One that
+        reads it from an earlier trial (its values change only later stages) has spent nothing yet, and its loss
+        there is the earlier trial's, which says nothing of its own values: the pruner leaves it alone."""
+        name = runs.member(self.name, trial.number)
+        logs = runs.read_json_or_none(runs.early_score_file(self.sweep.out_dir, name))["logs"]
+        owner = Path(logs[0]).relative_to(Path(self.sweep.out_dir) / "members").parts[0]
+        return owner in (name, runs.member(self.name, trial.user_attrs.get("retry_of", trial.number)))
 
     def filled(self) -> dict:
         from pipeline.recipe.defaults import filled
