@@ -34,6 +34,8 @@ if MEMBER_NAMES:
             member_out("logs/early_score.log"),
         wildcard_constraints:
             member=r"[A-Za-z][A-Za-z0-9_]*",  # the members', not the pseudo-label students'
+        conda:
+            ENVIRONMENT
         params:
             run=STAGE_RUNNER,
             stage=lambda wildcards: early_stage(CHAINS[wildcards.member]),
@@ -52,6 +54,8 @@ if MEMBER_NAMES:
             member_out("logs/member_score.log"),
         wildcard_constraints:
             member=r"[A-Za-z][A-Za-z0-9_]*",
+        conda:
+            ENVIRONMENT
         params:
             run=STAGE_RUNNER,
             p=lambda wildcards: CHAINS[wildcards.member].slice("member_score"),
