@@ -310,3 +310,18 @@ def tracked_models():
 
 def final_checkpoints():
     return [path for name, chain in CHAINS.items() for path in model_files(chain.final_checkpoint_file(), name)]
+
+
+# A sweep's inputs (rules/sweep.smk)
+def early_stage(chain):
+    """The first fine-tune size's folder (the head's without fine-tuning): where a trial may be pruned."""
+    names = chain.finetune_names()
+    return f"finetune/{names[0]}" if names else "head"
+
+
+def member_score_inputs(wildcards):
+    """A member's out-of-fold rows and passes (K-fold), or the single split's validation rows and its TTA passes."""
+    if KFOLD:
+        return {"rows": member_out("oof.csv"), "valid_passes": member_out("oof/valid_passes.npy")}
+    chain = CHAINS[wildcards.member]
+    return {"rows": out("split.csv"), "valid_passes": chain.path("tta/valid_passes.npy")}

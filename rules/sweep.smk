@@ -3,20 +3,6 @@
 # validation) log loss, which the study minimises.
 
 
-def early_stage(chain):
-    """The first fine-tune size's folder (the head's without fine-tuning): where a trial may be pruned."""
-    names = chain.finetune_names()
-    return f"finetune/{names[0]}" if names else "head"
-
-
-def member_score_inputs(wildcards):
-    """A member's out-of-fold rows and passes (K-fold), or the single split's validation rows and its TTA passes."""
-    if KFOLD:
-        return {"rows": member_out("oof.csv"), "valid_passes": member_out("oof/valid_passes.npy")}
-    chain = CHAINS[wildcards.member]
-    return {"rows": out("split.csv"), "valid_passes": chain.path("tta/valid_passes.npy")}
-
-
 if MEMBER_NAMES:
 
     localrules:
