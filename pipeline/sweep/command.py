@@ -83,8 +83,8 @@ def prepared(args: argparse.Namespace) -> Sweep:
     if problems:
         raise SweepRefused(problems)
     out_dir = filled(recipe)["out_dir"]
-    return Sweep(args=args, recipe=recipe, sources=sources, dimensions=dimensions, settings=settings, out_dir=out_dir, kfold=kfold,
-                 folder=studies.folder(out_dir, args.study))
+    return Sweep(args=args, recipe=recipe, sources=sources, dimensions=dimensions, settings=settings, out_dir=out_dir,
+                 kfold=kfold, folder=studies.folder(out_dir, args.study))
 
 
 def main(argv: list[str] | None = None) -> None:

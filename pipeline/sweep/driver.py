@@ -177,7 +177,8 @@ class Driver:
         names = [runs.member(self.name, trial.number) for trial in complete]
         blended = runs.blend(self.sweep.recipe, self.sweep.out_dir, names, folder,
                              self.sweep.folder / "logs" / f"blend_top{k}.log")
-        return {**blended, "trials": [t.number for t in complete]} if blended else None
+        alone = min(trial.user_attrs["logloss_tta"] for trial in complete)  # the blend's figure is uncalibrated too
+        return {**blended, "trials": [t.number for t in complete], "best_alone": alone} if blended else None
 
 
 def tracking_runs(sweep: Sweep):
@@ -266,7 +267,8 @@ def finish(driver: Driver, study: optuna.Study, sweep: Sweep, started: float) ->
                        f"{confirmation['logloss']:.4f}")
     if blended:
         summary.append(f"blend of the best {sweep.args.blend_top} (trials {blended['trials']}): out-of-fold log loss "
-                       f"{blended['logloss']:.4f}, cross-fitted, before calibration ({blended['folder']})")
+                       f"{blended['logloss']:.4f}, cross-fitted, before calibration, against "
+                       f"{blended['best_alone']:.4f} for the best of them alone ({blended['folder']})")
     summary.append(f"sweep wall time {time.perf_counter() - started:.0f} s (this invocation)")
     keys = [dim.key for dim in sweep.dimensions]
     table = results.trials_table(study, keys)

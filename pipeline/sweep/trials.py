@@ -139,8 +139,8 @@ def blend(recipe: dict, out_dir: str, names: list[str], folder: Path, log: Path)
                "--out-dir", str(folder), "--params", stage_slice("blend", filled(recipe))]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as output:
-        status = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, cwd=os.getcwd(),
-                                env={**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"})
+        environment = {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+        status = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=environment).returncode
     metrics = read_json_or_none(folder / "cv_metrics.json")
     if status or metrics is None:
         print(f"the blend of {names} failed; see {log}:\n{failure_tail(log)}", flush=True)
