@@ -132,7 +132,7 @@ class Driver:
         self.study.tell(trial, value, state=state)
         frozen = self.study.trials[trial.number]
         best = studies.best(self.study)
-        seconds = (frozen.datetime_complete - frozen.datetime_start).total_seconds()
+        seconds = studies.seconds(frozen)
         so_far = f"best so far {best.value:.4f} (trial {best.number})" if best else "no trial complete yet"
         done = len(studies.finished(self.study))
         print(f"[{done}/{self.sweep.args.trials}] trial {trial.number} {said} in {seconds:.0f} s; {so_far}",
@@ -142,13 +142,11 @@ class Driver:
     def record(self, frozen) -> None:
         """The trial's MLflow run, once it has ended (complete, pruned, failed or interrupted)."""
         if self.tracking:
-            seconds = (frozen.datetime_complete - frozen.datetime_start).total_seconds() \
-                if frozen.datetime_complete and frozen.datetime_start else None
             self.tracking.trial(frozen.number, runs.member(self.name, frozen.number), frozen.state.name,
                                 studies.values(frozen, self.sweep.dimensions),
                                 {"score": frozen.value if frozen.state.name == "COMPLETE" else None,
                                  "early_valid_loss": frozen.intermediate_values.get(0),
-                                 "accuracy": frozen.user_attrs.get("accuracy"), "seconds": seconds})
+                                 "accuracy": frozen.user_attrs.get("accuracy"), "seconds": studies.seconds(frozen)})
 
     # After the trials
     def confirm(self, best) -> dict | None:

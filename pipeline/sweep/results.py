@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 
 from pipeline.io import save_figure, write_csv, write_text
+from pipeline.sweep import study as studies
 
 PLOTS = {
     "history.png": ("optimisation history", "plot_optimization_history"),
@@ -27,13 +28,11 @@ def trials_table(study: optuna.Study, keys: list[str]) -> pd.DataFrame:
     swept key's value."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
-            if trial.datetime_complete and trial.datetime_start else None
         jobs = trial.user_attrs.get("jobs_run")
         rows.append({"number": trial.number, "member": trial.user_attrs.get("member"), "state": trial.state.name,
                      "score": trial.value if trial.state.name == "COMPLETE" else None,
                      "early_loss": trial.intermediate_values.get(0),
-                     "accuracy": trial.user_attrs.get("accuracy"), "seconds": seconds,
+                     "accuracy": trial.user_attrs.get("accuracy"), "seconds": studies.seconds(trial),
                      "retry_of": trial.user_attrs.get("retry_of"),
                      "jobs_run": " ".join(f"{rule}:{n}" for rule, n in jobs.items()) if jobs is not None else None,
                      **{key: trial.params.get(key) for key in keys}})

@@ -143,3 +143,10 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     complete = [trial for trial in study.get_trials(deepcopy=False) if trial.state == TrialState.COMPLETE]
     return min(complete, key=lambda trial: trial.value) if complete else None
+
+
+def seconds(trial: optuna.trial.FrozenTrial) -> float | None:
+    """From ask to tell; None for a trial still running."""
+    if trial.datetime_complete and trial.datetime_start:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
